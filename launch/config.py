@@ -1,0 +1,143 @@
+"""The one YAML config that drives every stage: loading, dotted overrides, validation.
+
+A config error is one line naming the file and the key, with the closest valid key
+when the key is unknown, never a pydantic traceback.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cluster.config import ClusterConfig, EvalConfig
+from data_shards.config import DataConfig
+from llm.config import ModelConfig, TrainConfig
+
+
+class ConfigError(Exception):
+    """A config file or override that cannot be used; the message is one line."""
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "kiln"
+    dir: str = Field(default="", description="RUN_URL; defaults to runs/<name>")
+    seed: int = 1234
+
+
+class StorageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec for every URL")
+
+
+class KilnConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @property
+    def run_url(self) -> str:
+        return self.run.dir or f"runs/{self.run.name}"
+
+    @property
+    def data_url(self) -> str:
+        return self.data.output
+
+    def to_yaml(self) -> str:
+        resolved = self.model_dump(mode="json")
+        resolved["run"]["dir"] = self.run_url
+        return yaml.safe_dump(resolved, sort_keys=False)
+
+    def training_hash(self) -> str:
+        """Hash of what a checkpoint must agree with to be resumed (not train.steps, not the launcher)."""
+        keyed = {
+            "model": self.model.model_dump(mode="json"),
+            "data": self.data.output,
+            "seed": self.run.seed,
+            "global_batch": self.train.global_batch,
+        }
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def apply_override(tree: dict, override: str, source: str = "command line") -> None:
+    """Apply ``a.b.c=value`` to a nested dict; the value is read as YAML (``[1, 2]``, ``true``, ``3e-4``)."""
+    if "=" not in override:
+        raise ConfigError(f"{source}: override {override!r} is not KEY=VALUE (for example train.steps=50)")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"{source}: override {override!r} has an empty key part")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: cannot set {key!r}: {part!r} is not a section")
+        node = child
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node[parts[-1]] = value
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (the location of an unknown key's parent)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = field.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(KilnConfig, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        parent = ".".join(str(p) for p in loc[:-1])
+        hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
+        return f"{source}: unknown key '{dotted}' — {hint}"
+    if err["type"] == "missing":
+        return f"{source}: required key '{dotted}' is missing"
+    given = err.get("input")
+    return f"{source}: {dotted}: {err['msg']} (got {given!r})"
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnConfig:
+    """Read ``path``, apply dotted overrides, validate. Raises ConfigError with one line."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, model, train, ...)")
+    for override in overrides:
+        apply_override(tree, override)
+    try:
+        return KilnConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_describe(e.errors()[0], path)) from None
