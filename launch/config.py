@@ -118,6 +118,9 @@ def _describe(err: dict, source: str) -> str:
         return f"{source}: unknown key '{dotted}' — {hint}"
     if err["type"] == "missing":
         return f"{source}: required key '{dotted}' is missing"
+    if err["type"] == "value_error":
+        message = err["msg"].removeprefix("Value error, ")
+        return f"{source}: {dotted + ': ' if dotted else ''}{message}"
     given = err.get("input")
     return f"{source}: {dotted}: {err['msg']} (got {given!r})"
 

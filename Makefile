@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make smoke` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kiln-installed
+SHARED_CORPUS := ../shared/corpus/python-docs
+STDLIB_CORPUS := .smoke/stdlib-corpus
+
+.PHONY: install smoke test test-fast bench clean
+
+# torch is pinned first so that no bare `torch` requirement can pull a CUDA build onto a CPU machine.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+smoke: $(STAMP)
+	@if [ -d "$(SHARED_CORPUS)" ]; then corpus="$(SHARED_CORPUS)"; \
+	else $(BIN)/python -m launch.corpus "$(STDLIB_CORPUS)"; corpus="$(STDLIB_CORPUS)"; fi; \
+	echo "smoke corpus: $$corpus"; \
+	$(BIN)/kiln run configs/smoke.yaml "data.inputs=[$$corpus/train-*.jsonl.gz]" "data.val_inputs=[$$corpus/val-*.jsonl.gz]"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs/smoke data/smoke .smoke

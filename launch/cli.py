@@ -1,0 +1,191 @@
+"""The ``kiln`` command line.
+
+Every command that takes a CONFIG also takes dotted overrides (``train.steps=50``).
+User errors end with one line on stderr and exit code 2, never a traceback.
+Heavy imports (torch, DeepSpeed, Ray) happen inside the commands, so ``kiln --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+EXIT_USER_ERROR = 2
+
+
+def _config(args: argparse.Namespace):
+    from launch.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_prepare(args) -> int:
+    from launch.stages import prepare_stage
+
+    prepare_stage(_config(args))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from launch.stages import train_stage
+
+    return train_stage(_config(args))
+
+
+def cmd_eval(args) -> int:
+    from launch.stages import eval_stage
+
+    eval_stage(_config(args))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from launch.stages import run_stages
+
+    return run_stages(_config(args))
+
+
+def cmd_monitor(args) -> int:
+    from ops.dashboard import monitor
+
+    monitor(args.run_url, once=args.once, interval_s=args.interval)
+    return 0
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from ops.dashboard import print_status, run_status
+
+    status = run_status(args.run_url)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print_status(status)
+    return 0
+
+
+def cmd_data_inspect(args) -> int:
+    from rich.console import Console
+
+    from data_shards.inspect import inspect
+
+    Console().print(inspect(args.data_url))
+    return 0
+
+
+def cmd_ckpt_ls(args) -> int:
+    from ops.checkpoints import list_checkpoints, print_checkpoints
+
+    print_checkpoints(list_checkpoints(args.run_url))
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from llm.export_hf import export_hf
+
+    export_hf(args.run_url, args.out_dir, step=args.step)
+    print(f"exported {args.run_url} to {args.out_dir}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from llm.generate import generate
+
+    text = generate(
+        args.run_url, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed
+    )
+    print(text)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from launch.planning import print_plan
+
+    print_plan(_config(args), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu)
+    return 0
+
+
+def _with_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="dotted overrides, e.g. train.steps=50")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description="Pretrain Llama-style language models: prepare → train → eval → monitor.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help_text: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=fn)
+        return p
+
+    _with_config(add("prepare", cmd_prepare, "train the tokenizer and write token shards + manifests"))
+    _with_config(add("train", cmd_train, "pretrain with DeepSpeed ranks, resuming from the latest checkpoint"))
+    _with_config(add("eval", cmd_eval, "held-out loss, perplexity and bits per byte of a checkpoint"))
+    _with_config(add("run", cmd_run, "prepare → train → eval, skipping stages whose output is committed"))
+
+    p = add("monitor", cmd_monitor, "live dashboard over a run's records")
+    p.add_argument("run_url")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+
+    p = add("status", cmd_status, "one summary of a run's records")
+    p.add_argument("run_url")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    data = add("data", None, "inspect prepared data").add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    p = add("inspect", cmd_data_inspect, "manifest summary, per-source counts and decoded samples", parent=data)
+    p.add_argument("data_url")
+
+    ckpt = add("ckpt", None, "checkpoint tools").add_subparsers(dest="ckpt_command", required=True, metavar="SUBCOMMAND")
+    p = add("ls", cmd_ckpt_ls, "list checkpoints and whether each is committed", parent=ckpt)
+    p.add_argument("run_url")
+
+    export = add("export", None, "export a checkpoint").add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+    p = add("hf", cmd_export_hf, "a Hugging Face Llama checkpoint (config.json, safetensors, tokenizer)", parent=export)
+    p.add_argument("run_url")
+    p.add_argument("out_dir")
+    p.add_argument("--step", type=int, default=None)
+
+    p = add("generate", cmd_generate, "sample text from a checkpoint")
+    p.add_argument("run_url")
+    p.add_argument("prompt")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("plan", cmd_plan, "parameters, memory per GPU and time to train.steps")
+    _with_config(p)
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpu", choices=["a100", "h100", "h200"], default="h100")
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is meant for the user as is."""
+    from data_shards.errors import DataError
+    from launch.config import ConfigError
+
+    return (ConfigError, DataError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, user_errors()):
+            print(f"kiln: error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

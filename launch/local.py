@@ -1,0 +1,87 @@
+"""The local launcher: ``train.nproc`` ranks on this machine through torchrun, restarted on failure.
+
+Each attempt is one torchrun; a failed attempt is retried up to ``train.max_restarts``
+times and resumes from the last committed checkpoint.  SIGTERM/SIGINT reach the ranks
+through torchrun, which lets them save and exit; the launcher then reports
+"requeue me" (exit 75) instead of retrying.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from llm.job import TrainJob
+from llm.worker import REQUEUE_EXIT_CODE
+from ops.records import RunRecords
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_environment(nproc: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for CPU-or-GPU ranks: gloo on CPU, threads split between ranks."""
+    env = dict(os.environ if base is None else base)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return env
+
+
+def torchrun_command(job_path: str, nproc: int, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nproc_per_node", str(nproc),
+        "--nnodes", "1",
+        "--master_addr", "127.0.0.1",
+        "--master_port", str(port),
+        "-m", "llm.worker", job_path,
+    ]
+
+
+def _preempted_since(records: RunRecords, since: float) -> bool:
+    return any(e.get("event") == "preemption" and e.get("time", 0) >= since for e in records.events())
+
+
+def launch_local(job: TrainJob) -> int:
+    """Run the job's ranks until done, failed past ``max_restarts``, or preempted; return the exit code."""
+    nproc = job.train.nproc
+    records = RunRecords(job.run_dir, job.storage_options)
+    with tempfile.TemporaryDirectory(prefix="kiln-job-") as tmp:
+        job_path = os.path.join(tmp, "job.json")
+        job.save(job_path)
+        attempt = 0
+        while True:
+            started = time.time()
+            proc = subprocess.Popen(torchrun_command(job_path, nproc, free_port()), env=rank_environment(nproc))
+            stop_requested = False
+
+            def forward(signum, _frame):
+                nonlocal stop_requested
+                stop_requested = True
+                proc.send_signal(signum)
+
+            previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+            try:
+                rc = proc.wait()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+            if rc == 0:
+                return 0
+            if stop_requested or rc == REQUEUE_EXIT_CODE or _preempted_since(records, started):
+                return REQUEUE_EXIT_CODE
+            if attempt >= job.train.max_restarts:
+                records.event("failure", exit_code=rc, attempts=attempt + 1)
+                return rc
+            attempt += 1
+            records.event("restart", attempt=attempt, exit_code=rc)
