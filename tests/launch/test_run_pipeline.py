@@ -1,0 +1,92 @@
+"""`kiln run` end to end through real Ray and 2 DeepSpeed ranks on CPU, and its skipping of finished stages."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.corpus import write_corpus
+
+pytestmark = pytest.mark.slow
+
+
+def kiln(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for root in roots
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    corpus = tmp / "corpus"
+    write_corpus(str(corpus), max_chars=400_000)
+    config = {
+        "run": {"name": "tiny", "dir": str(tmp / "run"), "seed": 7},
+        "data": {
+            "inputs": [str(corpus / "train-*.jsonl.gz")],
+            "val_inputs": [str(corpus / "val-*.jsonl.gz")],
+            "output": str(tmp / "data"),
+            "vocab_size": 400,
+            "shard_mb": 0.05,
+        },
+        "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": 32},
+        "train": {"steps": 6, "micro_batch": 2, "global_batch": 4, "nproc": 2, "checkpoint_every": 3,
+                  "warmup_steps": 2, "keep_checkpoints": 2},
+        "eval": {"batch_size": 8, "max_windows_per_shard": 16},
+        "cluster": {"num_cpus": 2},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first = kiln("run", str(path), cwd=tmp)
+    assert first.returncode == 0, first.stdout + first.stderr
+    return tmp, path, first
+
+
+def test_run_writes_data_checkpoint_metrics_and_eval(tiny_run):
+    tmp, _, first = tiny_run
+    run = tmp / "run"
+    assert (tmp / "data" / "train" / "manifest.json").exists()
+    assert (tmp / "data" / "val" / "manifest.json").exists()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+    assert (run / "checkpoints" / "step-00000006" / "COMMITTED").exists()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["steps"] == 6 and saved["run"]["dir"] == str(run)
+    steps = [json.loads(line)["step"] for line in (run / "metrics" / "train.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    result = json.loads((run / "eval" / "step-00000006.json").read_text())
+    assert result["step"] == 6 and result["tokens"] > 0
+    assert result["loss"] > 0 and result["unigram_loss"] > 0
+    assert "held-out evaluation" in first.stdout and "unigram baseline" in first.stdout
+
+
+def test_second_run_skips_every_stage_and_changes_nothing(tiny_run):
+    tmp, path, _ = tiny_run
+    before = snapshot(tmp / "data", tmp / "run")
+    second = kiln("run", str(path), cwd=tmp)
+    assert second.returncode == 0, second.stderr
+    for stage in ("prepare: skipped", "train: skipped", "eval: skipped"):
+        assert stage in second.stderr
+    assert snapshot(tmp / "data", tmp / "run") == before
+
+
+def test_more_steps_resume_from_the_committed_checkpoint(tiny_run):
+    tmp, path, _ = tiny_run
+    more = kiln("train", str(path), "train.steps=8", cwd=tmp)
+    assert more.returncode == 0, more.stderr
+    run = tmp / "run"
+    steps = [json.loads(line)["step"] for line in (run / "metrics" / "train.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000008"
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000006", "step-00000008"]
