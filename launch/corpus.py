@@ -3,13 +3,12 @@
 `make smoke` uses it where the shared python-docs corpus is missing, so the smoke run
 works on any machine without a network.  Same layout as python-docs: gzip JSON lines
 ``{"id", "text"}``, several train files and one val file.  Deterministic: files are
-taken in sorted order and assigned to splits by a hash of their path.
+taken in sorted order and every twentieth one, the first included, is held out.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import sys
@@ -46,9 +45,8 @@ def write_corpus(out_dir: str, max_chars: int = 8_000_000) -> dict[str, int]:
         raise SystemExit(f"no Python sources found under {sysconfig.get_paths()['stdlib']}")
     splits: dict[str, list[dict]] = {f"train-{i:02d}": [] for i in range(TRAIN_FILES)}
     splits["val-00"] = []
-    for rel, text in docs:
-        h = int(hashlib.sha256(rel.encode()).hexdigest(), 16)
-        name = "val-00" if h % VAL_EVERY == 0 else f"train-{h % TRAIN_FILES:02d}"
+    for i, (rel, text) in enumerate(docs):
+        name = "val-00" if i % VAL_EVERY == 0 else f"train-{i % TRAIN_FILES:02d}"
         splits[name].append({"id": rel, "text": text})
     os.makedirs(out_dir, exist_ok=True)
     for name, rows in splits.items():
