@@ -1,0 +1,113 @@
+"""Typed model and training configs (the `model:` and `train:` sections of a Kiln config)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelConfig(BaseModel):
+    """Shape of a Llama-style decoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(default=256, ge=8)
+    layers: int = Field(default=4, ge=1)
+    heads: int = Field(default=4, ge=1)
+    kv_heads: int | None = Field(default=None, ge=1, description="grouped-query attention; None means heads")
+    seq_len: int = Field(default=256, ge=2)
+    ffn_hidden: int | None = Field(default=None, ge=1, description="None: 8/3 * dim rounded up to multiple_of")
+    multiple_of: int = Field(default=64, ge=1)
+    norm_eps: float = Field(default=1e-5, gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    tie_embeddings: bool = False
+    init_std: float = Field(default=0.02, gt=0)
+    activation_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> "ModelConfig":
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
+        if (self.dim // self.heads) % 2:
+            raise ValueError(f"model.dim / model.heads = {self.dim // self.heads} must be even for rotary embeddings")
+        if self.heads % self.n_kv_heads:
+            raise ValueError(f"model.heads={self.heads} must be a multiple of model.kv_heads={self.n_kv_heads}")
+        return self
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """SwiGLU width: Llama's 2/3 of 4*dim, rounded up to ``multiple_of``."""
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        hidden = int(2 * 4 * self.dim / 3)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+
+class TrainConfig(BaseModel):
+    """How the per-rank training loop runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(default=100, ge=1)
+    micro_batch: int = Field(default=4, ge=1)
+    global_batch: int = Field(default=8, ge=1)
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr: float = Field(default=3e-5, ge=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
+    zero_stage: int = Field(default=2, ge=0, le=3)
+    pipeline_stages: int = Field(default=1, ge=1)
+    nproc: int = Field(default=2, ge=1, description="ranks per node started by the local launcher")
+    launcher: Literal["local", "ray", "none"] = "local"
+    checkpoint_every: int = Field(default=50, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    max_restarts: int = Field(default=0, ge=0)
+    log_every: int = Field(default=1, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    peak_tflops: float | None = Field(default=None, gt=0, description="per-device peak for MFU; None uses the GPU table")
+
+    @model_validator(mode="after")
+    def _check_parallelism(self) -> "TrainConfig":
+        if self.pipeline_stages > 1 and self.zero_stage > 1:
+            raise ValueError(
+                f"train.zero_stage={self.zero_stage} cannot be combined with train.pipeline_stages={self.pipeline_stages}: "
+                "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1"
+            )
+        if self.min_lr > self.lr:
+            raise ValueError(f"train.min_lr={self.min_lr} must not exceed train.lr={self.lr}")
+        if self.global_batch % self.micro_batch:
+            raise ValueError(
+                f"train.global_batch={self.global_batch} must be a multiple of train.micro_batch={self.micro_batch}"
+            )
+        return self
+
+    def data_parallel_size(self, world_size: int) -> int:
+        if world_size % self.pipeline_stages:
+            raise ValueError(
+                f"world size {world_size} is not a multiple of train.pipeline_stages={self.pipeline_stages}"
+            )
+        return world_size // self.pipeline_stages
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-batches per rank per optimizer step, so that every step sees ``global_batch`` samples."""
+        dp = self.data_parallel_size(world_size)
+        per_step = self.micro_batch * dp
+        if self.global_batch % per_step:
+            raise ValueError(
+                f"train.global_batch={self.global_batch} is not divisible by train.micro_batch={self.micro_batch} "
+                f"x {dp} data-parallel ranks; choose a global_batch that is a multiple of {per_step}"
+            )
+        return self.global_batch // per_step

@@ -1,0 +1,28 @@
+"""Everything one training rank needs, as one JSON file the launcher writes and each rank reads."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm.config import ModelConfig, TrainConfig
+from ops import storage
+
+
+class TrainJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str = Field(description="RUN_URL: checkpoints, metrics, heartbeats and events go here")
+    data_url: str = Field(description="DATA_URL written by `kiln prepare`")
+    seed: int
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    config_hash: str = Field(description="hash of what a resumed checkpoint must agree with")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def save(self, path: str) -> None:
+        storage.write_text(path, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str) -> "TrainJob":
+        return cls.model_validate_json(storage.read_text(path))

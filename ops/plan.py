@@ -1,0 +1,163 @@
+"""Capacity plan for a training run: parameters, FLOPs, per-GPU memory and time, as pure arithmetic.
+
+Nothing here imports torch, so `kiln plan` answers instantly on a laptop.
+
+Model-state bytes follow DeepSpeed's own accounting for bf16 mixed precision with
+Adam: 2 bytes of bf16 parameters, and 18 more per parameter for bf16 gradients (2),
+fp32 gradients (4), fp32 master weights (4) and Adam's two moments (8).  ZeRO
+partitions the 18 (stage 2) and then the bf16 parameters too (stage 3, which keeps
+one whole module gathered at a time).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+GIB = 2**30
+
+# Dense bf16 tensor-core peak per device, TFLOP/s (SXM parts).
+PEAK_BF16_TFLOPS: dict[str, float] = {"a100": 312.0, "h100": 989.0, "h200": 989.0}
+
+# Memory per device, GiB.
+GPU_MEMORY_GIB: dict[str, float] = {"a100": 80.0, "h100": 80.0, "h200": 141.0}
+
+PARAM_BYTES_BF16 = 2
+OPTIMIZER_BYTES_PER_PARAM = 18  # bf16 grads 2 + fp32 grads 4 + fp32 params 4 + Adam moments 8
+
+
+def model_dims(model: Any) -> dict[str, Any]:
+    """Normalise a model section (a mapping or a pydantic model) into the numbers the formulas use."""
+    raw: Mapping[str, Any] = model.model_dump() if hasattr(model, "model_dump") else dict(model)
+    dim, heads = int(raw["dim"]), int(raw["heads"])
+    kv_heads = int(raw.get("kv_heads") or heads)
+    hidden = raw.get("ffn_hidden")
+    if hidden is None:
+        multiple_of = int(raw.get("multiple_of", 64))
+        hidden = multiple_of * ((int(2 * 4 * dim / 3) + multiple_of - 1) // multiple_of)
+    return {
+        "dim": dim,
+        "layers": int(raw["layers"]),
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "head_dim": dim // heads,
+        "hidden": int(hidden),
+        "tie_embeddings": bool(raw.get("tie_embeddings", False)),
+    }
+
+
+def parameter_counts(model: Any, vocab_size: int) -> dict[str, int]:
+    """Parameter counts of the Llama-style decoder in ``llm/model.py`` (tied weights counted once)."""
+    d = model_dims(model)
+    dim, kv_dim, hidden = d["dim"], d["kv_heads"] * d["head_dim"], d["hidden"]
+    attention = dim * dim * 2 + dim * kv_dim * 2  # wq, wo; wk, wv
+    ffn = 3 * dim * hidden
+    block = attention + ffn + 2 * dim  # two RMSNorm weights
+    embedding = vocab_size * dim
+    head = dim + (0 if d["tie_embeddings"] else vocab_size * dim)
+    total = embedding + d["layers"] * block + head
+    return {
+        "total": total,
+        "embedding": embedding,
+        "per_block": block,
+        "head": head,
+        # The largest single module: DeepSpeed ZeRO-3 gathers one at a time.
+        "largest_module": max(embedding, dim * hidden, dim * dim),
+        "matmul": d["layers"] * (attention + ffn) + vocab_size * dim,
+    }
+
+
+def flops_per_token(model: Any, vocab_size: int, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) per token.
+
+    6 per matmul parameter (the output projection included, the embedding lookup not)
+    plus attention over the context: QK^T and AV are 2*T*dim each per layer forward,
+    tripled for the backward pass, with no discount for causal masking (the
+    convention of PaLM's MFU).
+    """
+    d = model_dims(model)
+    counts = parameter_counts(model, vocab_size)
+    return 6.0 * counts["matmul"] + 12.0 * d["layers"] * d["dim"] * seq_len
+
+
+def peak_tflops_for(device_name: str) -> float | None:
+    """Peak bf16 TFLOP/s for a device name such as 'NVIDIA H100 80GB HBM3' (None when unknown)."""
+    name = device_name.lower()
+    for key, peak in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def model_state_bytes(total_params: int, largest_module_params: int, zero_stage: int, gpus: int) -> int:
+    """Per-GPU bytes of parameters, gradients and optimizer state under a ZeRO stage (no offload)."""
+    p = total_params
+    if zero_stage == 0:
+        return (PARAM_BYTES_BF16 + OPTIMIZER_BYTES_PER_PARAM) * p
+    if zero_stage == 1:  # optimizer state and fp32 copies partitioned; bf16 grads whole
+        return PARAM_BYTES_BF16 * p + 2 * p + int(16 * p / gpus)
+    if zero_stage == 2:
+        return PARAM_BYTES_BF16 * p + int(OPTIMIZER_BYTES_PER_PARAM * p / gpus)
+    if zero_stage == 3:
+        return 4 * largest_module_params + int(OPTIMIZER_BYTES_PER_PARAM * p / gpus)
+    raise ValueError(f"zero_stage={zero_stage} is not one of 0, 1, 2, 3")
+
+
+def activation_bytes(model: Any, vocab_size: int, seq_len: int, micro_batch: int,
+                     activation_checkpointing: bool = False) -> int:
+    """Estimated bf16 activations kept for the backward pass of one micro-batch.
+
+    Per block and token: the inputs of both norms and their outputs, q/k/v, the
+    attention output, the SwiGLU's three hidden tensors and their product, with a
+    fused attention kernel (no T x T scores).  With activation checkpointing only
+    each block's input is kept, plus one block's worth during its recomputation.
+    The logits count twice (bf16 and the fp32 copy the loss reads).
+    """
+    d = model_dims(model)
+    dim, kv_dim, hidden = d["dim"], d["kv_heads"] * d["head_dim"], d["hidden"]
+    tokens = seq_len * micro_batch
+    per_block = 2 * tokens * (6 * dim + 2 * kv_dim + 4 * hidden)
+    blocks = d["layers"] * 2 * tokens * dim + per_block if activation_checkpointing else d["layers"] * per_block
+    logits = tokens * vocab_size * (2 + 4)
+    return blocks + logits
+
+
+def plan(model: Any, vocab_size: int, seq_len: int, micro_batch: int, global_batch: int, steps: int,
+         gpus: int, gpu: str, zero_stage: int, mfu: float = 0.4,
+         activation_checkpointing: bool = False) -> dict[str, Any]:
+    """Everything `kiln plan` prints, as one dict of plain numbers."""
+    gpu_key = gpu.lower()
+    if gpu_key not in PEAK_BF16_TFLOPS:
+        raise ValueError(f"gpu={gpu!r} is not known; valid: {', '.join(sorted(PEAK_BF16_TFLOPS))}")
+    if gpus < 1:
+        raise ValueError(f"gpus={gpus} must be at least 1")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu={mfu} must be in (0, 1]")
+    counts = parameter_counts(model, vocab_size)
+    per_stage = {
+        stage: model_state_bytes(counts["total"], counts["largest_module"], stage, gpus) / GIB
+        for stage in (0, 1, 2, 3)
+    }
+    activations = activation_bytes(model, vocab_size, seq_len, micro_batch, activation_checkpointing) / GIB
+    flops = flops_per_token(model, vocab_size, seq_len)
+    tokens_per_s = gpus * PEAK_BF16_TFLOPS[gpu_key] * 1e12 * mfu / flops
+    tokens_per_step = global_batch * seq_len
+    total_gb = per_stage[zero_stage] + activations
+    return {
+        "params": counts["total"],
+        "params_embedding": counts["embedding"],
+        "params_largest_module": counts["largest_module"],
+        "flops_per_token": flops,
+        "gpu": gpu_key,
+        "gpus": gpus,
+        "zero_stage": zero_stage,
+        "model_states_gb_by_stage": per_stage,
+        "model_states_gb": per_stage[zero_stage],
+        "activations_gb": activations,
+        "total_gb": total_gb,
+        "gpu_memory_gb": GPU_MEMORY_GIB[gpu_key],
+        "fits": total_gb <= GPU_MEMORY_GIB[gpu_key],
+        "mfu": mfu,
+        "tokens_per_s": tokens_per_s,
+        "step_time_s": tokens_per_step / tokens_per_s,
+        "train_tokens": tokens_per_step * steps,
+        "time_to_steps_s": tokens_per_step * steps / tokens_per_s,
+    }
