@@ -1,0 +1,99 @@
+"""Typed configuration of the data stage (the ``data:`` section of a Kiln config)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StripMarkup(_Strict):
+    """Remove HTML/XML tags and decode character entities."""
+
+    name: Literal["strip_markup"] = "strip_markup"
+
+
+class NormalizeUnicode(_Strict):
+    """Unicode normalisation plus removal of control characters other than tab and newline."""
+
+    name: Literal["normalize_unicode"] = "normalize_unicode"
+    form: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFC"
+
+
+class MinLength(_Strict):
+    """Drop documents shorter than ``min_chars`` characters."""
+
+    name: Literal["min_length"] = "min_length"
+    min_chars: int = Field(default=64, ge=0)
+
+
+class MaskPII(_Strict):
+    """Replace e-mail addresses, phone numbers and IP addresses with placeholders."""
+
+    name: Literal["mask_pii"] = "mask_pii"
+    email: str = "<EMAIL>"
+    phone: str = "<PHONE>"
+    ip: str = "<IP>"
+
+
+class DedupExact(_Strict):
+    """Keep one copy of documents whose text is byte-identical, across the whole corpus."""
+
+    name: Literal["dedup_exact"] = "dedup_exact"
+
+
+FilterConfig = Annotated[
+    Union[StripMarkup, NormalizeUnicode, MinLength, MaskPII, DedupExact], Field(discriminator="name")
+]
+FILTER_NAMES = ("strip_markup", "normalize_unicode", "min_length", "mask_pii", "dedup_exact")
+
+
+class SourceConfig(_Strict):
+    """A named group of training inputs, blended with the others by ``weight``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    inputs: list[str]
+    weight: float = Field(default=1.0, gt=0)
+    text_field: str | None = None
+
+
+class DataConfig(_Strict):
+    inputs: list[str] = []
+    val_inputs: list[str] = []
+    text_field: str = "text"
+    output: str = "data"
+    vocab_size: int = Field(default=8000, ge=300, le=1_000_000)
+    shard_mb: float = Field(default=256, gt=0)
+    # Named training sources for blending; ``inputs`` (if any) form one more source called "default".
+    sources: list[SourceConfig] = []
+    # Fraction of train documents held out for validation when ``val_inputs`` is empty.
+    val_fraction: float = Field(default=0.01, ge=0, lt=1)
+    # A ready tokenizer.model to use instead of training one.
+    tokenizer: str | None = None
+    tokenizer_sample_mb: float = Field(default=64, gt=0)
+    # Fixed, not taken from the machine: sentencepiece output depends on the thread count.
+    tokenizer_threads: int = Field(default=4, ge=1)
+    filters: list[FilterConfig] = []
+    on_error: Literal["stop", "skip"] = "stop"
+    record_batch_mb: float = Field(default=12, gt=0)
+    # Upper bound on prepare tasks in flight (back-pressure); None = twice the cluster CPUs.
+    max_inflight: int | None = Field(default=None, ge=1)
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _names_as_filters(cls, value):
+        """Accept ``- dedup_exact`` as shorthand for ``- {name: dedup_exact}``."""
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def train_sources(self) -> list[SourceConfig]:
+        """Every training source, ``inputs`` first as the source named "default"."""
+        out = []
+        if self.inputs:
+            out.append(SourceConfig(name="default", inputs=list(self.inputs)))
+        out.extend(self.sources)
+        return out

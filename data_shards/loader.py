@@ -1,0 +1,266 @@
+"""Per-rank reading of the global sample order, and whole-shard views for evaluation."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from data_shards import sample_order
+from data_shards.errors import DataError
+from data_shards.manifest import Manifest, load_manifest
+from data_shards.shard_cache import cache_dir, local_shard
+from data_shards.shard_format import doc_index
+
+INDEX_VERSION = 1
+MAX_OPEN_FILES = 64
+
+
+@dataclass
+class _Epoch:
+    order: np.ndarray
+    starts: np.ndarray
+    perm: np.ndarray
+
+
+class SourceReader:
+    """One source of a split: its documents across shards and its per-epoch sample index."""
+
+    def __init__(self, name: str, manifest: Manifest, shard_ids: list[int], seed: int, seq_len: int, storage_options):
+        self.name = name
+        self.seed = seed
+        self.seq_len = seq_len
+        self.paths, shard_of, offsets, lengths = [], [], [], []
+        self.dtype = np.dtype(manifest.dtype)
+        for local_no, i in enumerate(shard_ids):
+            path = local_shard(manifest, i, storage_options)
+            idx = doc_index(path, manifest.shard_url(i))
+            self.paths.append(path)
+            shard_of.append(np.full(len(idx.lengths), local_no, dtype=np.int32))
+            offsets.append(idx.file_offsets)
+            lengths.append(idx.lengths)
+        self.doc_shard = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32)
+        self.doc_offset = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        self.doc_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        self.total_tokens = int(self.doc_lengths.sum())
+        self.samples_per_epoch = sample_order.samples_per_epoch(self.total_tokens, seq_len)
+        if self.samples_per_epoch < 1:
+            raise DataError(
+                f"source {name!r} of {manifest.split_url} has {self.total_tokens} tokens, "
+                f"fewer than seq_len+1={seq_len + 1}: add data or lower model.seq_len"
+            )
+        self._key = hashlib.sha256(
+            f"{INDEX_VERSION}|{manifest.fingerprint}|{name}|{seed}|{seq_len}".encode()
+        ).hexdigest()[:24]
+        self._epochs: dict[int, _Epoch] = {}
+        self._files: OrderedDict[int, int] = OrderedDict()
+
+    def epoch(self, e: int) -> _Epoch:
+        if e not in self._epochs:
+            self._epochs[e] = self._load_or_build(e)
+        return self._epochs[e]
+
+    def _load_or_build(self, e: int) -> _Epoch:
+        folder = cache_dir() / "sample-index"
+        names = {part: folder / f"{self._key}-e{e:05d}-{part}.npy" for part in ("order", "starts", "perm")}
+        if all(p.exists() for p in names.values()):
+            try:
+                return _Epoch(*(np.load(names[p], mmap_mode="r") for p in ("order", "starts", "perm")))
+            except (ValueError, OSError):
+                pass  # a damaged cache entry is rebuilt below
+        order = sample_order.epoch_doc_order(len(self.doc_lengths), self.seed, self.name, e)
+        starts = sample_order.doc_starts(self.doc_lengths, order)
+        perm = sample_order.epoch_sample_perm(self.samples_per_epoch, self.seed, self.name, e)
+        folder.mkdir(parents=True, exist_ok=True)
+        for part, array in (("order", order), ("starts", starts), ("perm", perm)):
+            tmp = folder / f".{names[part].name}.{uuid.uuid4().hex}.tmp.npy"
+            np.save(tmp, array)
+            os.replace(tmp, names[part])
+        return _Epoch(order, starts, perm)
+
+    def _fd(self, shard: int) -> int:
+        fd = self._files.pop(shard, None)
+        if fd is None:
+            fd = os.open(self.paths[shard], os.O_RDONLY)
+            if len(self._files) >= MAX_OPEN_FILES:
+                _, old = self._files.popitem(last=False)
+                os.close(old)
+        self._files[shard] = fd
+        return fd
+
+    def read_into(self, samples: np.ndarray, out: np.ndarray) -> None:
+        """Fill rows of ``out`` (dtype of the shards) with this source's samples ``samples``."""
+        seq_len, itemsize = self.seq_len, self.dtype.itemsize
+        epochs, within = np.divmod(samples, self.samples_per_epoch)
+        for row, (e, j) in enumerate(zip(epochs.tolist(), within.tolist())):
+            ep = self.epoch(e)
+            pos = int(ep.perm[j]) * seq_len
+            k = int(np.searchsorted(ep.starts, pos, side="right")) - 1
+            filled = 0
+            while filled <= seq_len:
+                doc = int(ep.order[k])
+                start = pos - int(ep.starts[k])
+                take = min(int(self.doc_lengths[doc]) - start, seq_len + 1 - filled)
+                if take > 0:
+                    view = memoryview(out[row, filled : filled + take]).cast("B")
+                    got = os.preadv(self._fd(int(self.doc_shard[doc])), [view], int(self.doc_offset[doc]) + start * itemsize)
+                    if got != take * itemsize:
+                        raise DataError(f"shard {self.paths[self.doc_shard[doc]]} is shorter than its index says")
+                    filled += take
+                    pos += take
+                k += 1
+
+    def close(self) -> None:
+        while self._files:
+            os.close(self._files.popitem()[1])
+
+
+class GlobalBatchLoader:
+    """This rank's slice of each global batch, in the run's global sample order.
+
+    Global batch ``b`` is samples ``[b*G, (b+1)*G)``; rank ``r`` of ``W`` reads the
+    contiguous block ``[b*G + r*G/W, b*G + (r+1)*G/W)``.  ``consumed_samples`` counts all
+    ranks together, so the state is the same on every rank and a resume may change ``W``.
+    """
+
+    def __init__(
+        self,
+        data_url: str,
+        split: str,
+        seed: int,
+        seq_len: int,
+        global_batch: int,
+        dp_rank: int = 0,
+        dp_world: int = 1,
+        storage_options: dict | None = None,
+        consumed_samples: int = 0,
+        blend: dict[str, float] | None = None,
+    ):
+        if seq_len < 1 or global_batch < 1:
+            raise DataError(f"seq_len ({seq_len}) and global_batch ({global_batch}) must be positive")
+        sample_order.rank_slice(0, global_batch, dp_rank, dp_world)
+        self.manifest = load_manifest(data_url, split, storage_options)
+        self.seed, self.seq_len, self.global_batch = int(seed), int(seq_len), int(global_batch)
+        self.dp_rank, self.dp_world = dp_rank, dp_world
+        self.fingerprint = self.manifest.fingerprint
+        names = self.manifest.source_names()
+        weights = blend or {n: (self.manifest.sources[n].weight if n in self.manifest.sources else 1.0) for n in names}
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise DataError(f"blend names unknown source(s) {unknown}; the data has {names}")
+        self.source_names = [n for n in names if n in weights]
+        self.weights = {n: float(weights[n]) for n in self.source_names}
+        self.sources = [
+            SourceReader(
+                n,
+                self.manifest,
+                [i for i, s in enumerate(self.manifest.shards) if s.source == n],
+                self.seed,
+                self.seq_len,
+                storage_options,
+            )
+            for n in self.source_names
+        ]
+        self._blend = sample_order.BlendIndex([self.weights[n] for n in self.source_names]) if len(self.sources) > 1 else None
+        self.consumed_samples = int(consumed_samples)
+        self.last_wait_s = 0.0
+
+    def samples(self, numbers: np.ndarray) -> np.ndarray:
+        """Global samples by number, int64 (len(numbers), seq_len + 1): the order itself."""
+        numbers = np.asarray(numbers, dtype=np.int64)
+        raw = np.empty((len(numbers), self.seq_len + 1), dtype=self.sources[0].dtype)
+        if self._blend is None:
+            self.sources[0].read_into(numbers, raw)
+        else:
+            src, idx = self._blend.lookup(numbers)
+            for d, reader in enumerate(self.sources):
+                rows = np.flatnonzero(src == d)
+                if len(rows):
+                    part = np.empty((len(rows), self.seq_len + 1), dtype=reader.dtype)
+                    reader.read_into(idx[rows], part)
+                    raw[rows] = part
+        return raw.astype(np.int64)
+
+    def next_batch(self) -> np.ndarray:
+        """int64 (global_batch // dp_world, seq_len + 1); advances by one global batch."""
+        started = time.perf_counter()
+        if self.consumed_samples % self.global_batch:
+            raise DataError(
+                f"consumed_samples={self.consumed_samples} is not a multiple of global_batch={self.global_batch}"
+            )
+        numbers = np.fromiter(
+            sample_order.rank_slice(self.consumed_samples // self.global_batch, self.global_batch, self.dp_rank, self.dp_world),
+            dtype=np.int64,
+        )
+        batch = self.samples(numbers)
+        self.consumed_samples += self.global_batch
+        self.last_wait_s = time.perf_counter() - started
+        return batch
+
+    def source_consumed(self) -> dict[str, int]:
+        """Samples taken from each source so far (all ranks together)."""
+        if self._blend is None:
+            return {self.source_names[0]: self.consumed_samples}
+        counts = self._blend.consumed(self.consumed_samples)
+        return {n: int(c) for n, c in zip(self.source_names, counts)}
+
+    def state_dict(self) -> dict:
+        state = {
+            "consumed_samples": self.consumed_samples,
+            "fingerprint": self.fingerprint,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+        }
+        if self._blend is not None:
+            state["weights"] = dict(self.weights)
+            state["source_consumed"] = self.source_consumed()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in (("fingerprint", self.fingerprint), ("seed", self.seed), ("seq_len", self.seq_len)):
+            if key not in state:
+                raise DataError(f"data loader state lacks {key!r}; it was not written by this loader")
+            if state[key] != mine:
+                what = "the prepared data changed" if key == "fingerprint" else f"{key} changed"
+                raise DataError(
+                    f"cannot resume: {what} since the checkpoint ({key} {state[key]!r} there, {mine!r} now)"
+                )
+        if self._blend is not None and state.get("weights") != self.weights:
+            raise DataError(f"cannot resume: blend weights changed ({state.get('weights')} there, {self.weights} now)")
+        self.consumed_samples = int(state["consumed_samples"])
+
+    def close(self) -> None:
+        for reader in self.sources:
+            reader.close()
+
+
+def _shard_tokens(data_url: str, split: str, shard_index: int, storage_options) -> tuple[Manifest, np.ndarray]:
+    manifest = load_manifest(data_url, split, storage_options)
+    if not 0 <= shard_index < len(manifest.shards):
+        raise DataError(f"{split} has {len(manifest.shards)} shards; index {shard_index} is out of range")
+    path = local_shard(manifest, shard_index, storage_options)
+    with pa.memory_map(path, "r") as source:
+        table = pa.ipc.open_file(source).read_all()
+    tokens = table.column("tokens").combine_chunks()
+    return manifest, np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def eval_windows(data_url: str, split: str, shard_index: int, seq_len: int, storage_options=None) -> np.ndarray:
+    """int64 (n, seq_len + 1): the shard's documents in file order, concatenated and cut into
+    non-overlapping windows; the remainder is dropped."""
+    _, tokens = _shard_tokens(data_url, split, shard_index, storage_options)
+    n = len(tokens) // (seq_len + 1)
+    return tokens[: n * (seq_len + 1)].reshape(n, seq_len + 1)
+
+
+def shard_token_counts(data_url: str, split: str, shard_index: int, vocab_size: int, storage_options=None) -> np.ndarray:
+    """int64[vocab_size]: how often each token occurs in the shard."""
+    _, tokens = _shard_tokens(data_url, split, shard_index, storage_options)
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        raise DataError(f"{split} shard {shard_index} holds token id {int(tokens.max())} >= vocab_size {vocab_size}")
+    return np.bincount(tokens, minlength=vocab_size).astype(np.int64)

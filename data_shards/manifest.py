@@ -1,0 +1,106 @@
+"""``manifest.json``: the commit point of a prepared split, and its content fingerprint."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from data_shards.errors import DataError
+from ops import storage
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+
+
+class ShardEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str  # relative to the split folder
+    bytes: int
+    sha256: str
+    docs: int
+    tokens: int
+    source: str = "default"
+
+
+class SourceStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    docs: int = 0
+    tokens: int = 0
+    weight: float = 1.0
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    split: str
+    config_hash: str
+    tokenizer_sha256: str
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    dtype: str
+    shards: list[ShardEntry]
+    total_docs: int
+    total_tokens: int
+    sources: dict[str, SourceStats] = {}
+    # name -> {"dropped": n, "changed": n}
+    filters: dict[str, dict[str, int]] = {}
+    # invalid_utf8, empty_docs, malformed_lines, missing_field
+    errors: dict[str, int] = {}
+    # Where the split lives; set when loaded, not stored.
+    split_url: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable hash of what the sample order depends on: tokenizer and every shard's bytes."""
+        content = {
+            "format_version": self.format_version,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "dtype": self.dtype,
+            "shards": [[s.path, s.sha256, s.docs, s.tokens, s.source] for s in self.shards],
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
+
+    def shard_url(self, i: int) -> str:
+        return storage.join(self.split_url, self.shards[i].path)
+
+    def source_names(self) -> list[str]:
+        """Sources in a fixed order: the manifest's ``sources`` table, else the shards' sources."""
+        if self.sources:
+            return sorted(self.sources)
+        return sorted({s.source for s in self.shards})
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(exclude={"split_url"}), indent=2, sort_keys=True) + "\n"
+
+
+def manifest_url(data_url: str, split: str) -> str:
+    return storage.join(data_url, split, "manifest.json")
+
+
+def load_manifest(data_url: str, split: str, storage_options: dict | None = None) -> Manifest:
+    if split not in SPLITS:
+        raise DataError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    url = manifest_url(data_url, split)
+    if not storage.exists(url, storage_options):
+        raise DataError(f"no committed {split} data at {data_url} ({url} is missing): run `kiln prepare` first")
+    try:
+        raw = storage.read_json(url, storage_options)
+        manifest = Manifest.model_validate(raw)
+    except (json.JSONDecodeError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise DataError(f"{url} is not a valid Kiln manifest ({first})") from None
+    if manifest.format_version != FORMAT_VERSION:
+        raise DataError(f"{url} has format version {manifest.format_version}; this Kiln reads {FORMAT_VERSION}")
+    manifest.split_url = storage.join(data_url, split)
+    return manifest
+
+
+def write_manifest(data_url: str, manifest: Manifest, storage_options: dict | None = None) -> None:
+    """Write the commit point of a split: call only after every shard it names is written."""
+    storage.write_text(manifest_url(data_url, manifest.split), manifest.to_json(), storage_options)

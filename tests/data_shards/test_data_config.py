@@ -1,0 +1,24 @@
+import pytest
+from pydantic import ValidationError
+
+from data_shards.config import DataConfig, DedupExact, MinLength
+
+
+def test_unknown_keys_are_rejected_at_every_level():
+    with pytest.raises(ValidationError, match="shard_mbb"):
+        DataConfig(inputs=["a.jsonl"], shard_mbb=1)
+    with pytest.raises(ValidationError, match="min_char"):
+        DataConfig(inputs=["a.jsonl"], filters=[{"name": "min_length", "min_char": 3}])
+
+
+def test_filters_accept_bare_names_and_parameters():
+    cfg = DataConfig(inputs=["a.jsonl"], filters=["dedup_exact", {"name": "min_length", "min_chars": 5}])
+    assert isinstance(cfg.filters[0], DedupExact)
+    assert isinstance(cfg.filters[1], MinLength) and cfg.filters[1].min_chars == 5
+    with pytest.raises(ValidationError):
+        DataConfig(inputs=["a.jsonl"], filters=["no_such_filter"])
+
+
+def test_inputs_become_the_default_source_before_named_ones():
+    cfg = DataConfig(inputs=["a.jsonl"], sources=[{"name": "code", "inputs": ["b.jsonl"], "weight": 2}])
+    assert [(s.name, s.weight) for s in cfg.train_sources()] == [("default", 1.0), ("code", 2.0)]

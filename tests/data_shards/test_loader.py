@@ -1,0 +1,177 @@
+"""GlobalBatchLoader and the whole-shard readers against real shard files."""
+import os
+
+import numpy as np
+import pytest
+
+from data_shards import sample_order as so
+from data_shards.errors import DataError
+from data_shards.loader import GlobalBatchLoader, eval_windows, shard_token_counts
+
+SEQ = 16
+
+
+@pytest.fixture
+def dataset(tmp_path, kit):
+    docs = kit.random_docs(11, 60, 500)
+    kit.write_split(str(tmp_path / "data"), "train", {"default": [docs[:20], docs[20:45], docs[45:]]})
+    return str(tmp_path / "data"), docs
+
+
+def reference_sample(docs, seed, seq_len, n, source="default"):
+    total = sum(len(d) for d in docs)
+    per_epoch = so.samples_per_epoch(total, seq_len)
+    epoch, j = divmod(n, per_epoch)
+    order = so.epoch_doc_order(len(docs), seed, source, epoch)
+    window = so.epoch_sample_perm(per_epoch, seed, source, epoch)[j]
+    return so.window_tokens(docs, order, int(window), seq_len)
+
+
+def read_all(loader, batches):
+    return np.concatenate([loader.next_batch() for _ in range(batches)])
+
+
+def test_samples_match_the_pure_order_across_epochs(dataset):
+    url, docs = dataset
+    loader = GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=8)
+    per_epoch = so.samples_per_epoch(sum(len(d) for d in docs), SEQ)
+    batches = (2 * per_epoch) // 8 + 2  # well into the third epoch
+    got = read_all(loader, batches)
+    assert got.dtype == np.int64 and got.shape == (batches * 8, SEQ + 1)
+    for n in range(len(got)):
+        assert got[n].tolist() == reference_sample(docs, 5, SEQ, n).tolist()
+    assert loader.consumed_samples == batches * 8
+
+
+def test_an_epoch_visits_every_window_once(dataset):
+    url, docs = dataset
+    stream_windows = set()
+    order = so.epoch_doc_order(len(docs), 5, "default", 0)
+    per_epoch = so.samples_per_epoch(sum(len(d) for d in docs), SEQ)
+    for w in range(per_epoch):
+        stream_windows.add(tuple(so.window_tokens(docs, order, w, SEQ).tolist()))
+    loader = GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=1)
+    seen = {tuple(loader.next_batch()[0].tolist()) for _ in range(per_epoch)}
+    assert seen == stream_windows
+
+
+def test_global_sequence_is_independent_of_data_parallel_world(dataset):
+    url, _ = dataset
+    one = read_all(GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8), 5)
+    for world in (2, 4):
+        ranks = [GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, dp_rank=r, dp_world=world) for r in range(world)]
+        batches = [np.concatenate([rk.next_batch() for rk in ranks]) for _ in range(5)]
+        assert np.array_equal(np.concatenate(batches), one)
+        assert all(rk.consumed_samples == 40 for rk in ranks)
+
+
+def test_two_ranks_then_one_rank_equals_one_rank_throughout(dataset):
+    url, _ = dataset
+    reference = read_all(GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4), 10)
+    ranks = [GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, dp_rank=r, dp_world=2) for r in range(2)]
+    first = [np.concatenate([rk.next_batch() for rk in ranks]) for _ in range(4)]
+    state = ranks[0].state_dict()
+    assert state == ranks[1].state_dict()
+    resumed = GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4)
+    resumed.load_state_dict(state)
+    rest = [resumed.next_batch() for _ in range(6)]
+    assert np.array_equal(np.concatenate(first + rest), reference)
+
+
+def test_consumed_samples_argument_starts_mid_sequence(dataset):
+    url, _ = dataset
+    reference = read_all(GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4), 3)
+    late = GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, consumed_samples=8)
+    assert np.array_equal(late.next_batch(), reference[8:12])
+
+
+def test_resume_with_changed_data_seed_or_seq_len_is_a_data_error(dataset, tmp_path, kit):
+    url, docs = dataset
+    state = GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4).state_dict()
+    with pytest.raises(DataError, match="seed changed"):
+        GlobalBatchLoader(url, "train", seed=2, seq_len=SEQ, global_batch=4).load_state_dict(state)
+    with pytest.raises(DataError, match="seq_len changed"):
+        GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ + 1, global_batch=4).load_state_dict(state)
+    other = str(tmp_path / "other")
+    kit.write_split(other, "train", {"default": [docs[:-1]]})
+    with pytest.raises(DataError, match="prepared data changed"):
+        GlobalBatchLoader(other, "train", seed=1, seq_len=SEQ, global_batch=4).load_state_dict(state)
+
+
+def test_same_inputs_give_identical_batches_and_a_new_seed_does_not(dataset):
+    url, _ = dataset
+    a = read_all(GlobalBatchLoader(url, "train", seed=4, seq_len=SEQ, global_batch=4), 3)
+    b = read_all(GlobalBatchLoader(url, "train", seed=4, seq_len=SEQ, global_batch=4), 3)  # cached index
+    c = read_all(GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=4), 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert any(n.endswith("-perm.npy") for n in os.listdir(os.path.join(os.environ["KILN_CACHE_DIR"], "sample-index")))
+
+
+def test_blended_sources_follow_weights_and_count_per_source(tmp_path, kit):
+    web = kit.random_docs(1, 40, 500)
+    code = kit.random_docs(2, 40, 500)
+    url = str(tmp_path / "data")
+    kit.write_split(url, "train", {"web": [web], "code": [code]}, weights={"web": 3.0, "code": 1.0})
+    loader = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8)
+    batch = np.concatenate([loader.next_batch() for _ in range(5)])
+    state = loader.state_dict()
+    assert state["source_consumed"] == {"code": 10, "web": 30}
+    assert state["weights"] == {"code": 1.0, "web": 3.0}
+    web_samples = {tuple(reference_sample(web, 0, SEQ, j, "web").tolist()) for j in range(30)}
+    code_samples = {tuple(reference_sample(code, 0, SEQ, j, "code").tolist()) for j in range(10)}
+    assert {tuple(r.tolist()) for r in batch} == web_samples | code_samples
+    resumed = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, dp_rank=1, dp_world=2)
+    resumed.load_state_dict(state)
+    assert np.array_equal(resumed.next_batch(), loader.next_batch()[4:])
+    with pytest.raises(DataError, match="blend weights changed"):
+        GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, blend={"web": 1.0, "code": 1.0}).load_state_dict(state)
+
+
+def test_flipped_byte_in_a_shard_is_a_data_error_naming_it(dataset):
+    url, _ = dataset
+    path = os.path.join(url, "train", "shard-00001.arrow")
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(DataError, match="shard-00001.arrow is damaged"):
+        GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)
+
+
+def test_verification_is_remembered_until_the_file_changes(dataset):
+    url, _ = dataset
+    GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)
+    verified = os.path.join(os.environ["KILN_CACHE_DIR"], "verified")
+    assert len(os.listdir(verified)) == 3
+    path = os.path.join(url, "train", "shard-00000.arrow")
+    raw = bytearray(open(path, "rb").read())
+    raw[-40] ^= 0x01
+    open(path, "wb").write(bytes(raw))
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(DataError, match="shard-00000.arrow"):
+        GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)
+
+
+def test_too_little_data_for_one_window_is_a_data_error(tmp_path, kit):
+    url = str(tmp_path / "tiny")
+    kit.write_split(url, "train", {"default": [[np.array([5, 6, 2])]]})
+    with pytest.raises(DataError, match="fewer than seq_len"):
+        GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=1)
+
+
+def test_eval_windows_cut_the_shard_in_file_order(dataset):
+    url, docs = dataset
+    stream = np.concatenate(docs[20:45])
+    windows = eval_windows(url, "train", 1, SEQ)
+    n = len(stream) // (SEQ + 1)
+    assert windows.dtype == np.int64 and windows.shape == (n, SEQ + 1)
+    assert windows.ravel().tolist() == stream[: n * (SEQ + 1)].tolist()
+
+
+def test_shard_token_counts_histogram_the_shard(dataset):
+    url, docs = dataset
+    counts = shard_token_counts(url, "train", 2, 500)
+    assert counts.dtype == np.int64 and counts.shape == (500,)
+    assert counts.tolist() == np.bincount(np.concatenate(docs[45:]), minlength=500).tolist()
+    with pytest.raises(DataError, match="out of range"):
+        shard_token_counts(url, "train", 3, 500)

@@ -1,0 +1,68 @@
+"""The pure order-building functions, tested without any reader or process."""
+import numpy as np
+import pytest
+
+from data_shards import sample_order as so
+from data_shards.errors import DataError
+
+
+def test_windows_cover_the_shuffled_stream_and_overlap_by_one_token(kit):
+    docs = kit.random_docs(0, 30, 500)
+    order = so.epoch_doc_order(len(docs), seed=7, source="default", epoch=0)
+    stream = np.concatenate([docs[i] for i in order])
+    seq_len = 16
+    count = so.samples_per_epoch(len(stream), seq_len)
+    assert count == (len(stream) - 1) // seq_len
+    windows = [so.window_tokens(docs, order, w, seq_len) for w in range(count)]
+    for w, tokens in enumerate(windows):
+        assert tokens.tolist() == stream[w * seq_len : w * seq_len + seq_len + 1].tolist()
+    for left, right in zip(windows, windows[1:]):
+        assert left[-1] == right[0]
+
+
+def test_orders_depend_on_seed_source_and_epoch_only():
+    a = so.epoch_doc_order(100, seed=1, source="web", epoch=0)
+    assert a.tolist() == so.epoch_doc_order(100, seed=1, source="web", epoch=0).tolist()
+    assert sorted(a.tolist()) == list(range(100))
+    assert a.tolist() != so.epoch_doc_order(100, seed=2, source="web", epoch=0).tolist()
+    assert a.tolist() != so.epoch_doc_order(100, seed=1, source="code", epoch=0).tolist()
+    assert a.tolist() != so.epoch_doc_order(100, seed=1, source="web", epoch=1).tolist()
+    p = so.epoch_sample_perm(50, seed=1, source="web", epoch=0)
+    assert sorted(p.tolist()) == list(range(50))
+
+
+def test_rank_slices_concatenate_to_the_global_batch_for_any_world_size():
+    for world in (1, 2, 4, 8):
+        joined = [n for r in range(world) for n in so.rank_slice(3, 8, r, world)]
+        assert joined == list(range(24, 32))
+
+
+def test_rank_slice_rejects_an_indivisible_global_batch():
+    with pytest.raises(DataError, match="not divisible"):
+        so.rank_slice(0, 6, 0, 4)
+
+
+def test_blend_prefixes_follow_the_weights_within_one_sample():
+    weights = so.normalized_weights([3.0, 1.0, 0.5])
+    src, idx = so.blend_chunk(weights, np.zeros(3, dtype=np.int64), 2000)
+    counts = np.zeros(3)
+    for n, (d, k) in enumerate(zip(src, idx), start=1):
+        assert k == counts[d]  # each source's samples are taken in order
+        counts[d] += 1
+        assert np.all(np.abs(counts - weights * n) <= 1.0)
+
+
+def test_blend_chunks_join_into_the_one_shot_sequence():
+    weights = so.normalized_weights([0.7, 0.2, 0.1])
+    whole_src, whole_idx = so.blend_chunk(weights, np.zeros(3, dtype=np.int64), 1000)
+    index = so.BlendIndex([0.7, 0.2, 0.1], chunk=64)
+    src, idx = index.lookup(np.arange(1000))
+    assert src.tolist() == whole_src.tolist()
+    assert idx.tolist() == whole_idx.tolist()
+    assert index.consumed(1000).tolist() == np.bincount(whole_src, minlength=3).tolist()
+    assert index.consumed(100).tolist() == np.bincount(whole_src[:100], minlength=3).tolist()
+
+
+def test_bad_blend_weights_are_a_data_error():
+    with pytest.raises(DataError, match="positive"):
+        so.normalized_weights([1.0, 0.0])
