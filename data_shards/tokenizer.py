@@ -86,11 +86,11 @@ class Tokenizer:
             "unk_id": self.unk_id,
         }
 
-    def save(self, data_url: str, storage_options: dict | None = None) -> None:
+    def save(self, data_url: str, storage_options: dict | None = None, extra: dict | None = None) -> None:
+        """Write tokenizer.model, then meta.json (with ``extra`` fields such as training settings)."""
         storage.write_bytes(storage.join(data_url, MODEL_PATH), self.model_bytes, storage_options)
-        storage.write_text(
-            storage.join(data_url, META_PATH), json.dumps(self.meta(), indent=2, sort_keys=True) + "\n", storage_options
-        )
+        meta = {**self.meta(), **(extra or {})}
+        storage.write_text(storage.join(data_url, META_PATH), json.dumps(meta, indent=2, sort_keys=True) + "\n", storage_options)
 
 
 def train_tokenizer(sentences: Iterable[str], vocab_size: int, seed: int, num_threads: int = 4) -> Tokenizer:

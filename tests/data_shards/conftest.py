@@ -108,6 +108,16 @@ class DataKit:
     corpus_dir = staticmethod(corpus_dir)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kit() -> DataKit:
     return DataKit()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray cluster for the tests of one module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -1,0 +1,244 @@
+"""``kiln prepare``: tokenizer, then token shards and manifests, on the caller's Ray cluster.
+
+Phases: expand inputs into partitions → (unless a tokenizer is given or already
+trained with the same settings) a seeded bounded sample per partition and
+sentencepiece training → optional corpus-wide exact de-duplication → one tokenize
+task per partition, each leaving a completion marker → the val manifest, then the
+train manifest, written last.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import ray
+
+from data_shards import dedup
+from data_shards.config import DataConfig
+from data_shards.errors import DataError
+from data_shards.filters import wants_dedup
+from data_shards.inputs import Partition, partitions_for
+from data_shards.manifest import Manifest, ShardEntry, SourceStats, load_manifest, manifest_url, write_manifest
+from data_shards.partition_work import TokenizeJob, sample_partition, tokenize_partition
+from data_shards.progress import PrepareProgress
+from data_shards.ray_results import get
+from data_shards.shard_format import token_dtype
+from data_shards.tokenizer import META_PATH, Tokenizer, train_tokenizer
+from ops import storage
+
+MIB = 1 << 20
+
+
+def is_prepared(data_url: str, storage_options: dict | None = None) -> bool:
+    """True when both the train and the val manifest are committed."""
+    return all(storage.exists(manifest_url(data_url, split), storage_options) for split in ("train", "val"))
+
+
+def _partitions(data: DataConfig, storage_options) -> list[Partition]:
+    sources = data.train_sources()
+    if not sources:
+        raise DataError("data.inputs is empty: list at least one input file, glob or URL")
+    train_split = "train" if data.val_inputs else "holdout"
+    groups = [(s.name, train_split, s.text_field or data.text_field, s.inputs) for s in sources]
+    if data.val_inputs:
+        groups.append(("val", "val", data.text_field, data.val_inputs))
+    return partitions_for(groups, storage_options)
+
+
+def _remote(fn, **options):
+    return ray.remote(**options)(fn) if options else ray.remote(fn)
+
+
+def _settings_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage_options, show: PrepareProgress) -> Tokenizer:
+    """The user's tokenizer, the one already trained with these settings, or a newly trained one."""
+    if data.tokenizer:
+        tok = Tokenizer.from_file(data.tokenizer, storage_options)
+        tok.save(data.output, storage_options)
+        return tok
+    train_parts = [p for p in partitions if p.split != "val"]
+    settings = _settings_hash(
+        {
+            "files": [(p.files, p.sizes) for p in train_parts],
+            "seed": seed,
+            "vocab_size": data.vocab_size,
+            "sample_mb": data.tokenizer_sample_mb,
+            "threads": data.tokenizer_threads,
+            "filters": [f.model_dump() for f in data.filters],
+            "text_field": data.text_field,
+        }
+    )
+    meta_url = storage.join(data.output, META_PATH)
+    if storage.exists(meta_url, storage_options):
+        meta = storage.read_json(meta_url, storage_options)
+        if meta.get("settings") == settings:
+            return Tokenizer.load(data.output, storage_options)
+    total = sum(p.bytes for p in train_parts) or 1
+    budget = data.tokenizer_sample_mb * MIB
+    task = _remote(sample_partition, num_cpus=1)
+    phase = show.phase("sampling for the tokenizer", len(train_parts))
+    refs = [
+        task.remote(p, max(1, int(budget * p.bytes / total)), seed, data.filters, data.on_error, storage_options)
+        for p in train_parts
+    ]
+    lines: list[str] = []
+    for i, ref in enumerate(refs):  # in partition order: the sample is independent of scheduling
+        lines.extend(get(ref))
+        show.update(phase, i + 1)
+    if not lines:
+        raise DataError(f"empty corpus: the train inputs of data.inputs hold no text ({len(train_parts)} partitions read)")
+    phase = show.phase(f"training tokenizer ({len(lines)} lines)", 1)
+    tok = train_tokenizer(lines, data.vocab_size, seed, data.tokenizer_threads)
+    show.update(phase, 1)
+    tok.save(data.output, storage_options, extra={"settings": settings, "sample_lines": len(lines)})
+    return tok
+
+
+@ray.remote(num_cpus=0)
+class _Counter:
+    def __init__(self):
+        self.docs = 0
+        self.tokens = 0
+
+    def add(self, docs: int, tokens: int) -> None:
+        self.docs += docs
+        self.tokens += tokens
+
+    def totals(self) -> tuple[int, int]:
+        return self.docs, self.tokens
+
+
+def _tokenize_all(partitions, job: TokenizeJob, drops: dict[int, frozenset], max_inflight: int, show: PrepareProgress) -> list[dict]:
+    """Run a tokenize task per partition without a marker, at most ``max_inflight`` at once."""
+    markers: dict[int, dict] = {}
+    todo = []
+    for p in partitions:
+        url = job.marker_url(p.index)
+        if storage.exists(url, job.storage_options):
+            markers[p.index] = storage.read_json(url, job.storage_options)
+        else:
+            todo.append(p)
+    counter = _Counter.remote()
+    task = _remote(_tokenize_task, num_cpus=1)
+    phase = show.phase(f"tokenizing ({len(markers)} partitions already done)", len(partitions))
+    pending: dict = {}
+    queue = list(todo)
+    job_ref = ray.put(job)
+    show.update(phase, len(markers))
+    while queue or pending:
+        while queue and len(pending) < max_inflight:
+            p = queue.pop(0)
+            pending[task.remote(p, job_ref, drops.get(p.index, frozenset()), counter)] = p.index
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        for ref in done:
+            markers[pending.pop(ref)] = get(ref)
+        docs, tokens = ray.get(counter.totals.remote())
+        show.update(phase, len(markers), docs, tokens)
+    ray.kill(counter)
+    return [markers[p.index] for p in partitions]
+
+
+def _tokenize_task(partition: Partition, job: TokenizeJob, drop: frozenset, counter) -> dict:
+    return tokenize_partition(partition, job, drop, report=lambda d, t: counter.add.remote(d, t))
+
+
+def _config_hash(data: DataConfig, seed: int, tokenizer: Tokenizer) -> str:
+    relevant = data.model_dump(exclude={"output", "max_inflight", "tokenizer", "tokenizer_threads", "tokenizer_sample_mb"})
+    return _settings_hash({"data": relevant, "seed": seed, "tokenizer": tokenizer.sha256})[:16]
+
+
+def _manifests(data: DataConfig, markers: list[dict], tok: Tokenizer, cfg_hash: str, dtype: str) -> dict[str, Manifest]:
+    weights = {s.name: s.weight for s in data.train_sources()}
+    errors: dict[str, int] = {}
+    filters: dict[str, dict[str, int]] = {}
+    for m in markers:
+        for k, v in m["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+        for name, c in m["filters"].items():
+            slot = filters.setdefault(name, {"dropped": 0, "changed": 0})
+            for k, v in c.items():
+                slot[k] += v
+    out = {}
+    for split in ("train", "val"):
+        entries = [ShardEntry(**e) for m in markers for e in m["shards"][split]]
+        sources: dict[str, SourceStats] = {}
+        for e in entries:
+            stats = sources.setdefault(e.source, SourceStats(weight=weights.get(e.source, 1.0)))
+            stats.docs += e.docs
+            stats.tokens += e.tokens
+        out[split] = Manifest(
+            split=split,
+            config_hash=cfg_hash,
+            tokenizer_sha256=tok.sha256,
+            vocab_size=tok.vocab_size,
+            bos_id=tok.bos_id,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+            dtype=dtype,
+            shards=entries,
+            total_docs=sum(e.docs for e in entries),
+            total_tokens=sum(e.tokens for e in entries),
+            sources=sources,
+            filters=filters,
+            errors=errors,
+        )
+    return out
+
+
+def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, progress: bool = True) -> dict:
+    """Tokenizer + train and val shards + manifests under ``data.output``.
+
+    Uses the Ray instance the caller connected; a killed run resumes from the
+    per-partition completion markers.  Returns docs, tokens and shards per split, and seconds.
+    """
+    started = time.perf_counter()
+    options = dict(storage_options or {})
+    partitions = _partitions(data, options)
+    if not ray.is_initialized():
+        raise DataError("prepare needs a connected Ray cluster: call ray.init() first")
+    with PrepareProgress(progress) as show:
+        tok = _tokenizer(data, seed, partitions, options, show)
+        cfg_hash = _config_hash(data, seed, tok)
+        dtype = token_dtype(tok.vocab_size)
+        job = TokenizeJob(
+            output=data.output,
+            config_hash=cfg_hash,
+            seed=seed,
+            tokenizer_bytes=tok.model_bytes,
+            filters=list(data.filters),
+            on_error=data.on_error,
+            val_fraction=0.0 if data.val_inputs else data.val_fraction,
+            shard_bytes=max(1, int(data.shard_mb * MIB)),
+            batch_bytes=max(1, int(min(data.record_batch_mb, data.shard_mb / 4) * MIB)),
+            dtype=dtype,
+            dedup=wants_dedup(data.filters),
+            storage_options=options,
+        )
+        max_inflight = data.max_inflight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        drops = dedup.duplicates(partitions, job, show) if job.dedup else {}
+        markers = _tokenize_all(partitions, job, drops, max_inflight, show)
+    manifests = _manifests(data, markers, tok, cfg_hash, dtype)
+    if manifests["train"].total_docs == 0:
+        raise DataError(
+            f"empty corpus: no training documents left in data.inputs (errors {manifests['train'].errors}, "
+            f"filters {manifests['train'].filters})"
+        )
+    write_manifest(data.output, manifests["val"], options)
+    write_manifest(data.output, manifests["train"], options)
+    summary = {"seconds": round(time.perf_counter() - started, 2), "partitions": len(partitions)}
+    for split, m in manifests.items():
+        summary.update({f"{split}_docs": m.total_docs, f"{split}_tokens": m.total_tokens, f"{split}_shards": len(m.shards)})
+    return summary
+
+
+def load_summary(data_url: str, storage_options: dict | None = None) -> dict:
+    """docs, tokens and shards per split of committed data (for callers that skip prepare)."""
+    out = {}
+    for split in ("train", "val"):
+        m = load_manifest(data_url, split, storage_options)
+        out.update({f"{split}_docs": m.total_docs, f"{split}_tokens": m.total_tokens, f"{split}_shards": len(m.shards)})
+    return out

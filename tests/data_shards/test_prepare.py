@@ -1,0 +1,150 @@
+"""prepare() on a real local Ray cluster: the shard contract, determinism and bad input."""
+import gzip
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data_shards.config import DataConfig
+from data_shards.errors import DataError
+from data_shards.loader import GlobalBatchLoader
+from data_shards.manifest import load_manifest
+from data_shards.prepare import is_prepared, prepare
+from data_shards.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+def corpus_texts(files):
+    texts = []
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            texts.extend(json.loads(line)["text"] for line in f if line.strip())
+    return texts
+
+
+@pytest.fixture(scope="module")
+def corpus(kit, tmp_path_factory):
+    folder = kit.corpus_dir(tmp_path_factory.mktemp("corpus"))
+    return folder, sorted(folder.glob("train-*.jsonl.gz")), sorted(folder.glob("val-*.jsonl.gz"))
+
+
+def config(folder, output, **overrides):
+    base = dict(
+        inputs=[str(folder / "train-*.jsonl.gz")],
+        val_inputs=[str(folder / "val-*.jsonl.gz")],
+        output=str(output),
+        vocab_size=1200,
+        shard_mb=0.25,
+        tokenizer_sample_mb=1,
+        tokenizer_threads=2,
+    )
+    base.update(overrides)
+    return DataConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def prepared(local_ray, corpus, tmp_path_factory):
+    folder, _, _ = corpus
+    root = tmp_path_factory.mktemp("prepared")
+    first = prepare(config(folder, root / "a"), seed=7, progress=False)
+    second = prepare(config(folder, root / "b"), seed=7, progress=False)
+    return root, first, second
+
+
+def test_prepare_commits_shards_that_match_their_manifest(prepared, corpus):
+    root, summary, _ = prepared
+    _, train_files, val_files = corpus
+    assert is_prepared(str(root / "a"))
+    for split, files in (("train", train_files), ("val", val_files)):
+        manifest = load_manifest(str(root / "a"), split)
+        assert manifest.total_docs == len(corpus_texts(files)) == summary[f"{split}_docs"]
+        assert len(manifest.shards) == summary[f"{split}_shards"]
+        ids = []
+        for entry in manifest.shards:
+            path = root / "a" / split / entry.path
+            data = path.read_bytes()
+            assert (entry.bytes, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+            table = pa.ipc.open_file(pa.OSFile(str(path))).read_all()
+            tokens = table.column("tokens").to_pylist()
+            assert sum(map(len, tokens)) == entry.tokens and len(tokens) == entry.docs
+            assert all(t[-1] == manifest.eos_id for t in tokens)
+            ids.extend(table.column("doc_id").to_pylist())
+        assert len(ids) == len(set(ids))
+    assert len(load_manifest(str(root / "a"), "train").shards) > 1  # shard_mb honoured
+
+
+def test_documents_decode_back_to_the_input_text(prepared, corpus):
+    root, _, _ = prepared
+    _, _, val_files = corpus
+    tok = Tokenizer.load(str(root / "a"))
+    manifest = load_manifest(str(root / "a"), "val")
+    table = pa.ipc.open_file(pa.OSFile(str(root / "a" / "val" / manifest.shards[0].path))).read_all()
+    decoded = [tok.decode(t[:-1]) for t in table.column("tokens").to_pylist()[:5]]
+    assert decoded == corpus_texts(val_files)[:5]
+
+
+def test_same_config_and_seed_give_byte_identical_tokenizer_and_shards(prepared):
+    root, first, second = prepared
+    assert (root / "a/tokenizer/tokenizer.model").read_bytes() == (root / "b/tokenizer/tokenizer.model").read_bytes()
+    for split in ("train", "val"):
+        a, b = load_manifest(str(root / "a"), split), load_manifest(str(root / "b"), split)
+        assert a.fingerprint == b.fingerprint
+        assert [(s.path, s.sha256) for s in a.shards] == [(s.path, s.sha256) for s in b.shards]
+
+
+def test_prepared_data_feeds_the_loader(prepared):
+    root, _, _ = prepared
+    loader = GlobalBatchLoader(str(root / "a"), "train", seed=7, seq_len=64, global_batch=4)
+    batch = loader.next_batch()
+    assert batch.shape == (4, 65) and batch.max() < 1200
+
+
+def test_second_prepare_reuses_finished_work(prepared, corpus):
+    root, first, _ = prepared
+    folder, _, _ = corpus
+    model = (root / "a/tokenizer/tokenizer.model").stat().st_mtime_ns
+    again = prepare(config(folder, root / "a"), seed=7, progress=False)
+    assert (root / "a/tokenizer/tokenizer.model").stat().st_mtime_ns == model
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+
+
+def test_held_out_fraction_splits_train_documents_when_no_val_inputs(local_ray, corpus, tmp_path):
+    folder, train_files, _ = corpus
+    summary = prepare(config(folder, tmp_path / "d", val_inputs=[], val_fraction=0.2), seed=1, progress=False)
+    assert summary["val_docs"] > 0 and summary["train_docs"] > summary["val_docs"]
+    assert summary["train_docs"] + summary["val_docs"] == len(corpus_texts(train_files))
+
+
+def test_missing_input_file_and_empty_glob_are_named(tmp_path):
+    with pytest.raises(DataError, match="nope.jsonl does not exist"):
+        prepare(DataConfig(inputs=[str(tmp_path / "nope.jsonl")], output=str(tmp_path / "o")), seed=0, progress=False)
+    with pytest.raises(DataError, match=r"glob .*\*.jsonl.gz matches no files"):
+        prepare(DataConfig(inputs=[str(tmp_path / "*.jsonl.gz")], output=str(tmp_path / "o")), seed=0, progress=False)
+    with pytest.raises(DataError, match="data.inputs is empty"):
+        prepare(DataConfig(output=str(tmp_path / "o")), seed=0, progress=False)
+
+
+def test_empty_corpus_is_a_data_error(local_ray, tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text('{"text": ""}\n{"text": ""}\n')
+    with pytest.raises(DataError, match="empty corpus"):
+        prepare(DataConfig(inputs=[str(path)], output=str(tmp_path / "o"), vocab_size=300), seed=0, progress=False)
+
+
+def test_malformed_line_stops_with_file_and_line_or_is_skipped_and_counted(local_ray, corpus, tmp_path):
+    folder, train_files, _ = corpus
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine line of text"}\n{"text": broken\n{"other": "x"}\n')
+    inputs = [str(train_files[0]), str(bad)]
+    with pytest.raises(DataError, match=r"bad.jsonl:2: malformed JSON line"):
+        prepare(config(folder, tmp_path / "o1", inputs=inputs), seed=0, progress=False)
+    with pytest.raises(DataError, match=r"bad.jsonl:2: no string field 'text'"):
+        bad.write_text('{"text": "fine line of text"}\n{"other": "x"}\n')
+        prepare(config(folder, tmp_path / "o2", inputs=inputs), seed=0, progress=False)
+    bad.write_text('{"text": "fine line of text"}\n{"text": broken\n{"other": "x"}\n{"text": ""}\n')
+    prepare(config(folder, tmp_path / "o3", inputs=inputs, on_error="skip"), seed=0, progress=False)
+    errors = load_manifest(str(tmp_path / "o3"), "train").errors
+    assert errors == {"malformed_lines": 1, "missing_field": 1, "empty_docs": 1, "invalid_utf8": 0}
