@@ -1,0 +1,214 @@
+"""Checkpoints under ``RUN_URL/checkpoints/``: save with a commit protocol, resume, prune, consolidate.
+
+    checkpoints/step-00000100/   DeepSpeed files (every rank's part) + COMMITTED (written last)
+    checkpoints/latest           name of the newest committed step dir, written after COMMITTED
+
+Commit order: every rank writes its files → barrier → rank 0 writes COMMITTED →
+rank 0 writes ``latest``.  A crash at any instant leaves the previous committed
+checkpoint intact and resumable.  On an object store each rank saves into its own
+local staging folder and uploads its own files; COMMITTED is only written after
+every upload has finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ops import storage
+
+CHECKPOINTS_DIR = "checkpoints"
+COMMITTED = "COMMITTED"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def parse_step(name: str) -> int | None:
+    match = _STEP_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints_url(run_url: str) -> str:
+    return storage.join(run_url, CHECKPOINTS_DIR)
+
+
+def step_url(run_url: str, step: int) -> str:
+    return storage.join(run_url, CHECKPOINTS_DIR, step_name(step))
+
+
+def step_dirs(run_url: str, storage_options: dict | None = None) -> list[int]:
+    """Steps that have a folder, committed or not, ascending."""
+    names = storage.list_names(checkpoints_url(run_url), storage_options)
+    return sorted(s for s in (parse_step(n) for n in names) if s is not None)
+
+
+def committed_steps(run_url: str, storage_options: dict | None = None) -> list[int]:
+    return [s for s in step_dirs(run_url, storage_options)
+            if storage.exists(storage.join(step_url(run_url, s), COMMITTED), storage_options)]
+
+
+def latest_committed_step(run_url: str, storage_options: dict | None = None) -> int | None:
+    """The step ``latest`` names when it is committed; otherwise the newest committed step, with a warning."""
+    latest_url = storage.join(checkpoints_url(run_url), LATEST)
+    pointer = None
+    if storage.exists(latest_url, storage_options):
+        pointer = storage.read_text(latest_url, storage_options).strip()
+        named = parse_step(pointer)
+        if named is not None and storage.exists(storage.join(step_url(run_url, named), COMMITTED), storage_options):
+            return named
+    committed = committed_steps(run_url, storage_options)
+    fallback = committed[-1] if committed else None
+    if pointer is not None or fallback is not None:
+        warnings.warn(
+            f"{latest_url} {'names ' + repr(pointer) + ', which is not committed' if pointer is not None else 'is missing'}; "
+            f"using {step_name(fallback) if fallback is not None else 'no checkpoint'}",
+            stacklevel=2,
+        )
+    return fallback
+
+
+def read_commit(run_url: str, step: int, storage_options: dict | None = None) -> dict[str, Any]:
+    """What COMMITTED records about a checkpoint: layout, model config, vocab size, tokens seen."""
+    return storage.read_json(storage.join(step_url(run_url, step), COMMITTED), storage_options)
+
+
+def steps_to_prune(all_steps: list[int], committed: list[int], keep: int) -> list[int]:
+    """Folders to delete: committed ones beyond the newest ``keep``, and abandoned partial saves older
+    than the newest committed one.  The newest committed step and anything newer (a save that may
+    be in progress) are never chosen."""
+    if not committed:
+        return []
+    newest = committed[-1]
+    kept = set(sorted(committed)[-max(1, keep):])
+    return [s for s in all_steps if s < newest and s not in kept]
+
+
+def prune(run_url: str, keep: int, storage_options: dict | None = None) -> list[int]:
+    doomed = steps_to_prune(step_dirs(run_url, storage_options), committed_steps(run_url, storage_options), keep)
+    for step in doomed:
+        # Remove the marker first, so a half-deleted folder never looks committed.
+        storage.remove(storage.join(step_url(run_url, step), COMMITTED), storage_options)
+        storage.remove(step_url(run_url, step), storage_options, recursive=True)
+    return doomed
+
+
+def _staging_dir(run_url: str, rank: int) -> str:
+    key = hashlib.sha256(run_url.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), "kiln-checkpoints", key, f"rank-{rank:05d}")
+
+
+def save(engine, run_url: str, step: int, client_state: dict[str, Any], commit_info: dict[str, Any],
+         keep: int, storage_options: dict | None = None) -> str:
+    """Collective: every rank calls it.  Returns the URL of the committed step folder."""
+    rank = dist.get_rank()
+    tag = step_name(step)
+    target = step_url(run_url, step)
+    local = storage.is_local(run_url)
+    if local:
+        save_dir = storage.filesystem(checkpoints_url(run_url), storage_options)[1]
+    else:
+        save_dir = _staging_dir(run_url, rank)
+        shutil.rmtree(save_dir, ignore_errors=True)
+    os.makedirs(os.path.join(save_dir, tag), exist_ok=True)
+    engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
+    if not local:
+        storage.upload_dir(os.path.join(save_dir, tag), target, storage_options)
+        shutil.rmtree(save_dir, ignore_errors=True)
+    dist.barrier()
+    if rank == 0:
+        info = {"step": step, "time": time.time(), "world_size": dist.get_world_size(), **commit_info}
+        storage.write_json(storage.join(target, COMMITTED), info, storage_options)
+        storage.write_text(storage.join(checkpoints_url(run_url), LATEST), tag + "\n", storage_options)
+        prune(run_url, keep, storage_options)
+    dist.barrier()
+    return target
+
+
+def load(engine, run_url: str, step: int, storage_options: dict | None = None) -> dict[str, Any]:
+    """Collective: restore engine (weights, optimizer) from a committed step; returns the client state."""
+    tag = step_name(step)
+    if storage.is_local(run_url):
+        load_dir = storage.filesystem(checkpoints_url(run_url), storage_options)[1]
+    else:
+        load_dir = _staging_dir(run_url, dist.get_rank())
+        shutil.rmtree(load_dir, ignore_errors=True)
+        storage.download_dir(step_url(run_url, step), os.path.join(load_dir, tag), storage_options)
+    path, client_state = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load {step_url(run_url, step)}")
+    if not storage.is_local(run_url):
+        shutil.rmtree(load_dir, ignore_errors=True)
+    return client_state
+
+
+def _consolidate(step_dir: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """fp32 weights in Transformer naming from a DeepSpeed step folder on local disk."""
+    if info.get("pipeline_stages", 1) > 1:
+        from llm.pipeline import transformer_name
+
+        layers = info["model"]["layers"]
+        state = {}
+        for name in sorted(os.listdir(step_dir)):
+            match = re.match(r"^layer_(\d+)-model_states\.pt$", name)
+            if match:
+                part = torch.load(os.path.join(step_dir, name), map_location="cpu", weights_only=True)
+                for key, tensor in part.items():
+                    state[transformer_name(int(match.group(1)), key, layers)] = tensor.float()
+        return state
+    if info.get("zero_stage", 0) >= 1 or info.get("precision") == "bf16":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        parent, tag = os.path.split(step_dir.rstrip("/"))
+        return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag).items()}
+    module = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in module["module"].items()}
+
+
+def load_model_state(run_url: str, step: int | None = None,
+                     storage_options: dict | None = None) -> tuple[int, dict[str, torch.Tensor]]:
+    """Consolidated fp32 weights of a committed checkpoint in ``Transformer.state_dict()`` naming.
+
+    Works for every ZeRO stage and pipeline layout, in a plain process without
+    torch.distributed.  ``step=None`` takes the latest committed step.
+    """
+    if step is None:
+        step = latest_committed_step(run_url, storage_options)
+        if step is None:
+            raise FileNotFoundError(f"{checkpoints_url(run_url)} holds no committed checkpoint")
+    elif not storage.exists(storage.join(step_url(run_url, step), COMMITTED), storage_options):
+        raise FileNotFoundError(f"{step_url(run_url, step)} is not a committed checkpoint")
+    info = read_commit(run_url, step, storage_options)
+    if storage.is_local(run_url):
+        return step, _consolidate(storage.filesystem(step_url(run_url, step), storage_options)[1], info)
+    with tempfile.TemporaryDirectory(prefix="kiln-consolidate-") as tmp:
+        local_dir = os.path.join(tmp, step_name(step))
+        storage.download_dir(step_url(run_url, step), local_dir, storage_options)
+        return step, _consolidate(local_dir, info)
+
+
+def load_model(run_url: str, step: int | None = None, storage_options: dict | None = None):
+    """A ``Transformer`` in eval mode holding a committed checkpoint's weights, and its step."""
+    from llm.config import ModelConfig
+    from llm.model import Transformer
+
+    step, state = load_model_state(run_url, step, storage_options)
+    info = read_commit(run_url, step, storage_options)
+    model = Transformer(ModelConfig.model_validate(info["model"]), int(info["vocab_size"]))
+    if model.cfg.tie_embeddings:
+        state.setdefault("head.proj.weight", state.get("embed.weight"))
+        state.setdefault("embed.weight", state.get("head.proj.weight"))
+    model.load_state_dict(state)
+    return step, model.eval()

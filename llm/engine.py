@@ -1,0 +1,140 @@
+"""Building the DeepSpeed engine around the single-device model, and one optimizer step with it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from llm.config import ModelConfig, TrainConfig
+from llm.model import Transformer, next_token_loss
+from llm.parallelize import checkpoint_blocks
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """'bf16' or 'fp32': auto means bf16 on GPU and fp32 on CPU."""
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.precision
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str, device: torch.device) -> dict:
+    """The DeepSpeed config a Kiln train section means."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.zero_stage >= 1:
+        zero.update(
+            overlap_comm=device.type == "cuda",
+            contiguous_gradients=True,
+            reduce_bucket_size=int(5e8),
+            allgather_bucket_size=int(5e8),
+        )
+    if cfg.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=False)
+    return {
+        "train_batch_size": cfg.global_batch,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum_steps(world_size),
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (projections, embeddings); none on norm gains."""
+    decay, no_decay = [], []
+    for param in module.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_module(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int, seed: int) -> nn.Module:
+    """The module DeepSpeed wraps: the Transformer, or its PipelineModule form when pipelined."""
+    if train_cfg.pipeline_stages > 1:
+        from llm.pipeline import build_pipeline
+
+        return build_pipeline(model_cfg, vocab_size, seed, train_cfg.pipeline_stages)
+    model = Transformer(model_cfg, vocab_size, seed)
+    return checkpoint_blocks(model) if model_cfg.activation_checkpointing else model
+
+
+@dataclass
+class TrainEngine:
+    engine: deepspeed.DeepSpeedEngine
+    pipelined: bool
+    grad_accum: int
+    micro_batch: int
+    device: torch.device
+    dp_rank: int
+    dp_world: int
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self, batch: np.ndarray) -> float:
+        """One optimizer step on this rank's rows of the global batch; the loss averaged over all ranks."""
+        rows = torch.from_numpy(batch).to(self.device)
+        micro = rows.view(self.grad_accum, self.micro_batch, rows.shape[-1])
+        if self.pipelined:
+            data = iter([(m[:, :-1], m[:, 1:]) for m in micro])
+            return float(self.engine.train_batch(data_iter=data))
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        for m in micro:
+            loss = next_token_loss(self.engine(m[:, :-1]), m[:, 1:])
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float()
+        total /= self.grad_accum * self.dp_world
+        dist.all_reduce(total)
+        return float(total)
+
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+
+def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int, seed: int,
+                 device: torch.device) -> TrainEngine:
+    world_size = dist.get_world_size()
+    precision = resolve_precision(train_cfg, device)
+    module = build_module(model_cfg, train_cfg, vocab_size, seed)
+    optimizer = torch.optim.AdamW(
+        param_groups(module, train_cfg.weight_decay),
+        lr=train_cfg.lr,
+        betas=(train_cfg.beta1, train_cfg.beta2),
+        eps=train_cfg.eps,
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=module,
+        optimizer=optimizer,
+        config=deepspeed_config(train_cfg, world_size, precision, device),
+    )
+    pipelined = train_cfg.pipeline_stages > 1
+    if pipelined:
+        dp_rank, dp_world = engine.grid.get_data_parallel_id(), engine.grid.get_data_parallel_world_size()
+    else:
+        dp_rank, dp_world = dist.get_rank(), world_size
+    return TrainEngine(
+        engine=engine,
+        pipelined=pipelined,
+        grad_accum=train_cfg.grad_accum_steps(world_size),
+        micro_batch=train_cfg.micro_batch,
+        device=device,
+        dp_rank=dp_rank,
+        dp_world=dp_world,
+    )

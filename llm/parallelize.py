@@ -1,0 +1,27 @@
+"""Training-time transformations applied around the single-device model (never inside it)."""
+from __future__ import annotations
+
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from llm.model import Transformer
+
+
+def checkpoint_blocks(model: Transformer) -> Transformer:
+    """Recompute each block's activations in the backward pass instead of storing them.
+
+    The blocks' ``forward`` is wrapped in place, so parameter names (and so
+    checkpoints and exports) are unchanged.
+    """
+    for block in model.layers:
+        _wrap_forward(block)
+    return model
+
+
+def _wrap_forward(module: nn.Module) -> None:
+    inner = module.forward
+
+    def forward(*args):
+        return checkpoint(inner, *args, use_reentrant=False)
+
+    module.forward = forward

@@ -1,0 +1,251 @@
+"""The per-rank training entry point: ``python -m llm.worker JOB_JSON``.
+
+Started by torchrun, Ray Train or srun, which set RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR and MASTER_PORT.  Each rank builds the DeepSpeed engine, reads its
+slice of every global batch, resumes from the latest committed checkpoint, and
+writes run records (rank 0: metrics and events; every rank: a heartbeat).
+
+SIGTERM and SIGUSR1 only raise a flag.  At the next step boundary the ranks agree
+(an all-reduce of the flag), save a checkpoint together and exit with
+REQUEUE_EXIT_CODE, which launchers read as "requeue me".
+"""
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from data_shards.errors import DataError
+from llm import checkpoint
+from llm.flops import device_peak_tflops, flops_per_token, throughput
+from llm.job import TrainJob
+from llm.schedule import lr_at
+from ops.records import RunRecords
+
+REQUEUE_EXIT_CODE = 75
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGUSR1; acted on only at a step boundary, once all ranks agree."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def agreed(self, device: torch.device) -> bool:
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def init_distributed(device: torch.device) -> None:
+    import deepspeed
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+
+
+class Trainer:
+    """One rank's run: engine, data, records and the checkpoint protocol."""
+
+    def __init__(self, job: TrainJob):
+        from data_shards.loader import GlobalBatchLoader
+        from data_shards.manifest import load_manifest
+        from llm.engine import build_engine, resolve_device, resolve_precision
+
+        self.job = job
+        self.cfg = job.train
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(self.cfg, local_rank)
+        init_distributed(self.device)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.records = RunRecords(job.run_dir, job.storage_options)
+        seed_everything(job.seed)
+        manifest = load_manifest(job.data_url, "train", job.storage_options)
+        self.vocab_size = manifest.vocab_size
+        self.precision = resolve_precision(self.cfg, self.device)
+        self.engine = build_engine(job.model, self.cfg, self.vocab_size, job.seed, self.device)
+        self.loader = GlobalBatchLoader(
+            job.data_url, "train", job.seed, job.model.seq_len, self.cfg.global_batch,
+            dp_rank=self.engine.dp_rank, dp_world=self.engine.dp_world, storage_options=job.storage_options,
+        )
+        self.flops_token = flops_per_token(job.model, self.vocab_size)
+        self.peak = device_peak_tflops(self.cfg.peak_tflops) if self.precision == "bf16" or self.cfg.peak_tflops else None
+        self.step = 0
+        self.tokens = 0
+        self.saved_step: int | None = None
+
+    def commit_info(self) -> dict[str, Any]:
+        return {
+            "zero_stage": self.cfg.zero_stage,
+            "pipeline_stages": self.cfg.pipeline_stages,
+            "precision": self.precision,
+            "model": self.job.model.model_dump(mode="json"),
+            "vocab_size": self.vocab_size,
+            "config_hash": self.job.config_hash,
+            "data_url": self.job.data_url,
+            "tokens": self.tokens,
+            "consumed_samples": self.loader.consumed_samples,
+        }
+
+    def save(self) -> None:
+        client_state = {
+            "kiln_step": self.step,
+            "kiln_tokens": self.tokens,
+            "kiln_loader": self.loader.state_dict(),
+            "kiln_rng": rng_state(),
+            "kiln_config_hash": self.job.config_hash,
+        }
+        url = checkpoint.save(self.engine.engine, self.job.run_dir, self.step, client_state, self.commit_info(),
+                              self.cfg.keep_checkpoints, self.job.storage_options)
+        self.saved_step = self.step
+        if self.rank == 0:
+            self.records.event("checkpoint", step=self.step, url=url, tokens=self.tokens)
+
+    def resume(self) -> None:
+        step = checkpoint.latest_committed_step(self.job.run_dir, self.job.storage_options)
+        if step is None:
+            return
+        state = checkpoint.load(self.engine.engine, self.job.run_dir, step, self.job.storage_options)
+        self.loader.load_state_dict(state["kiln_loader"])
+        restore_rng(state["kiln_rng"])
+        self.step, self.tokens, self.saved_step = int(state["kiln_step"]), int(state["kiln_tokens"]), step
+        if self.rank == 0:
+            self.records.event("resume", step=step, tokens=self.tokens,
+                               config_hash_changed=state.get("kiln_config_hash") != self.job.config_hash)
+
+    def run(self, stop: StopRequest) -> int:
+        if self.rank == 0:
+            self.records.event(
+                "start", world_size=self.world, zero_stage=self.cfg.zero_stage,
+                pipeline_stages=self.cfg.pipeline_stages, precision=self.precision, steps=self.cfg.steps,
+                device=self.device.type, config_hash=self.job.config_hash,
+            )
+        self.resume()
+        tokens_per_step = self.cfg.global_batch * self.job.model.seq_len
+        while self.step < self.cfg.steps:
+            if stop.agreed(self.device):
+                return self.preempt(stop)
+            lr = lr_at(self.step, self.cfg)
+            self.engine.set_lr(lr)
+            started = time.perf_counter()
+            batch = self.loader.next_batch()
+            data_wait = self.loader.last_wait_s
+            loss = self.engine.train_step(batch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - started
+            self.step += 1
+            self.tokens += tokens_per_step
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                self.log(loss, lr, elapsed, data_wait, tokens_per_step)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save()
+        if self.rank == 0:
+            self.records.event("finish", step=self.step, tokens=self.tokens)
+        return 0
+
+    def log(self, loss: float, lr: float, elapsed: float, data_wait: float, tokens_per_step: int) -> None:
+        self.records.heartbeat(self.rank, self.step, loss=loss)
+        if self.rank != 0:
+            return
+        tflops, mfu = throughput(self.flops_token, tokens_per_step, elapsed, self.world, self.peak)
+        self.records.log_metrics({
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": self.engine.grad_norm(),
+            "step_time_s": elapsed,
+            "tokens_per_s": tokens_per_step / max(elapsed, 1e-12),
+            "tflops": tflops,
+            "mfu": mfu,
+            "mem_gb": memory_gb(self.device),
+            "data_wait_s": data_wait,
+        })
+
+    def preempt(self, stop: StopRequest) -> int:
+        if self.saved_step != self.step:
+            self.save()
+        received: list[str | None] = [None] * self.world
+        dist.all_gather_object(received, stop.signal_name)
+        if self.rank == 0:
+            signals = {str(rank): name for rank, name in enumerate(received) if name}
+            self.records.event("preemption", step=self.step, signals=signals, exit_code=REQUEUE_EXIT_CODE)
+        return REQUEUE_EXIT_CODE
+
+
+def run_training(job: TrainJob) -> int:
+    """Train one rank of ``job`` to ``train.steps``; 0 when done, REQUEUE_EXIT_CODE after a preemption save."""
+    stop = StopRequest()
+    stop.install()
+    records = RunRecords(job.run_dir, job.storage_options)
+    try:
+        trainer = Trainer(job)
+        return trainer.run(stop)
+    except Exception as exc:
+        rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+        records.event("failure", rank=rank, error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, DataError):  # bad input: one line, no traceback
+            print(f"rank {rank}: {exc}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m llm.worker JOB_JSON", file=sys.stderr)
+        return 2
+    return run_training(TrainJob.load(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Fixtures for the training layer: a tiny real-text token dataset and a way to run ranks."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manifest
+from data_shards.shard_format import ShardWriter, token_dtype
+from data_shards.tokenizer import train_tokenizer
+from llm.config import ModelConfig, TrainConfig
+from llm.job import TrainJob
+
+REPO = Path(__file__).resolve().parents[2]
+VOCAB = 512
+TINY_MODEL = {"dim": 32, "layers": 2, "heads": 4, "kv_heads": 2, "seq_len": 32, "multiple_of": 16}
+
+
+def _texts() -> list[str]:
+    """Real text: this Python's own standard-library sources."""
+    paths = sorted(Path(os.__file__).parent.glob("*.py"))[:40]
+    return [p.read_text(encoding="utf-8", errors="replace")[:6000] for p in paths]
+
+
+def _write_split(data_url: Path, split: str, docs: list[np.ndarray], tokenizer) -> None:
+    dtype = token_dtype(tokenizer.vocab_size)
+    folder = data_url / split
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(str(folder / "shard-00000.arrow"), "default", dtype, 4096)
+    for i, doc in enumerate(docs):
+        writer.add(doc.astype(dtype), i)
+    w = writer.close()
+    entry = ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens)
+    write_manifest(str(data_url), Manifest(
+        split=split, config_hash="llm-tests", tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size,
+        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, dtype=dtype, shards=[entry],
+        total_docs=w.docs, total_tokens=w.tokens, sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
+    ))
+
+
+@pytest.fixture(scope="session")
+def token_data(tmp_path_factory) -> str:
+    """DATA_URL of a tiny prepared dataset (tokenizer, train and val splits) built from real text."""
+    root = tmp_path_factory.mktemp("llm-data")
+    texts = _texts()
+    tokenizer = train_tokenizer(texts, VOCAB, seed=0, num_threads=1)
+    tokenizer.save(str(root))
+    docs = [np.append(np.asarray(tokenizer.encode(t), dtype=np.int64), tokenizer.eos_id) for t in texts]
+    _write_split(root, "train", docs[:34], tokenizer)
+    _write_split(root, "val", docs[34:], tokenizer)
+    return str(root)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "kiln-cache"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return env
+
+
+class Ranks:
+    """Start ranks the way launchers do (handed to tests; conftest is not importable under importlib)."""
+
+    model = TINY_MODEL
+
+    @staticmethod
+    def job(run_dir, data_url, seed=7, model=None, storage_options=None, **train) -> TrainJob:
+        base = dict(steps=6, micro_batch=2, global_batch=8, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+                    checkpoint_every=3, nproc=2, zero_stage=2)
+        return TrainJob(
+            run_dir=str(run_dir), data_url=data_url, seed=seed, config_hash="test-hash",
+            storage_options=storage_options or {},
+            model=ModelConfig(**{**TINY_MODEL, **(model or {})}), train=TrainConfig(**{**base, **train}),
+        )
+
+    @staticmethod
+    def torchrun(job: TrainJob, tmp_path: Path, nproc: int = 2, timeout: int = 420) -> subprocess.CompletedProcess:
+        job_path = tmp_path / f"job-{free_port()}.json"
+        job.save(str(job_path))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "llm.worker", str(job_path)]
+        proc = subprocess.run(cmd, env=rank_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        return proc
+
+    @staticmethod
+    def spawn(job: TrainJob, tmp_path: Path, nproc: int = 2) -> list[subprocess.Popen]:
+        """Ranks as plain processes (no torchrun), so a test can signal one and read each exit code."""
+        job_path = tmp_path / f"job-{free_port()}.json"
+        job.save(str(job_path))
+        port = str(free_port())
+        procs = []
+        for rank in range(nproc):
+            env = rank_env()
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            procs.append(subprocess.Popen([sys.executable, "-m", "llm.worker", str(job_path)], env=env, cwd=REPO,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        return procs
+
+
+    @staticmethod
+    def reference_losses(job: TrainJob) -> list[float]:
+        """The same training as plain single-process PyTorch: whole global batch, torch AdamW, torch clipping."""
+        from data_shards.loader import GlobalBatchLoader
+        from llm.engine import param_groups
+        from llm.model import Transformer, next_token_loss
+        from llm.schedule import lr_at
+
+        cfg = job.train
+        torch.manual_seed(job.seed)
+        loader = GlobalBatchLoader(job.data_url, "train", job.seed, job.model.seq_len, cfg.global_batch)
+        model = Transformer(job.model, loader.manifest.vocab_size, job.seed)
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        losses = []
+        for step in range(cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            batch = torch.from_numpy(loader.next_batch())
+            loss = next_token_loss(model(batch[:, :-1]), batch[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+
+@pytest.fixture
+def ranks() -> Ranks:
+    return Ranks()

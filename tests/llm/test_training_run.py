@@ -1,0 +1,113 @@
+"""Two real DeepSpeed ranks on CPU (gloo): records, commit protocol, resume, preemption, consolidation."""
+import json
+import signal
+import time
+
+import pytest
+import torch
+
+from data_shards.loader import GlobalBatchLoader
+from llm import checkpoint
+from llm.checkpoint import load_model
+from llm.model import next_token_loss
+from llm.worker import REQUEUE_EXIT_CODE
+from ops import storage
+from ops.records import RunRecords
+
+pytestmark = pytest.mark.slow
+
+METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "tflops", "mfu",
+               "mem_gb", "data_wait_s", "time"}
+
+
+def run_ok(ranks, job, tmp_path):
+    proc = ranks.torchrun(job, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return RunRecords(job.run_dir)
+
+
+def global_batch_loss(model, job, step_index):
+    """Mean loss of ``model`` on global batch ``step_index`` (0-based) of the run's sample order."""
+    g = job.train.global_batch
+    loader = GlobalBatchLoader(job.data_url, "train", job.seed, job.model.seq_len, g, consumed_samples=step_index * g)
+    batch = torch.from_numpy(loader.next_batch())
+    with torch.no_grad():
+        return next_token_loss(model(batch[:, :-1]), batch[:, 1:]).item()
+
+
+def test_two_rank_run_commits_checkpoints_and_resumes_bit_for_bit(ranks, token_data, tmp_path):
+    job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, keep_checkpoints=2)
+    records = run_ok(ranks, job, tmp_path)
+
+    rows = records.metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(METRIC_KEYS <= set(r) for r in rows)
+    assert rows[-1]["tokens"] == 6 * 8 * 32
+    assert rows[0]["mfu"] is None  # no peak on CPU
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert [b["rank"] for b in records.heartbeats()] == [0, 1]
+    assert all(b["step"] == 6 for b in records.heartbeats())
+    kinds = [e["event"] for e in records.events()]
+    assert kinds == ["start", "checkpoint", "checkpoint", "finish"]
+
+    assert checkpoint.committed_steps(job.run_dir) == [3, 6]
+    assert storage.read_text(storage.join(job.run_dir, "checkpoints/latest")).strip() == "step-00000006"
+    assert checkpoint.read_commit(job.run_dir, 6)["consumed_samples"] == 48
+
+    # Consolidated weights of step 3 reproduce the loss the engine logged for step 4.
+    _, model = load_model(job.run_dir, 3)
+    assert global_batch_loss(model, job, 3) == pytest.approx(rows[3]["loss"], rel=1e-5)
+
+    # Lose step 6 as if the job died after step 3's commit: the rerun resumes at 3, and steps 4-6
+    # come out bit for bit as in the uninterrupted run.
+    storage.remove(checkpoint.step_url(job.run_dir, 6), recursive=True)
+    storage.write_text(storage.join(job.run_dir, "checkpoints/latest"), "step-00000003\n")
+    run_ok(ranks, job, tmp_path)
+    again = records.metrics()[6:]
+    assert [r["step"] for r in again] == [4, 5, 6]
+    assert [r["loss"] for r in again] == [r["loss"] for r in rows[3:]]
+    assert [r["grad_norm"] for r in again] == [r["grad_norm"] for r in rows[3:]]
+    resumed = [e for e in records.events() if e["event"] == "resume"]
+    assert resumed and resumed[0]["step"] == 3
+
+
+def test_a_finished_run_is_not_retrained(ranks, token_data, tmp_path):
+    job = ranks.job(tmp_path / "run", token_data, steps=2, checkpoint_every=5)
+    records = run_ok(ranks, job, tmp_path)
+    run_ok(ranks, job, tmp_path)
+    assert [r["step"] for r in records.metrics()] == [1, 2]
+    assert [e["event"] for e in records.events()][-3:] == ["start", "resume", "finish"]
+
+
+def test_signal_to_one_rank_makes_all_ranks_save_and_exit_for_requeue(ranks, token_data, tmp_path):
+    job = ranks.job(tmp_path / "run", token_data, steps=400, checkpoint_every=1000, log_every=1)
+    records = RunRecords(job.run_dir)
+    procs = ranks.spawn(job, tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(b["rank"] == 1 and b["step"] >= 2 for b in records.heartbeats()):
+            assert time.monotonic() < deadline, "ranks never reached step 2"
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGUSR1)
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [REQUEUE_EXIT_CODE, REQUEUE_EXIT_CODE]
+    preempted = [e for e in records.events() if e["event"] == "preemption"]
+    assert len(preempted) == 1 and preempted[0]["signals"] == {"1": "SIGUSR1"}
+    step = preempted[0]["step"]
+    assert 2 <= step < 400
+    assert checkpoint.latest_committed_step(job.run_dir) == step
+    assert records.metrics()[-1]["step"] == step
+
+
+def test_failure_is_recorded_with_a_clear_reason(ranks, tmp_path):
+    job = ranks.job(tmp_path / "run", str(tmp_path / "no-data"), steps=2)
+    proc = ranks.torchrun(job, tmp_path)
+    assert proc.returncode != 0
+    failures = [e for e in RunRecords(job.run_dir).events() if e["event"] == "failure"]
+    assert failures and "run `kiln prepare` first" in failures[0]["error"]
