@@ -1,0 +1,62 @@
+"""Input discovery and the streaming readers of every supported format."""
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from data_shards.errors import DataError
+from data_shards.inputs import ReadCounts, partitions_for, read_documents
+
+
+def write_all_formats(folder):
+    rows = [{"text": f"document {i}", "id": i} for i in range(3)]
+    lines = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (folder / "a.jsonl").write_bytes(lines)
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(lines))
+    (folder / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    pq.write_table(pa.table({"text": [r["text"] for r in rows], "id": [r["id"] for r in rows]}), folder / "d.parquet")
+    (folder / "e.txt").write_text("a whole file\nis one document\n")
+    (folder / "f.txt").write_text("another file")
+
+
+def read(partition, on_error="stop"):
+    counts = ReadCounts()
+    return list(read_documents(partition, on_error, counts)), counts
+
+
+def test_every_format_yields_its_documents(tmp_path):
+    write_all_formats(tmp_path)
+    parts = partitions_for([("default", "train", "text", [str(tmp_path / "*")])])
+    by_file = {p.files[0].rsplit("/", 1)[-1]: read(p)[0] for p in parts}
+    expected = [f"document {i}" for i in range(3)]
+    for name in ("a.jsonl", "b.jsonl.gz", "c.jsonl.zst", "d.parquet"):
+        assert by_file[name] == expected
+    assert by_file["e.txt"] == ["a whole file\nis one document\n", "another file"]  # text files share a partition
+    assert [p.index for p in parts] == list(range(len(parts)))
+
+
+def test_file_urls_and_plain_paths_name_the_same_files(tmp_path):
+    write_all_formats(tmp_path)
+    plain = partitions_for([("default", "train", "text", [str(tmp_path / "a.jsonl")])])
+    url = partitions_for([("default", "train", "text", [f"file://{tmp_path}/a.jsonl"])])
+    assert read(plain[0])[0] == read(url[0])[0]
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path):
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "caf\xe9 ok"}\n{"text": "fine"}\n')
+    docs, counts = read(partitions_for([("default", "train", "text", [str(tmp_path / "bad.jsonl")])])[0])
+    assert docs == ["caf\ufffd ok", "fine"]
+    assert counts.invalid_utf8 == 1
+
+
+def test_missing_parquet_column_and_unknown_format_are_data_errors(tmp_path):
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "d.parquet")
+    part = partitions_for([("default", "train", "text", [str(tmp_path / "d.parquet")])])[0]
+    with pytest.raises(DataError, match="no column 'text'"):
+        read(part)
+    (tmp_path / "notes.docx").write_bytes(b"x")
+    with pytest.raises(DataError, match="notes.docx: unknown format"):
+        partitions_for([("default", "train", "text", [str(tmp_path / "notes.docx")])])
