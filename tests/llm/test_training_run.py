@@ -111,3 +111,25 @@ def test_failure_is_recorded_with_a_clear_reason(ranks, tmp_path):
     assert proc.returncode != 0
     failures = [e for e in RunRecords(job.run_dir).events() if e["event"] == "failure"]
     assert failures and "run `kiln prepare` first" in failures[0]["error"]
+
+
+def test_checkpoints_on_object_storage_commit_resume_and_consolidate(ranks, token_data, tmp_path, s3_bucket):
+    run_url = f"{s3_bucket}/runs/s3-run"
+    job = ranks.job(run_url, token_data, steps=4, checkpoint_every=2, keep_checkpoints=2, zero_stage=1)
+    records = run_ok(ranks, job, tmp_path)
+    rows = records.metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert checkpoint.committed_steps(run_url) == [2, 4]
+    assert checkpoint.latest_committed_step(run_url) == 4
+    files = storage.list_names(checkpoint.step_url(run_url, 2))
+    assert {"COMMITTED", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= set(files)
+
+    _, model = load_model(run_url, 2)
+    assert global_batch_loss(model, job, 2) == pytest.approx(rows[2]["loss"], rel=1e-5)
+
+    storage.remove(checkpoint.step_url(run_url, 4), recursive=True)
+    storage.write_text(storage.join(run_url, "checkpoints/latest"), "step-00000002\n")
+    run_ok(ranks, job, tmp_path)
+    again = records.metrics()[4:]
+    assert [(r["step"], r["loss"]) for r in again] == [(r["step"], r["loss"]) for r in rows[2:]]
