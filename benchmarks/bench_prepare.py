@@ -1,0 +1,142 @@
+"""Prepare throughput: end-to-end ``prepare`` tokens/s ÷ raw sentencepiece encode tokens/s.
+
+Builds a corpus of real text (the python-docs corpus when present, then the Python
+sources installed next to this interpreter) of at least ``--min-tokens`` tokens, and
+measures side by side in one run, on the same documents and the same tokenizer:
+
+* raw:        ``SentencePieceProcessor.encode(docs, num_threads=<cores>)`` on documents already in memory
+* prepare:    ``prepare()`` on a local Ray cluster with the trained tokenizer given (reading, filtering,
+              tokenizing, writing shards and manifests)
+* prepare+tk: ``prepare()`` that also samples the corpus and trains the tokenizer
+
+    .venv/bin/python benchmarks/bench_prepare.py [--work DIR] [--min-tokens 50e6]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import ray
+import sentencepiece as spm
+
+from data_shards.config import DataConfig
+from data_shards.manifest import load_manifest
+from data_shards.prepare import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON_DOCS = REPO / ".." / "shared" / "corpus" / "python-docs"
+FILES = 16
+BYTES_PER_TOKEN_GUESS = 3.0
+
+
+def real_texts(min_bytes: int):
+    """Documents of real text: python-docs first, then installed Python sources, in a fixed order."""
+    seen = 0
+    for path in sorted(PYTHON_DOCS.glob("*.jsonl.gz")) if PYTHON_DOCS.is_dir() else []:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                text = json.loads(line)["text"]
+                seen += len(text.encode())
+                yield text
+    roots = sorted({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]})
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.py")):
+            if seen >= min_bytes:
+                return
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if text.strip():
+                seen += len(text.encode())
+                yield text
+    if seen < min_bytes:
+        sys.exit(f"only {seen / 1e6:.0f} MB of real text found; lower --min-tokens")
+
+
+def build_corpus(folder: Path, min_tokens: float) -> list[Path]:
+    files = sorted(folder.glob("part-*.jsonl.gz"))
+    if len(files) == FILES:
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    outs = [gzip.open(folder / f"part-{i:02d}.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) for i in range(FILES)]
+    for n, text in enumerate(real_texts(int(min_tokens * BYTES_PER_TOKEN_GUESS * 1.1))):
+        outs[n % FILES].write(json.dumps({"text": text}) + "\n")
+    for f in outs:
+        f.close()
+    return sorted(folder.glob("part-*.jsonl.gz"))
+
+
+def load_docs(files: list[Path]) -> list[str]:
+    docs = []
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            docs.extend(json.loads(line)["text"] for line in f)
+    return docs
+
+
+def raw_encode(model: bytes, docs: list[str], threads: int) -> tuple[int, float]:
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    started = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(docs), 512):
+        tokens += sum(len(ids) for ids in sp.encode(docs[i : i + 512], num_threads=threads))
+    return tokens, time.perf_counter() - started
+
+
+def prepared_tokens(data_url: str) -> int:
+    """Tokens without the EOS appended to each document, over both splits."""
+    total = 0
+    for split in ("train", "val"):
+        m = load_manifest(data_url, split)
+        total += m.total_tokens - m.total_docs
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", default=str(REPO / ".cache" / "bench"))
+    parser.add_argument("--min-tokens", type=float, default=50e6)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--tokenizer-sample-mb", type=float, default=16)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    work = Path(args.work)
+    files = build_corpus(work / "corpus", args.min_tokens)
+    base = dict(inputs=[str(work / "corpus" / "part-*.jsonl.gz")], vocab_size=args.vocab, shard_mb=64,
+                tokenizer_sample_mb=args.tokenizer_sample_mb)
+    for name in ("data-full", "data-given"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        t0 = time.perf_counter()
+        prepare(DataConfig(output=str(work / "data-full"), **base), seed=0, progress=False)
+        full_s = time.perf_counter() - t0
+        model_path = work / "data-full" / "tokenizer" / "tokenizer.model"
+        docs = load_docs(files)
+        raw_tokens, raw_s = raw_encode(model_path.read_bytes(), docs, cores)
+        t0 = time.perf_counter()
+        prepare(DataConfig(output=str(work / "data-given"), tokenizer=str(model_path), **base), seed=0, progress=False)
+        given_s = time.perf_counter() - t0
+        raw_tokens2, raw_s2 = raw_encode(model_path.read_bytes(), docs, cores)
+    finally:
+        ray.shutdown()
+    tokens = prepared_tokens(str(work / "data-given"))
+    assert tokens == raw_tokens == raw_tokens2 == prepared_tokens(str(work / "data-full")), "token counts differ"
+    raw_rate = tokens / ((raw_s + raw_s2) / 2)
+    print(f"corpus: {len(docs):,} documents, {sum(len(d.encode()) for d in docs) / 1e6:.1f} MB, {tokens / 1e6:.1f} M tokens, {cores} cores")
+    print(f"raw SentencePieceProcessor.encode(num_threads={cores}): {raw_rate / 1e6:.2f} M tokens/s "
+          f"(runs of {raw_s:.1f} s and {raw_s2:.1f} s)")
+    print(f"prepare, tokenizer given:      {tokens / given_s / 1e6:.2f} M tokens/s ({given_s:.1f} s)  ratio {tokens / given_s / raw_rate:.2f}")
+    print(f"prepare, tokenizer trained too: {tokens / full_s / 1e6:.2f} M tokens/s ({full_s:.1f} s)  ratio {tokens / full_s / raw_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
