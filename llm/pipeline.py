@@ -40,6 +40,7 @@ def build_pipeline(cfg: ModelConfig, vocab_size: int, seed: int, num_stages: int
         loss_fn=next_token_loss,
         partition_method="type:PipelineBlock",
         activation_checkpoint_interval=1 if cfg.activation_checkpointing else 0,
+        checkpointable_layers=["PipelineBlock"],
     )
 
 

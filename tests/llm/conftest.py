@@ -115,7 +115,7 @@ class Ranks:
 
 
     @staticmethod
-    def reference_losses(job: TrainJob) -> list[float]:
+    def reference_run(job: TrainJob) -> tuple[list[float], "torch.nn.Module"]:
         """The same training as plain single-process PyTorch: whole global batch, torch AdamW, torch clipping."""
         from data_shards.loader import GlobalBatchLoader
         from llm.engine import param_groups
@@ -138,7 +138,7 @@ class Ranks:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             losses.append(loss.item())
-        return losses
+        return losses, model
 
 
 @pytest.fixture
