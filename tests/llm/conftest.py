@@ -141,6 +141,6 @@ class Ranks:
         return losses, model
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ranks() -> Ranks:
     return Ranks()

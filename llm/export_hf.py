@@ -1,0 +1,180 @@
+"""Export a committed checkpoint as a Hugging Face Llama model folder.
+
+    OUT_DIR/config.json             LlamaConfig
+    OUT_DIR/model.safetensors       fp32 weights in Hugging Face names
+    OUT_DIR/generation_config.json
+    OUT_DIR/tokenizer.model         the run's sentencepiece model, plus tokenizer_config.json
+                                    and special_tokens_map.json
+
+The model's rotary embeddings already use Hugging Face's rotate-half layout, so the
+weights are renamed, never permuted.  The safetensors file is written here directly
+(an 8-byte header length, a JSON header, then raw little-endian tensor bytes), so
+exporting needs neither ``safetensors`` nor ``transformers``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+from llm.checkpoint import load_model_state, read_commit
+from llm.config import ModelConfig
+
+_BLOCK_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn.wq.weight": "self_attn.q_proj.weight",
+    "attn.wk.weight": "self_attn.k_proj.weight",
+    "attn.wv.weight": "self_attn.v_proj.weight",
+    "attn.wo.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn.w1.weight": "mlp.gate_proj.weight",
+    "ffn.w3.weight": "mlp.up_proj.weight",
+    "ffn.w2.weight": "mlp.down_proj.weight",
+}
+_TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "head.norm.weight": "model.norm.weight",
+              "head.proj.weight": "lm_head.weight"}
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def hf_name(name: str) -> str:
+    """Hugging Face Llama name of a ``Transformer`` state-dict key."""
+    if name in _TOP_NAMES:
+        return _TOP_NAMES[name]
+    match = re.match(r"^layers\.(\d+)\.(.+)$", name)
+    if match and match.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}"
+    raise KeyError(f"no Hugging Face name for parameter {name!r}")
+
+
+def hf_state_dict(state: dict[str, torch.Tensor], tie_embeddings: bool) -> dict[str, torch.Tensor]:
+    out = {hf_name(k): v for k, v in state.items()}
+    if tie_embeddings:
+        out.pop("lm_head.weight", None)  # tied to embed_tokens; safetensors stores a tensor once
+    return out
+
+
+def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{name}: dtype {tensor.dtype} is not exportable")
+        if tensor.dtype == torch.bfloat16:  # numpy has no bf16: move the raw 16-bit words
+            data = tensor.view(torch.int16).numpy().astype("<i2").tobytes()
+        else:
+            array = tensor.numpy()
+            data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for data in blobs:
+            f.write(data)
+    os.replace(tmp, path)
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file as numpy arrays (F32 only), for checking an export."""
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        data = f.read()
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] != "F32":
+            raise ValueError(f"{name}: only F32 is read back here, found {entry['dtype']}")
+        start, end = entry["data_offsets"]
+        out[name] = np.frombuffer(data[start:end], dtype="<f4").reshape(entry["shape"])
+    return out
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.seq_len,
+        "initializer_range": cfg.init_std,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def _write_tokenizer(out_dir: str, model_bytes: bytes, seq_len: int) -> tuple[int, int]:
+    sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+    with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
+        f.write(model_bytes)
+    special = {}
+    for role, piece_id in (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()),
+                           ("pad_token", sp.pad_id())):
+        if piece_id >= 0:
+            special[role] = sp.id_to_piece(piece_id)
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "legacy": False,
+        "model_max_length": seq_len,
+        **special,
+    })
+    return sp.bos_id(), sp.eos_id()
+
+
+def export_hf(run_url: str, out_dir: str, step: int | None = None, storage_options: dict | None = None,
+              data_url: str | None = None) -> int:
+    """Write a Hugging Face Llama folder for a committed checkpoint; returns the exported step.
+
+    The tokenizer comes from the run's data (``data_url`` overrides where that is).
+    """
+    from data_shards.tokenizer import Tokenizer
+
+    step, state = load_model_state(run_url, step, storage_options)
+    info = read_commit(run_url, step, storage_options)
+    cfg = ModelConfig.model_validate(info["model"])
+    tokenizer = Tokenizer.load(data_url or info["data_url"], storage_options)
+    os.makedirs(out_dir, exist_ok=True)
+    bos_id, eos_id = _write_tokenizer(out_dir, tokenizer.model_bytes, cfg.seq_len)
+    _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg, int(info["vocab_size"]), bos_id, eos_id))
+    _write_json(os.path.join(out_dir, "generation_config.json"),
+                {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": True, "temperature": 0.8, "top_k": 50})
+    write_safetensors(os.path.join(out_dir, "model.safetensors"), hf_state_dict(state, cfg.tie_embeddings),
+                      {"format": "pt", "kiln_step": str(step)})
+    return step
