@@ -3,21 +3,23 @@ and the reader's peak resident memory on a small and a large corpus.
 
 Both reads run side by side in one process on a warm page cache:
 
-* pyarrow: ``pa.ipc.open_file(pa.OSFile(shard)).read_all()`` and the token values as numpy, every shard
-* reader:  ``GlobalBatchLoader(seq_len, global_batch).next_batch()`` for one epoch of the global order
-           (random windows across shards, int64 batches), after the index is built and shards verified
+* pyarrow:        ``pa.ipc.open_file(pa.OSFile(shard)).read_all()`` and the token values as numpy
+                  (zero-copy), every shard: the issue's baseline
+* pyarrow→int64:  the same, then cut into int64 ``seq_len + 1`` windows in file order, i.e. what a
+                  trainer needs, without any shuffling
+* reader:         ``GlobalBatchLoader(seq_len, global_batch).next_batch()`` for one epoch of the global
+                  order (random windows across all shards, int64 batches), after the index is built
 
-Memory: a child process per corpus size reads one epoch and reports its peak RSS above what it
-held before the loader was built; the small corpus is the first quarter of the shards.
+Memory: a child process per corpus size resets its peak-RSS mark (``/proc/self/clear_refs``),
+reads one epoch, and reports how far the peak rose; the small corpus is a quarter of the shards.
 
-    .venv/bin/python benchmarks/bench_read.py [DATA_URL] [--seq-len 2048 --global-batch 16]
+    .venv/bin/python benchmarks/bench_read.py [DATA_URL] [--seq-len 2048 --global-batch 64]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +43,17 @@ def pyarrow_read(manifest: Manifest) -> int:
         table = pa.ipc.open_file(pa.OSFile(manifest.shard_url(i))).read_all()
         for chunk in table.column("tokens").chunks:
             tokens += len(chunk.values.to_numpy())
+    return tokens
+
+
+def pyarrow_windows(manifest: Manifest, seq_len: int) -> int:
+    tokens = 0
+    for i in range(len(manifest.shards)):
+        table = pa.ipc.open_file(pa.OSFile(manifest.shard_url(i))).read_all()
+        values = np.concatenate([c.values.to_numpy() for c in table.column("tokens").chunks])
+        n = len(values) // (seq_len + 1)
+        windows = values[: n * (seq_len + 1)].astype(np.int64).reshape(n, seq_len + 1)
+        tokens += windows.shape[0] * seq_len
     return tokens
 
 
@@ -75,19 +88,28 @@ def subset(data_url: str, shards: int, folder: Path) -> str:
     return str(folder)
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def child(data_url: str, seq_len: int, global_batch: int) -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS mark to the current RSS
+    before = _status_mb("VmRSS")
     loader = GlobalBatchLoader(data_url, "train", seed=0, seq_len=seq_len, global_batch=global_batch)
     tokens = loader_epoch(loader, epoch_samples(loader))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"tokens": tokens, "corpus_tokens": loader.manifest.total_tokens, "rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024}))
+    print(json.dumps({"tokens": tokens, "corpus_tokens": loader.manifest.total_tokens, "rss_before_mb": before, "peak_rss_mb": _status_mb("VmHWM")}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data_url", nargs="?", default=str(DEFAULT_DATA))
     parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--global-batch", type=int, default=16)
+    parser.add_argument("--global-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -99,29 +121,33 @@ def main() -> None:
         os.environ["KILN_CACHE_DIR"] = cache
         (_, setup_s) = timed(GlobalBatchLoader, args.data_url, "train", 0, args.seq_len, args.global_batch)
         pyarrow_read(manifest)  # warm the page cache
-        arrow_rates, reader_rates = [], []
+        arrow_rates, window_rates, reader_rates = [], [], []
         for _ in range(args.repeats):
             tokens, seconds = timed(pyarrow_read, manifest)
             arrow_rates.append(tokens / seconds)
+            tokens, seconds = timed(pyarrow_windows, manifest, args.seq_len)
+            window_rates.append(tokens / seconds)
             loader = GlobalBatchLoader(args.data_url, "train", seed=0, seq_len=args.seq_len, global_batch=args.global_batch)
             loader.next_batch()  # builds or loads the epoch index
             loader.consumed_samples = 0
             tokens, seconds = timed(loader_epoch, loader, epoch_samples(loader))
             reader_rates.append(tokens / seconds)
-        arrow, reader = statistics.median(arrow_rates), statistics.median(reader_rates)
+        arrow, windows, reader = (statistics.median(r) for r in (arrow_rates, window_rates, reader_rates))
         print(f"data: {args.data_url}: {len(manifest.shards)} shards, {manifest.total_tokens / 1e6:.1f} M tokens; "
               f"seq_len {args.seq_len}, global batch {args.global_batch}")
         print(f"first loader (verify sha256 + build index): {setup_s:.2f} s")
-        print(f"plain pyarrow IPC read: {arrow / 1e6:.0f} M tokens/s")
-        print(f"GlobalBatchLoader:      {reader / 1e6:.0f} M tokens/s   ratio {reader / arrow:.2f}")
+        print(f"plain pyarrow IPC read:           {arrow / 1e6:.0f} M tokens/s")
+        print(f"pyarrow read into int64 windows:  {windows / 1e6:.0f} M tokens/s")
+        print(f"GlobalBatchLoader (shuffled):     {reader / 1e6:.0f} M tokens/s   "
+              f"ratio {reader / arrow:.2f} to the plain read, {reader / windows:.2f} to int64 windows")
         with tempfile.TemporaryDirectory() as tmp:
             small = subset(args.data_url, max(1, len(manifest.shards) // 4), Path(tmp) / "small")
             for name, url in (("quarter", small), ("full", args.data_url)):
                 out = subprocess.run([sys.executable, __file__, url, "--child", "--seq-len", str(args.seq_len),
                                       "--global-batch", str(args.global_batch)], capture_output=True, text=True, check=True)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"peak RSS reading one epoch, {name} corpus ({row['corpus_tokens'] / 1e6:.1f} M tokens): "
-                      f"{row['peak_rss_mb']:.0f} MB (before the loader: {row['rss_before_mb']:.0f} MB)")
+                print(f"reader peak RSS over one epoch, {name} corpus ({row['corpus_tokens'] / 1e6:.1f} M tokens): "
+                      f"+{row['peak_rss_mb'] - row['rss_before_mb']:.1f} MB above the {row['rss_before_mb']:.0f} MB it started with")
 
 
 if __name__ == "__main__":

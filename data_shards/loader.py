@@ -84,36 +84,38 @@ class SourceReader:
         return _Epoch(order, starts, perm)
 
     def _fd(self, shard: int) -> int:
-        fd = self._files.pop(shard, None)
-        if fd is None:
-            fd = os.open(self.paths[shard], os.O_RDONLY)
-            if len(self._files) >= MAX_OPEN_FILES:
-                _, old = self._files.popitem(last=False)
-                os.close(old)
-        self._files[shard] = fd
+        """An open descriptor of a shard; at most MAX_OPEN_FILES stay open (least recently used closed)."""
+        fd = self._files.get(shard)
+        if fd is not None:
+            self._files.move_to_end(shard)
+            return fd
+        if len(self._files) >= MAX_OPEN_FILES:
+            os.close(self._files.popitem(last=False)[1])
+        fd = self._files[shard] = os.open(self.paths[shard], os.O_RDONLY)
         return fd
 
     def read_into(self, samples: np.ndarray, out: np.ndarray) -> None:
-        """Fill rows of ``out`` (dtype of the shards) with this source's samples ``samples``."""
-        seq_len, itemsize = self.seq_len, self.dtype.itemsize
-        epochs, within = np.divmod(samples, self.samples_per_epoch)
-        for row, (e, j) in enumerate(zip(epochs.tolist(), within.tolist())):
+        """Fill the rows of ``out`` (C-contiguous, dtype of the shards) with this source's samples.
+
+        One positioned read per piece of a window straight into ``out``: no shard is
+        mapped or held in memory, so the resident set stays small whatever the corpus size.
+        """
+        row_bytes = (self.seq_len + 1) * self.dtype.itemsize
+        itemsize = self.dtype.itemsize
+        flat = memoryview(out).cast("B")
+        epochs, within = np.divmod(np.asarray(samples, dtype=np.int64), self.samples_per_epoch)
+        for e in np.unique(epochs).tolist():
             ep = self.epoch(e)
-            pos = int(ep.perm[j]) * seq_len
-            k = int(np.searchsorted(ep.starts, pos, side="right")) - 1
-            filled = 0
-            while filled <= seq_len:
-                doc = int(ep.order[k])
-                start = pos - int(ep.starts[k])
-                take = min(int(self.doc_lengths[doc]) - start, seq_len + 1 - filled)
-                if take > 0:
-                    view = memoryview(out[row, filled : filled + take]).cast("B")
-                    got = os.preadv(self._fd(int(self.doc_shard[doc])), [view], int(self.doc_offset[doc]) + start * itemsize)
-                    if got != take * itemsize:
-                        raise DataError(f"shard {self.paths[self.doc_shard[doc]]} is shorter than its index says")
-                    filled += take
-                    pos += take
-                k += 1
+            sel = np.flatnonzero(epochs == e)
+            rows, cols, docs, begins, takes = sample_order.batch_pieces(ep.order, ep.starts, ep.perm[within[sel]], self.seq_len)
+            dest = sel[rows] * row_bytes + cols * itemsize
+            offsets = self.doc_offset[docs] + begins * itemsize
+            sizes = takes * itemsize
+            fd = self._fd
+            preadv = os.preadv
+            for shard, at, size, off in zip(self.doc_shard[docs].tolist(), dest.tolist(), sizes.tolist(), offsets.tolist()):
+                if preadv(fd(shard), [flat[at : at + size]], off) != size:
+                    raise DataError(f"shard {self.paths[shard]} is shorter than its index says")
 
     def close(self) -> None:
         while self._files:

@@ -69,6 +69,26 @@ def window_pieces(order: np.ndarray, starts: np.ndarray, doc_lengths: np.ndarray
     return pieces
 
 
+def batch_pieces(order: np.ndarray, starts: np.ndarray, windows: np.ndarray, seq_len: int):
+    """Vectorised :func:`window_pieces` for many windows of one epoch.
+
+    Returns int64 arrays, one entry per piece: the window's position in ``windows``, the
+    column where the piece lands, the document, the first token inside the document,
+    and the token count.  Pieces of a window are consecutive and in column order.
+    """
+    windows = np.asarray(windows, dtype=np.int64)
+    first = windows * seq_len
+    last = first + seq_len  # inclusive: a window has seq_len + 1 tokens
+    k0 = np.searchsorted(starts, first, side="right") - 1
+    k1 = np.searchsorted(starts, last, side="right") - 1
+    counts = k1 - k0 + 1
+    rows = np.repeat(np.arange(len(windows), dtype=np.int64), counts)
+    ks = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(k0, counts)
+    begin = np.maximum(starts[ks], first[rows])
+    end = np.minimum(starts[ks + 1], last[rows] + 1)
+    return rows, begin - first[rows], np.asarray(order)[ks], begin - starts[ks], end - begin
+
+
 def window_tokens(docs: list[np.ndarray], order: np.ndarray, window: int, seq_len: int) -> np.ndarray:
     """Reference implementation of a window from in-memory documents (tests, small data)."""
     lengths = np.array([len(d) for d in docs], dtype=np.int64)

@@ -66,3 +66,17 @@ def test_blend_chunks_join_into_the_one_shot_sequence():
 def test_bad_blend_weights_are_a_data_error():
     with pytest.raises(DataError, match="positive"):
         so.normalized_weights([1.0, 0.0])
+
+
+def test_batch_pieces_equal_window_pieces_for_every_window(kit):
+    docs = kit.random_docs(5, 50, 500, max_len=30)
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    order = so.epoch_doc_order(len(docs), seed=2, source="default", epoch=0)
+    starts = so.doc_starts(lengths, order)
+    seq_len = 24
+    windows = so.epoch_sample_perm(so.samples_per_epoch(int(lengths.sum()), seq_len), 2, "default", 0)
+    rows, cols, pdocs, begins, takes = so.batch_pieces(order, starts, windows, seq_len)
+    for r, w in enumerate(windows):
+        mine = [(int(d), int(b), int(t)) for d, b, t in zip(pdocs[rows == r], begins[rows == r], takes[rows == r])]
+        assert mine == so.window_pieces(order, starts, lengths, int(w), seq_len)
+        assert cols[rows == r].tolist() == np.concatenate([[0], np.cumsum(takes[rows == r])[:-1]]).tolist()
