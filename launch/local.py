@@ -16,10 +16,14 @@ import tempfile
 import time
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from llm.checkpoint import latest_committed_step
 from llm.job import TrainJob
 from llm.worker import REQUEUE_EXIT_CODE
-from ops.records import RunRecords
+from ops.records import MetricsFollower, RunRecords
+
+POLL_S = 1.0
 
 
 def free_port() -> int:
@@ -34,7 +38,41 @@ def rank_environment(nproc: int, base: dict[str, str] | None = None) -> dict[str
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # DeepSpeed's own deprecated torch calls would otherwise warn once per rank.
+    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     return env
+
+
+def training_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]} · {task.fields[tokens_per_s]} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def wait_with_progress(proc: subprocess.Popen, job: TrainJob) -> int:
+    """Wait for torchrun while showing the steps, loss and throughput that rank 0 records."""
+    follower = MetricsFollower(job.run_dir, job.storage_options)
+    follower.new_rows()  # rows of earlier attempts are history, not progress
+    start = latest_committed_step(job.run_dir, job.storage_options) or 0
+    with training_progress() as progress:
+        task = progress.add_task("train", total=job.train.steps, completed=start, loss="—", tokens_per_s="—")
+        while True:
+            rc = proc.poll()
+            for row in follower.new_rows():
+                progress.update(
+                    task,
+                    completed=row.get("step", start),
+                    loss=f"{row['loss']:.4f}" if row.get("loss") is not None else "—",
+                    tokens_per_s=f"{row['tokens_per_s']:,.0f}" if row.get("tokens_per_s") else "—",
+                )
+            if rc is not None:
+                return rc
+            time.sleep(POLL_S)
 
 
 def torchrun_command(job_path: str, nproc: int, port: int) -> list[str]:
@@ -72,7 +110,7 @@ def launch_local(job: TrainJob) -> int:
 
             previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
             try:
-                rc = proc.wait()
+                rc = wait_with_progress(proc, job)
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)

@@ -51,6 +51,38 @@ def _read_jsonl(url: str, options: dict | None) -> list[dict]:
     return rows
 
 
+class MetricsFollower:
+    """Reads the metrics rows appended since the last call, from a byte offset (range reads on object stores)."""
+
+    def __init__(self, run_url: str, options: dict | None = None):
+        self.url = storage.join(run_url, METRICS_PATH)
+        self.options = options or {}
+        self.offset = 0
+
+    def new_rows(self) -> list[dict]:
+        fs, path = storage.filesystem(self.url, self.options)
+        try:
+            size = fs.size(path)
+        except FileNotFoundError:
+            return []
+        if size < self.offset:  # rewritten from scratch
+            self.offset = 0
+        if size == self.offset:
+            return []
+        with fs.open(path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read(size - self.offset)
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        rows = []
+        for line in complete.decode("utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+
 class RunRecords:
     """Writer and reader of one run's records."""
 

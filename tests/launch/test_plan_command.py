@@ -30,4 +30,4 @@ def test_kiln_plan_prints_the_table():
     proc = subprocess.run([sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "smoke.yaml"), "--gpus", "2", "--gpu", "h200"],
                           capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
-    assert "model states per GPU, ZeRO-2" in proc.stdout and "time to train.steps=300" in proc.stdout
+    assert "model states per GPU, ZeRO-2" in proc.stdout and "time to train.steps=600" in proc.stdout

@@ -90,3 +90,22 @@ def test_dashboard_renders_a_run_with_evaluations(tmp_path):
     console.print(render(run_status(run_url)))
     text = console.export_text()
     assert "running" in text and "5/10" in text and "3.2000" in text and "rank" in text
+
+
+def test_metrics_follower_returns_each_complete_row_once(tmp_path):
+    from ops.records import MetricsFollower
+
+    run_url = str(tmp_path / "run")
+    records = RunRecords(run_url)
+    follower = MetricsFollower(run_url)
+    assert follower.new_rows() == []
+    records.log_metrics({"step": 1})
+    records.log_metrics({"step": 2})
+    assert [r["step"] for r in follower.new_rows()] == [1, 2]
+    with open(tmp_path / "run" / "metrics" / "train.jsonl", "a") as f:
+        f.write('{"step": 3')
+    assert follower.new_rows() == []
+    with open(tmp_path / "run" / "metrics" / "train.jsonl", "a") as f:
+        f.write(', "loss": 1.0}\n')
+    assert [r["step"] for r in follower.new_rows()] == [3]
+    assert follower.new_rows() == []
