@@ -20,7 +20,7 @@ from data_shards.errors import DataError
 from data_shards.filters import wants_dedup
 from data_shards.inputs import Partition, partitions_for
 from data_shards.manifest import Manifest, ShardEntry, SourceStats, load_manifest, manifest_url, write_manifest
-from data_shards.partition_work import TokenizeJob, sample_partition, tokenize_partition
+from data_shards.partition_work import WORK_DIR, TokenizeJob, sample_partition, tokenize_partition
 from data_shards.progress import PrepareProgress
 from data_shards.ray_results import get
 from data_shards.shard_format import token_dtype
@@ -200,6 +200,8 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
     partitions = _partitions(data, options)
     if not ray.is_initialized():
         raise DataError("prepare needs a connected Ray cluster: call ray.init() first")
+    # Scratch files of tasks killed in an earlier run; their partitions have no marker and are redone.
+    storage.remove(storage.join(data.output, WORK_DIR, "tmp"), options, recursive=True)
     with PrepareProgress(progress) as show:
         tok = _tokenizer(data, seed, partitions, options, show)
         cfg_hash = _config_hash(data, seed, tok)

@@ -148,3 +148,17 @@ def test_malformed_line_stops_with_file_and_line_or_is_skipped_and_counted(local
     prepare(config(folder, tmp_path / "o3", inputs=inputs, on_error="skip"), seed=0, progress=False)
     errors = load_manifest(str(tmp_path / "o3"), "train").errors
     assert errors == {"malformed_lines": 1, "missing_field": 1, "empty_docs": 1, "invalid_utf8": 0}
+
+
+def test_inspect_shows_splits_sources_and_decoded_samples(prepared):
+    from rich.console import Console
+
+    from data_shards.inspect import inspect
+
+    root, summary, _ = prepared
+    console = Console(record=True, width=160)
+    console.print(inspect(str(root / "a")))
+    text = console.export_text()
+    assert "train" in text and "val" in text and "default" in text
+    assert f"{summary['train_tokens']:,}" in text
+    assert "first 64 tokens" in text
