@@ -61,7 +61,10 @@ class SourceReader:
         self._files: OrderedDict[int, int] = OrderedDict()
 
     def epoch(self, e: int) -> _Epoch:
+        """Epoch ``e``'s index; the two most recently used stay loaded (a batch can span two)."""
         if e not in self._epochs:
+            if len(self._epochs) >= 2:
+                self._epochs.pop(next(iter(self._epochs)))
             self._epochs[e] = self._load_or_build(e)
         return self._epochs[e]
 

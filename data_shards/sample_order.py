@@ -121,45 +121,61 @@ def blend_chunk(weights: np.ndarray, counts: np.ndarray, size: int) -> tuple[np.
 
 
 class BlendIndex:
-    """Random access to the blended sequence, built in chunks from sample 0 and kept in memory."""
+    """Random access to the blended sequence.
+
+    Chunks are generated forward from sample 0 once; only each chunk's starting counts
+    are kept (``len(weights)`` integers per chunk), and the few chunks in use are
+    regenerated from them, so memory does not grow with the number of samples read.
+    """
+
+    KEEP_CHUNKS = 4
 
     def __init__(self, weights: list[float], chunk: int = BLEND_CHUNK):
         self.weights = normalized_weights(weights)
         self.chunk = chunk
-        self._sources: list[np.ndarray] = []
-        self._indices: list[np.ndarray] = []
-        self._counts = np.zeros(len(self.weights), dtype=np.int64)
+        self._starts = [np.zeros(len(self.weights), dtype=np.int64)]  # counts before chunk c
+        self._recent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _extend_to(self, n: int) -> None:
-        while len(self._sources) * self.chunk < n:
-            src, idx = blend_chunk(self.weights, self._counts, self.chunk)
-            self._counts = self._counts + np.bincount(src, minlength=len(self.weights))
-            self._sources.append(src)
-            self._indices.append(idx)
+    def _start(self, c: int) -> np.ndarray:
+        """Per-source counts before chunk ``c``."""
+        while len(self._starts) <= c:
+            src, _ = self._generate(len(self._starts) - 1)
+            self._starts.append(self._starts[-1] + np.bincount(src, minlength=len(self.weights)))
+        return self._starts[c]
+
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        self._start(c)
+        return self._generate(c)
+
+    def _generate(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        if c not in self._recent:
+            if len(self._recent) >= self.KEEP_CHUNKS:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[c] = blend_chunk(self.weights, self._starts[c], self.chunk)
+        return self._recent[c]
 
     def lookup(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(source, per-source sample index) of each global sample number."""
         samples = np.asarray(samples, dtype=np.int64)
-        if len(samples) == 0:
-            return samples.copy(), samples.copy()
-        self._extend_to(int(samples.max()) + 1)
+        src = np.empty(len(samples), dtype=np.int64)
+        idx = np.empty(len(samples), dtype=np.int64)
         chunk_no, within = np.divmod(samples, self.chunk)
-        src = np.array([self._sources[c][i] for c, i in zip(chunk_no, within)], dtype=np.int64)
-        idx = np.array([self._indices[c][i] for c, i in zip(chunk_no, within)], dtype=np.int64)
+        for c in np.unique(chunk_no).tolist():
+            sel = chunk_no == c
+            chunk_src, chunk_idx = self._chunk(c)
+            src[sel] = chunk_src[within[sel]]
+            idx[sel] = chunk_idx[within[sel]]
         return src, idx
 
     def consumed(self, n: int) -> np.ndarray:
         """Samples taken from each source among the first ``n``."""
-        counts = np.zeros(len(self.weights), dtype=np.int64)
         if n <= 0:
-            return counts
-        self._extend_to(n)
-        full, rest = divmod(n, self.chunk)
-        for c in range(full):
-            counts += np.bincount(self._sources[c], minlength=len(counts))
-        if rest:
-            counts += np.bincount(self._sources[full][:rest], minlength=len(counts))
-        return counts
+            return np.zeros(len(self.weights), dtype=np.int64)
+        c, rest = divmod(n, self.chunk)
+        if rest == 0:
+            return self._start(c).copy()
+        chunk_src, _ = self._chunk(c)
+        return self._start(c) + np.bincount(chunk_src[:rest], minlength=len(self.weights))
 
 
 def rank_slice(batch_index: int, global_batch: int, dp_rank: int, dp_world: int) -> range:

@@ -80,3 +80,14 @@ def test_batch_pieces_equal_window_pieces_for_every_window(kit):
         mine = [(int(d), int(b), int(t)) for d, b, t in zip(pdocs[rows == r], begins[rows == r], takes[rows == r])]
         assert mine == so.window_pieces(order, starts, lengths, int(w), seq_len)
         assert cols[rows == r].tolist() == np.concatenate([[0], np.cumsum(takes[rows == r])[:-1]]).tolist()
+
+
+def test_blend_index_answers_out_of_order_lookups_with_bounded_chunks():
+    index = so.BlendIndex([0.5, 0.3, 0.2], chunk=32)
+    whole_src, whole_idx = so.blend_chunk(index.weights, np.zeros(3, dtype=np.int64), 640)
+    numbers = np.array([600, 3, 599, 31, 32, 64, 0, 450, 639])
+    src, idx = index.lookup(numbers)
+    assert src.tolist() == whole_src[numbers].tolist() and idx.tolist() == whole_idx[numbers].tolist()
+    assert len(index._recent) <= index.KEEP_CHUNKS
+    for n in (0, 1, 31, 32, 33, 640):
+        assert index.consumed(n).tolist() == np.bincount(whole_src[:n], minlength=3).tolist()
