@@ -55,10 +55,10 @@ def _settings_hash(payload: dict) -> str:
 
 
 def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage_options, show: PrepareProgress) -> Tokenizer:
-    """The user's tokenizer, the one already trained with these settings, or a newly trained one."""
+    """The user's tokenizer, the one already trained with these settings, or a newly trained one (saved)."""
     if data.tokenizer:
         tok = Tokenizer.from_file(data.tokenizer, storage_options)
-        tok.save(data.output, storage_options)
+        _save_tokenizer(tok, data.output, storage_options, {})
         return tok
     train_parts = [p for p in partitions if p.split != "val"]
     settings = _settings_hash(
@@ -94,8 +94,18 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
     phase = show.phase(f"training tokenizer ({len(lines)} lines)", 1)
     tok = train_tokenizer(lines, data.vocab_size, seed, data.tokenizer_threads)
     show.update(phase, 1)
-    tok.save(data.output, storage_options, extra={"settings": settings, "sample_lines": len(lines)})
+    _save_tokenizer(tok, data.output, storage_options, {"settings": settings, "sample_lines": len(lines)})
     return tok
+
+
+def _save_tokenizer(tok: Tokenizer, data_url: str, storage_options, extra: dict) -> None:
+    """Write the tokenizer; committed data made with another tokenizer is un-committed first,
+    so no reader ever pairs old shards with a new tokenizer."""
+    for split in ("val", "train"):
+        url = manifest_url(data_url, split)
+        if storage.exists(url, storage_options) and storage.read_json(url, storage_options).get("tokenizer_sha256") != tok.sha256:
+            storage.remove(url, storage_options)
+    tok.save(data_url, storage_options, extra=extra)
 
 
 @ray.remote(num_cpus=0)

@@ -128,3 +128,25 @@ def test_user_supplied_tokenizer_is_used_as_is(local_ray, texts, tmp_path):
     manifest = load_manifest(str(tmp_path / "second"), "train")
     assert manifest.vocab_size == 700
     assert manifest.tokenizer_sha256 == Tokenizer.load(str(tmp_path / "first")).sha256
+
+
+def test_new_tokenizer_uncommits_data_made_with_the_old_one(local_ray, texts, tmp_path):
+    from data_shards import prepare as prepare_module
+    from data_shards.errors import DataError
+    from data_shards.tokenizer import train_tokenizer
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.jsonl").write_bytes(jsonl(texts[:20]))
+    out = str(tmp_path / "out")
+    prepare(DataConfig(inputs=[str(inp / "a.jsonl")], output=out, vocab_size=600, tokenizer_sample_mb=1), seed=0, progress=False)
+    old = load_manifest(out, "train").tokenizer_sha256
+    with pytest.raises(DataError, match="missing.jsonl does not exist"):
+        prepare(DataConfig(inputs=[str(inp / "a.jsonl"), str(inp / "missing.jsonl")], output=out), seed=0, progress=False)
+    assert load_manifest(out, "train").tokenizer_sha256 == old  # a failing config changes nothing
+    other = train_tokenizer([line for t in texts for line in t.split("\n") if line.strip()], 650, seed=0, num_threads=1)
+    assert other.sha256 != old
+    prepare_module._save_tokenizer(other, out, None, {})
+    assert not (tmp_path / "out" / "train" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "val" / "manifest.json").exists()
+    assert Tokenizer.load(out).sha256 == other.sha256
