@@ -46,7 +46,7 @@ def content_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
 
 
-def iter_clean(partition: Partition, filters: list, on_error: str, storage_options, counts: ReadCounts, chain: FilterChain):
+def iter_clean(partition: Partition, on_error: str, storage_options, counts: ReadCounts, chain: FilterChain):
     """(document number, cleaned text) of every document that survives the filters."""
     for number, text in enumerate(read_documents(partition, on_error, counts, storage_options)):
         yield number, (chain(text) if text else text)
@@ -62,7 +62,7 @@ def sample_partition(
     heap: list[tuple[float, int, str]] = []
     held = 0
     counts, chain = ReadCounts(), FilterChain(filters)
-    for number, text in iter_clean(partition, filters, on_error, storage_options, counts, chain):
+    for number, text in iter_clean(partition, on_error, storage_options, counts, chain):
         if not text:
             continue
         size = len(text.encode("utf-8", errors="replace"))
@@ -81,7 +81,7 @@ def partition_hashes(partition: Partition, filters: list, on_error: str, storage
     """(content hash, doc_id) of every non-empty document after the per-document filters."""
     out = []
     counts, chain = ReadCounts(), FilterChain(filters)
-    for number, text in iter_clean(partition, filters, on_error, storage_options, counts, chain):
+    for number, text in iter_clean(partition, on_error, storage_options, counts, chain):
         if text:
             out.append((content_hash(text), doc_id(partition.index, number)))
     return out
@@ -193,7 +193,7 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drop: frozenset =
         pending.clear()
 
     try:
-        for number, text in iter_clean(partition, job.filters, job.on_error, job.storage_options, counts, chain):
+        for number, text in iter_clean(partition, job.on_error, job.storage_options, counts, chain):
             if text is None:
                 continue
             if not text:

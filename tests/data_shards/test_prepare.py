@@ -3,7 +3,6 @@ import gzip
 import hashlib
 import json
 
-import numpy as np
 import pyarrow as pa
 import pytest
 

@@ -1,5 +1,4 @@
 import hashlib
-import os
 
 import numpy as np
 import pyarrow as pa
