@@ -16,6 +16,7 @@ import random
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -42,6 +43,9 @@ class StopRequest:
         self.signal_name: str | None = None
 
     def install(self) -> None:
+        """Install the handlers where Python allows it: in the main thread (Ray Train runs ranks in a thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
