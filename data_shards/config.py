@@ -79,6 +79,8 @@ class DataConfig(_Strict):
     filters: list[FilterConfig] = []
     on_error: Literal["stop", "skip"] = "stop"
     record_batch_mb: float = Field(default=12, gt=0)
+    # Uncompressed JSON-lines and parquet files bigger than this are split over several tasks.
+    partition_mb: float = Field(default=512, gt=0)
     # Upper bound on prepare tasks in flight (back-pressure); None = twice the cluster CPUs.
     max_inflight: int | None = Field(default=None, ge=1)
 

@@ -2,7 +2,9 @@
 
 Formats by file name: ``.jsonl``/``.ndjson`` (optionally ``.gz`` or ``.zst``), ``.txt``
 (the whole file is one document) and ``.parquet``.  Inputs may be paths, globs or
-fsspec URLs.  Readers stream: memory stays bounded whatever the file size.
+fsspec URLs.  Readers stream: memory stays bounded whatever the file size.  Files
+bigger than the partition size are split so several tasks share them: uncompressed
+JSON lines by byte range (a line belongs to the range it starts in), parquet by row group.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ class Partition:
     text_field: str
     files: list[str]
     sizes: list[int] = field(default_factory=list)
+    # Part of a single file: [start, end) bytes of uncompressed JSON lines, or row groups of parquet.
+    span: tuple[int, int] | None = None
 
     @property
     def bytes(self) -> int:
@@ -79,8 +83,33 @@ def expand(pattern: str, storage_options: dict | None = None) -> list[tuple[str,
     return out
 
 
+def _spans(url: str, size: int, partition_bytes: int, storage_options) -> list[tuple[int, int] | None]:
+    """How a file is cut into partitions: the whole file, byte ranges, or row-group ranges."""
+    name = url.lower()
+    if size <= partition_bytes:
+        return [None]
+    if any(name.endswith(s) for s in JSONL_SUFFIXES):
+        return [(start, min(start + partition_bytes, size)) for start in range(0, size, partition_bytes)]
+    if name.endswith(PARQUET_SUFFIXES):
+        import pyarrow.parquet as pq
+
+        fs, path = storage.filesystem(url, storage_options)
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        spans, first, held = [], 0, 0
+        for g in range(meta.num_row_groups):
+            held += meta.row_group(g).total_byte_size
+            if held >= partition_bytes:
+                spans.append((first, g + 1))
+                first, held = g + 1, 0
+        if first < meta.num_row_groups:
+            spans.append((first, meta.num_row_groups))
+        return spans or [None]
+    return [None]  # compressed streams cannot be entered in the middle
+
+
 def partitions_for(
-    groups: list[tuple[str, str, str, list[str]]], storage_options: dict | None = None
+    groups: list[tuple[str, str, str, list[str]]], storage_options: dict | None = None, partition_bytes: int = 1 << 62
 ) -> list[Partition]:
     """Partitions of (source, split, text_field, inputs) groups, numbered in a fixed order."""
     out: list[Partition] = []
@@ -95,7 +124,9 @@ def partitions_for(
         texts = [(u, s) for u, s in files if file_format(u) == "txt"]
         for url, size in files:
             if file_format(url) != "txt":
-                out.append(Partition(len(out), source, split, text_field, [url], [size]))
+                for span in _spans(url, size, partition_bytes, storage_options):
+                    part_size = size if span is None or url.lower().endswith(PARQUET_SUFFIXES) else span[1] - span[0]
+                    out.append(Partition(len(out), source, split, text_field, [url], [part_size], span))
         group: list[tuple[str, int]] = []
         for url, size in texts:
             group.append((url, size))
@@ -145,22 +176,48 @@ def read_documents(
         fmt = file_format(url)
         fs, path = storage.filesystem(url, storage_options)
         if fmt == "parquet":
-            yield from _parquet_texts(fs, path, url, partition.text_field)
+            yield from _parquet_texts(fs, path, url, partition.text_field, partition.span)
             continue
         with storage.with_retries(lambda: fs.open(path, "rb")) as raw:
-            stream = _decompressed(raw, url)
-            if fmt == "txt":
-                yield _decode(stream.read(), counts)
-                continue
-            for line_no, line in enumerate(stream, start=1):
+            if partition.span is not None:
+                lines = _lines_in_range(raw, url, *partition.span)
+            else:
+                stream = _decompressed(raw, url)
+                if fmt == "txt":
+                    yield _decode(stream.read(), counts)
+                    continue
+                lines = ((f"{url}:{n}", line) for n, line in enumerate(stream, start=1))
+            for where, line in lines:
                 if not line.strip():
                     continue
-                text = _json_text(line, url, line_no, partition.text_field, on_error, counts)
+                text = _json_text(line, where, partition.text_field, on_error, counts)
                 if text is not None:
                     yield text
 
 
-def _json_text(line: bytes, url: str, line_no: int, field: str, on_error: str, counts: ReadCounts) -> str | None:
+def _lines_in_range(raw, url: str, start: int, end: int):
+    """(location, line) of the lines that start in bytes [start, end) of an uncompressed file.
+
+    The location is ``url:line`` in the first range and ``url at byte N`` after it,
+    where counting lines would mean reading everything before the range.
+    """
+    if start > 0:
+        raw.seek(start - 1)
+        raw.readline()  # the rest of a line that started before this range
+    line_no = 0
+    while True:
+        pos = raw.tell()
+        if pos >= end:
+            return
+        line = raw.readline()
+        if not line:
+            return
+        line_no += 1
+        yield (f"{url}:{line_no}" if start == 0 else f"{url} at byte {pos}"), line
+
+
+def _json_text(line: bytes, where: str, field: str, on_error: str, counts: ReadCounts) -> str | None:
+    """The text field of one JSON line; ``where`` names the file and line for errors."""
     decoded = _decode(line, counts)
     try:
         row = json.loads(decoded)
@@ -168,25 +225,26 @@ def _json_text(line: bytes, url: str, line_no: int, field: str, on_error: str, c
         counts.malformed_lines += 1
         if on_error == "skip":
             return None
-        raise DataError(f"{url}:{line_no}: malformed JSON line ({exc.msg}); set data.on_error=skip to skip such lines") from None
+        raise DataError(f"{where}: malformed JSON line ({exc.msg}); set data.on_error=skip to skip such lines") from None
     text = row.get(field) if isinstance(row, dict) else None
     if not isinstance(text, str):
         counts.missing_field += 1
         if on_error == "skip":
             return None
         raise DataError(
-            f"{url}:{line_no}: no string field {field!r} (data.text_field); set data.on_error=skip to skip such lines"
+            f"{where}: no string field {field!r} (data.text_field); set data.on_error=skip to skip such lines"
         )
     return text
 
 
-def _parquet_texts(fs, path: str, url: str, field: str) -> Iterator[str]:
+def _parquet_texts(fs, path: str, url: str, field: str, span: tuple[int, int] | None) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as f:
         reader = pq.ParquetFile(f)
         if field not in reader.schema_arrow.names:
             raise DataError(f"{url}: no column {field!r} (data.text_field); columns are {reader.schema_arrow.names}")
-        for batch in reader.iter_batches(batch_size=1024, columns=[field]):
+        groups = list(range(*span)) if span is not None else None
+        for batch in reader.iter_batches(batch_size=1024, columns=[field], row_groups=groups):
             for text in batch.column(0).to_pylist():
                 yield text if isinstance(text, str) else ""

@@ -43,7 +43,7 @@ def _partitions(data: DataConfig, storage_options) -> list[Partition]:
     groups = [(s.name, train_split, s.text_field or data.text_field, s.inputs) for s in sources]
     if data.val_inputs:
         groups.append(("val", "val", data.text_field, data.val_inputs))
-    return partitions_for(groups, storage_options)
+    return partitions_for(groups, storage_options, partition_bytes=max(1, int(data.partition_mb * MIB)))
 
 
 def _remote(fn, **options):

@@ -60,3 +60,34 @@ def test_missing_parquet_column_and_unknown_format_are_data_errors(tmp_path):
     (tmp_path / "notes.docx").write_bytes(b"x")
     with pytest.raises(DataError, match="notes.docx: unknown format"):
         partitions_for([("default", "train", "text", [str(tmp_path / "notes.docx")])])
+
+
+def test_big_jsonl_split_by_byte_range_reads_every_line_once(tmp_path):
+    rows = [{"text": f"doc {i} " + "x" * (i % 37)} for i in range(500)]
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    whole = read(partitions_for([("default", "train", "text", [str(path)])])[0])[0]
+    for cut in (97, 1000, 4096):
+        parts = partitions_for([("default", "train", "text", [str(path)])], partition_bytes=cut)
+        assert len(parts) > 1 and all(p.span is not None for p in parts)
+        assert [t for p in parts for t in read(p)[0]] == whole == [r["text"] for r in rows]
+
+
+def test_big_parquet_split_by_row_groups_reads_every_row_once(tmp_path):
+    texts = [f"row {i} " + "y" * 50 for i in range(1000)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "big.parquet", row_group_size=100)
+    parts = partitions_for([("default", "train", "text", [str(tmp_path / "big.parquet")])], partition_bytes=2000)
+    assert len(parts) > 1
+    assert [t for p in parts for t in read(p)[0]] == texts
+
+
+def test_malformed_line_in_a_later_range_is_located_by_byte_offset(tmp_path):
+    good = json.dumps({"text": "fine"}) + "\n"
+    path = tmp_path / "big.jsonl"
+    path.write_text(good * 50 + "{broken\n" + good * 50)
+    parts = partitions_for([("default", "train", "text", [str(path)])], partition_bytes=len(good) * 20)
+    with pytest.raises(DataError, match=rf"big.jsonl at byte {len(good) * 50}: malformed JSON line"):
+        for p in parts:
+            read(p)
+    docs, counts = read(parts[2], on_error="skip")
+    assert counts.malformed_lines == 1 and len(docs) == 20  # 10 lines before it, 10 that start after it

@@ -149,3 +149,15 @@ def test_new_tokenizer_uncommits_data_made_with_the_old_one(local_ray, texts, tm
     assert not (tmp_path / "out" / "train" / "manifest.json").exists()
     assert not (tmp_path / "out" / "val" / "manifest.json").exists()
     assert Tokenizer.load(out).sha256 == other.sha256
+
+
+def test_one_big_file_is_shared_by_several_tasks_without_losing_documents(local_ray, texts, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "big.jsonl").write_bytes(jsonl(texts))
+    cfg = DataConfig(inputs=[str(inp / "big.jsonl")], val_fraction=0, output=str(tmp_path / "out"), vocab_size=600,
+                     tokenizer_sample_mb=1, partition_mb=0.05)
+    summary = prepare(cfg, seed=0, progress=False)
+    assert summary["partitions"] > 3
+    assert summary["train_docs"] == len(texts)
+    assert sorted(decoded_docs(cfg.output, "train")) == sorted(texts)
