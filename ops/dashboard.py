@@ -23,9 +23,17 @@ STALE_HEARTBEAT_S = 120.0
 TERMINAL_EVENTS = {"finish": "finished", "failure": "failed", "preemption": "preempted"}
 
 
+def bucket_means(values: list[float], width: int) -> list[float]:
+    """``values`` averaged into at most ``width`` consecutive buckets, so a long noisy curve shows its trend."""
+    if len(values) <= width:
+        return list(values)
+    edges = [round(i * len(values) / width) for i in range(width + 1)]
+    return [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:])]
+
+
 def sparkline(values: list[float], width: int = 60) -> str:
-    """Unicode sparkline of the last ``width`` values (min at the bottom, max at the top)."""
-    values = [v for v in values if v is not None][-width:]
+    """Unicode sparkline of the whole curve in ``width`` cells (min at the bottom, max at the top)."""
+    values = bucket_means([v for v in values if v is not None], width)
     if not values:
         return ""
     lo, hi = min(values), max(values)

@@ -70,6 +70,14 @@ def test_sparkline_maps_min_to_lowest_and_max_to_highest_block():
     assert sparkline([]) == ""
 
 
+def test_sparkline_of_a_long_curve_averages_into_the_width():
+    from ops.dashboard import bucket_means
+
+    assert bucket_means([1.0, 3.0, 5.0, 7.0], 2) == [2.0, 6.0]
+    line = sparkline([10.0 - i / 100 for i in range(1000)], width=20)
+    assert len(line) == 20 and line[0] == "█" and line[-1] == "▁"
+
+
 def test_truncated_last_metrics_line_is_ignored(tmp_path):
     run_url = str(tmp_path / "run")
     records = RunRecords(run_url)
