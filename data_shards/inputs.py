@@ -124,8 +124,12 @@ def partitions_for(
         texts = [(u, s) for u, s in files if file_format(u) == "txt"]
         for url, size in files:
             if file_format(url) != "txt":
-                for span in _spans(url, size, partition_bytes, storage_options):
-                    part_size = size if span is None or url.lower().endswith(PARQUET_SUFFIXES) else span[1] - span[0]
+                spans = _spans(url, size, partition_bytes, storage_options)
+                for span in spans:
+                    if span is None or url.lower().endswith(PARQUET_SUFFIXES):
+                        part_size = size // len(spans)  # row groups: an even share is close enough for sampling
+                    else:
+                        part_size = span[1] - span[0]
                     out.append(Partition(len(out), source, split, text_field, [url], [part_size], span))
         group: list[tuple[str, int]] = []
         for url, size in texts:
