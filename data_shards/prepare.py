@@ -91,7 +91,7 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
         show.update(phase, i + 1)
     if not lines:
         raise DataError(f"empty corpus: the train inputs of data.inputs hold no text ({len(train_parts)} partitions read)")
-    phase = show.phase(f"training tokenizer ({len(lines)} lines)", 1)
+    phase = show.phase("training tokenizer", 1)
     tok = train_tokenizer(lines, data.vocab_size, seed, data.tokenizer_threads)
     show.update(phase, 1)
     _save_tokenizer(tok, data.output, storage_options, {"settings": settings, "sample_lines": len(lines)})
@@ -134,7 +134,7 @@ def _tokenize_all(partitions, job: TokenizeJob, drops: dict[int, frozenset], max
             todo.append(p)
     counter = _Counter.remote()
     task = _remote(_tokenize_task, num_cpus=1)
-    phase = show.phase(f"tokenizing ({len(markers)} partitions already done)", len(partitions))
+    phase = show.phase(f"tokenizing ({len(markers)} done earlier)" if markers else "tokenizing", len(partitions))
     pending: dict = {}
     queue = list(todo)
     job_ref = ray.put(job)

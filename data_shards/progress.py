@@ -24,7 +24,7 @@ class _RateColumn(ProgressColumn):
         elapsed = max(task.fields.get("elapsed", 0.0), 1e-9)
         if not docs:
             return Text("")
-        return Text(f"{_si(docs)} docs {_si(docs / elapsed)}/s · {_si(tokens)} tokens {_si(tokens / elapsed)}/s", style="cyan")
+        return Text(f"{_si(docs / elapsed)} docs/s {_si(tokens / elapsed)} tok/s", style="cyan")
 
 
 class PrepareProgress:
@@ -39,8 +39,9 @@ class PrepareProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=16),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[tokens_total]}"),
                 _RateColumn(),
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
@@ -56,7 +57,7 @@ class PrepareProgress:
     def phase(self, name: str, total: int) -> int | None:
         if self._progress is None:
             return None
-        task = self._progress.add_task(name, total=total, docs=0, tokens=0, elapsed=0.0)
+        task = self._progress.add_task(name, total=total, docs=0, tokens=0, elapsed=0.0, tokens_total="")
         self._started[task] = time.perf_counter()
         return task
 
@@ -64,4 +65,5 @@ class PrepareProgress:
         if self._progress is None or task is None:
             return
         elapsed = time.perf_counter() - self._started[task]
-        self._progress.update(task, completed=completed, docs=docs, tokens=tokens, elapsed=elapsed)
+        totals = f"{_si(docs)} docs {_si(tokens)} tok" if docs else ""
+        self._progress.update(task, completed=completed, docs=docs, tokens=tokens, elapsed=elapsed, tokens_total=totals)
