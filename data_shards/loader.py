@@ -154,6 +154,8 @@ class GlobalBatchLoader:
         self.dp_rank, self.dp_world = dp_rank, dp_world
         self.fingerprint = self.manifest.fingerprint
         names = self.manifest.source_names()
+        if not self.manifest.shards:
+            raise DataError(f"{self.manifest.split_url} holds no documents: nothing to read for split {split!r}")
         weights = blend or {n: (self.manifest.sources[n].weight if n in self.manifest.sources else 1.0) for n in names}
         unknown = sorted(set(weights) - set(names))
         if unknown:

@@ -175,3 +175,10 @@ def test_shard_token_counts_histogram_the_shard(dataset):
     assert counts.tolist() == np.bincount(np.concatenate(docs[45:]), minlength=500).tolist()
     with pytest.raises(DataError, match="out of range"):
         shard_token_counts(url, "train", 3, 500)
+
+
+def test_a_split_without_shards_is_a_data_error(tmp_path, kit):
+    url = str(tmp_path / "empty")
+    kit.write_split(url, "val", {})
+    with pytest.raises(DataError, match="holds no documents"):
+        GlobalBatchLoader(url, "val", seed=0, seq_len=SEQ, global_batch=1)
