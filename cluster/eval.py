@@ -13,6 +13,7 @@ import numpy as np
 import ray
 
 from cluster.config import EvalConfig
+from data_shards.errors import DataError
 from data_shards.loader import eval_windows, shard_token_counts
 from data_shards.manifest import load_manifest
 from data_shards.tokenizer import Tokenizer
@@ -100,7 +101,7 @@ def evaluate_run(
     )
     tokens = sum(p["tokens"] for p in parts)
     if tokens == 0:
-        raise ValueError(f"{data_url}: the val shards hold no complete window of seq_len+1 = {model_cfg.seq_len + 1} tokens")
+        raise DataError(f"{data_url}: the val shards hold no complete window of seq_len+1 = {model_cfg.seq_len + 1} tokens")
     nll = sum(p["nll"] for p in parts)
     unigram_nll = sum(p["unigram_nll"] for p in parts)
     n_bytes = sum(p["bytes"] for p in parts)

@@ -81,6 +81,18 @@ def cmd_ckpt_ls(args) -> int:
     return 0
 
 
+def cmd_ckpt_verify(args) -> int:
+    from launch.checkpoint_tools import print_verify
+
+    return print_verify(args.run_url)
+
+
+def cmd_ckpt_prune(args) -> int:
+    from launch.checkpoint_tools import print_prune
+
+    return print_prune(args.run_url, args.keep)
+
+
 def cmd_export_hf(args) -> int:
     from llm.export_hf import export_hf
 
@@ -141,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt = add("ckpt", None, "checkpoint tools").add_subparsers(dest="ckpt_command", required=True, metavar="SUBCOMMAND")
     p = add("ls", cmd_ckpt_ls, "list checkpoints and whether each is committed", parent=ckpt)
     p.add_argument("run_url")
+    p = add("verify", cmd_ckpt_verify, "check that latest is committed and its weights load", parent=ckpt)
+    p.add_argument("run_url")
+    p = add("prune", cmd_ckpt_prune, "delete all but the newest K committed checkpoints", parent=ckpt)
+    p.add_argument("run_url")
+    p.add_argument("--keep", type=int, default=1, help="committed checkpoints to keep (at least 1)")
 
     export = add("export", None, "export a checkpoint").add_subparsers(dest="export_command", required=True, metavar="FORMAT")
     p = add("hf", cmd_export_hf, "a Hugging Face Llama checkpoint (config.json, safetensors, tokenizer)", parent=export)
@@ -165,11 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is meant for the user as is."""
+    """Exception types whose message is meant for the user as is (missing files and URLs included)."""
     from data_shards.errors import DataError
     from launch.config import ConfigError
 
-    return (ConfigError, DataError)
+    return (ConfigError, DataError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,3 +90,29 @@ def test_more_steps_resume_from_the_committed_checkpoint(tiny_run):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000008"
     kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert kept == ["step-00000006", "step-00000008"]
+
+
+def test_ckpt_verify_accepts_a_sound_run_and_flags_a_stale_latest_pointer(tiny_run, tmp_path):
+    import shutil
+
+    src, path, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(src / "run", run)
+    ok = kiln("ckpt", "verify", str(run), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    committed = sorted(p.parent.name for p in (run / "checkpoints").glob("step-*/COMMITTED"))
+    (run / "checkpoints" / "latest").write_text(committed[0] + "\n")
+    stale = kiln("ckpt", "verify", str(run), cwd=tmp_path)
+    assert stale.returncode == 1 and "does not name the newest committed step" in stale.stdout
+
+
+def test_ckpt_prune_keeps_the_newest_committed_checkpoint(tiny_run, tmp_path):
+    import shutil
+
+    src, _, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(src / "run", run)
+    newest = (run / "checkpoints" / "latest").read_text().strip()
+    proc = kiln("ckpt", "prune", str(run), "--keep", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == [newest]
