@@ -25,6 +25,7 @@ from ops import storage
 DOC_INDEX_BITS = 36  # doc_id = partition << 36 | document number within the partition
 ENCODE_BATCH = 256
 MAX_SENTENCE_BYTES = 1 << 15
+SAMPLE_SCAN_FACTOR = 4
 WORK_DIR = "_work"
 
 
@@ -57,15 +58,20 @@ def sample_partition(
 ) -> list[str]:
     """A seeded sample of the partition's lines of at most ``budget_bytes`` (priority sampling).
 
-    Memory stays within the budget; the result depends only on the partition, seed and budget.
+    Documents are drawn from the first ``SAMPLE_SCAN_FACTOR * budget_bytes`` of text, so the
+    work, like the memory, is bounded by the budget rather than by the corpus; the result
+    depends only on the partition, seed and budget.
     """
     heap: list[tuple[float, int, str]] = []
-    held = 0
+    held = scanned = 0
     counts, chain = ReadCounts(), FilterChain(filters)
     for number, text in iter_clean(partition, on_error, storage_options, counts, chain):
         if not text:
             continue
+        if scanned >= SAMPLE_SCAN_FACTOR * budget_bytes:
+            break
         size = len(text.encode("utf-8", errors="replace"))
+        scanned += size
         heapq.heappush(heap, (-_unit_hash(seed, "tokenizer", partition.index, number), number, text))
         held += size
         while held > budget_bytes and len(heap) > 1:

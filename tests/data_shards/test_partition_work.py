@@ -65,3 +65,12 @@ def test_tokenizer_sample_is_bounded_and_seeded(tmp_path):
     assert a == pw.sample_partition(part, 2000, seed=1, filters=[], on_error="stop")
     assert a != pw.sample_partition(part, 2000, seed=2, filters=[], on_error="stop")
     assert 0 < sum(len(x.encode()) for x in a) <= 2000
+
+
+def test_tokenizer_sample_reads_a_bounded_prefix_of_a_big_partition(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    part = Partition(index=0, source="default", split="train", text_field="text", files=[str(src)], sizes=[1])
+    sample = pw.sample_partition(part, 500, seed=1, filters=[], on_error="stop")
+    first_docs = set(TEXTS[: (pw.SAMPLE_SCAN_FACTOR * 500) // len(TEXTS[0].encode()) + 1])
+    assert sample and set(sample) <= first_docs
