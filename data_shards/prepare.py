@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import deque
 
 import ray
 
@@ -46,10 +47,6 @@ def _partitions(data: DataConfig, storage_options) -> list[Partition]:
     return partitions_for(groups, storage_options, partition_bytes=max(1, int(data.partition_mb * MIB)))
 
 
-def _remote(fn, **options):
-    return ray.remote(**options)(fn) if options else ray.remote(fn)
-
-
 def _settings_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -79,7 +76,7 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
             return Tokenizer.load(data.output, storage_options)
     total = sum(p.bytes for p in train_parts) or 1
     budget = data.tokenizer_sample_mb * MIB
-    task = _remote(sample_partition, num_cpus=1)
+    task = ray.remote(num_cpus=1)(sample_partition)
     phase = show.phase("sampling for the tokenizer", len(train_parts))
     refs = [
         task.remote(p, max(1, int(budget * p.bytes / total)), seed, data.filters, data.on_error, storage_options)
@@ -133,15 +130,15 @@ def _tokenize_all(partitions, job: TokenizeJob, drops: dict[int, frozenset], max
         else:
             todo.append(p)
     counter = _Counter.remote()
-    task = _remote(_tokenize_task, num_cpus=1)
+    task = ray.remote(num_cpus=1)(_tokenize_task)
     phase = show.phase(f"tokenizing ({len(markers)} done earlier)" if markers else "tokenizing", len(partitions))
     pending: dict = {}
-    queue = list(todo)
+    queue = deque(todo)
     job_ref = ray.put(job)
     show.update(phase, len(markers))
     while queue or pending:
         while queue and len(pending) < max_inflight:
-            p = queue.pop(0)
+            p = queue.popleft()
             pending[task.remote(p, job_ref, drops.get(p.index, frozenset()), counter)] = p.index
         done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
         for ref in done:
