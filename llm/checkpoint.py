@@ -15,6 +15,8 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -136,9 +138,76 @@ def save(engine, run_url: str, step: int, client_state: dict[str, Any], commit_i
     return target
 
 
-def load(engine, run_url: str, step: int, storage_options: dict | None = None) -> dict[str, Any]:
-    """Collective: restore engine (weights, optimizer) from a committed step; returns the client state."""
+def needs_universal(info: dict[str, Any], world_size: int, zero_stage: int, pipeline_stages: int) -> bool:
+    """Whether a committed checkpoint must be loaded through DeepSpeed's universal format.
+
+    ZeRO partitions optimizer state by data-parallel rank, so a ZeRO checkpoint resumed at
+    another world size (or ZeRO stage) is first converted into per-parameter files.
+    """
+    saved_stage = int(info.get("zero_stage", 0))
+    reshaped = int(info.get("world_size", world_size)) != world_size or saved_stage != zero_stage
+    if not reshaped:
+        return False
+    if pipeline_stages > 1 or int(info.get("pipeline_stages", 1)) > 1:
+        raise RuntimeError(
+            f"checkpoint step {info.get('step')} was saved by {info.get('world_size')} ranks with "
+            f"pipeline_stages={info.get('pipeline_stages', 1)}; a pipelined run resumes only on the same "
+            f"world size and layout (now {world_size} ranks, pipeline_stages={pipeline_stages})"
+        )
+    return saved_stage >= 1 or zero_stage >= 1
+
+
+def _to_universal(step_dir: str, out_parent: str, tag: str) -> None:
+    """Convert one local DeepSpeed step folder into ``out_parent/tag`` in the universal format."""
+    out_dir = os.path.join(out_parent, tag)
+    shutil.rmtree(out_parent, ignore_errors=True)
+    os.makedirs(out_parent, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder", step_dir, "--output_folder", out_dir,
+        "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"converting {step_dir} to a universal checkpoint failed: {proc.stderr.strip()[-500:]}")
+
+
+def _universal_copy(run_url: str, step: int, storage_options: dict | None) -> str:
+    """Collective: one rank per host converts the step to the universal format in a local folder;
+    returns that folder's parent (the load dir)."""
     tag = step_name(step)
+    key = hashlib.sha256(f"{run_url}/{tag}".encode()).hexdigest()[:16]
+    parent = os.path.join(tempfile.gettempdir(), "kiln-universal", key)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if storage.is_local(run_url):
+            _to_universal(storage.filesystem(step_url(run_url, step), storage_options)[1], parent, tag)
+        else:
+            with tempfile.TemporaryDirectory(prefix="kiln-reshape-") as tmp:
+                local_dir = os.path.join(tmp, tag)
+                storage.download_dir(step_url(run_url, step), local_dir, storage_options)
+                _to_universal(local_dir, parent, tag)
+    dist.barrier()
+    return parent
+
+
+def load(engine, run_url: str, step: int, storage_options: dict | None = None,
+         universal: bool = False) -> dict[str, Any]:
+    """Collective: restore engine (weights, optimizer) from a committed step; returns the client state.
+
+    ``universal`` loads through DeepSpeed's universal format (the engine must have been built
+    with ``checkpoint.load_universal``), which is how a run changes its number of ranks.
+    """
+    tag = step_name(step)
+    if universal:
+        load_dir = _universal_copy(run_url, step, storage_options)
+        path, client_state = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the universal form of {step_url(run_url, step)}")
+        dist.barrier()
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            shutil.rmtree(load_dir, ignore_errors=True)
+        return client_state
     if storage.is_local(run_url):
         load_dir = storage.filesystem(checkpoints_url(run_url), storage_options)[1]
     else:

@@ -28,8 +28,9 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     return cfg.precision
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str, device: torch.device) -> dict:
-    """The DeepSpeed config a Kiln train section means."""
+def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str, device: torch.device,
+                     load_universal: bool = False) -> dict:
+    """The DeepSpeed config a Kiln train section means (``load_universal``: resume from a universal checkpoint)."""
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 1:
         zero.update(
@@ -40,7 +41,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str, device: 
         )
     if cfg.zero_stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=False)
-    return {
+    config = {
         "train_batch_size": cfg.global_batch,
         "train_micro_batch_size_per_gpu": cfg.micro_batch,
         "gradient_accumulation_steps": cfg.grad_accum_steps(world_size),
@@ -51,6 +52,9 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str, device: 
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
+    return config
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -109,7 +113,7 @@ class TrainEngine:
 
 
 def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int, seed: int,
-                 device: torch.device) -> TrainEngine:
+                 device: torch.device, load_universal: bool = False) -> TrainEngine:
     world_size = dist.get_world_size()
     precision = resolve_precision(train_cfg, device)
     module = build_module(model_cfg, train_cfg, vocab_size, seed)
@@ -122,7 +126,7 @@ def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,
-        config=deepspeed_config(train_cfg, world_size, precision, device),
+        config=deepspeed_config(train_cfg, world_size, precision, device, load_universal),
     )
     pipelined = train_cfg.pipeline_stages > 1
     if pipelined:

@@ -114,7 +114,13 @@ class Trainer:
         manifest = load_manifest(job.data_url, "train", job.storage_options)
         self.vocab_size = manifest.vocab_size
         self.precision = resolve_precision(self.cfg, self.device)
-        self.engine = build_engine(job.model, self.cfg, self.vocab_size, job.seed, self.device)
+        self.resume_step = checkpoint.latest_committed_step(job.run_dir, job.storage_options)
+        self.reshape = self.resume_step is not None and checkpoint.needs_universal(
+            checkpoint.read_commit(job.run_dir, self.resume_step, job.storage_options),
+            self.world, self.cfg.zero_stage, self.cfg.pipeline_stages,
+        )
+        self.engine = build_engine(job.model, self.cfg, self.vocab_size, job.seed, self.device,
+                                   load_universal=self.reshape)
         self.loader = GlobalBatchLoader(
             job.data_url, "train", job.seed, job.model.seq_len, self.cfg.global_batch,
             dp_rank=self.engine.dp_rank, dp_world=self.engine.dp_world, storage_options=job.storage_options,
@@ -153,15 +159,16 @@ class Trainer:
             self.records.event("checkpoint", step=self.step, url=url, tokens=self.tokens)
 
     def resume(self) -> None:
-        step = checkpoint.latest_committed_step(self.job.run_dir, self.job.storage_options)
+        step = self.resume_step
         if step is None:
             return
-        state = checkpoint.load(self.engine.engine, self.job.run_dir, step, self.job.storage_options)
+        state = checkpoint.load(self.engine.engine, self.job.run_dir, step, self.job.storage_options,
+                                universal=self.reshape)
         self.loader.load_state_dict(state["kiln_loader"])
         restore_rng(state["kiln_rng"])
         self.step, self.tokens, self.saved_step = int(state["kiln_step"]), int(state["kiln_tokens"]), step
         if self.rank == 0:
-            self.records.event("resume", step=step, tokens=self.tokens,
+            self.records.event("resume", step=step, tokens=self.tokens, reshaped=self.reshape, world_size=self.world,
                                config_hash_changed=state.get("kiln_config_hash") != self.job.config_hash)
 
     def run(self, stop: StopRequest) -> int:

@@ -108,3 +108,23 @@ def test_a_killed_rank_is_restarted_from_the_last_checkpoint_with_the_same_curve
     events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
     assert "restart" in events
     assert curve(run) == reference
+
+
+def test_a_preempted_run_resumes_on_fewer_ranks_and_follows_the_same_curve(setup):
+    tmp, path, reference = setup
+    run = tmp / "reshaped"
+    proc = start_training(path, tmp, f"run.dir={run}", "train.checkpoint_every=1000")
+    wait_for_step(run, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    rc, stderr = finish(proc)
+    assert rc == 75, stderr
+
+    rc, stderr = finish(start_training(path, tmp, f"run.dir={run}", "train.nproc=1"))
+    assert rc == 0, stderr
+    resumes = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()
+               if json.loads(line)["event"] == "resume"]
+    assert resumes and resumes[-1]["reshaped"] is True and resumes[-1]["world_size"] == 1
+    resumed = curve(run)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    # One rank sums gradients in another order than two: equal to fp32 rounding, not bit for bit.
+    assert resumed == pytest.approx(reference, rel=1e-5, abs=1e-6)
