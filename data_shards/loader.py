@@ -14,7 +14,7 @@ import pyarrow as pa
 from data_shards import sample_order
 from data_shards.errors import DataError
 from data_shards.manifest import Manifest, load_manifest
-from data_shards.shard_cache import cache_dir, local_shard
+from data_shards.shard_cache import cache_dir, local_shard, shard_lengths
 from data_shards.shard_format import doc_index
 
 INDEX_VERSION = 1
@@ -35,18 +35,18 @@ class SourceReader:
         self.name = name
         self.seed = seed
         self.seq_len = seq_len
-        self.paths, shard_of, offsets, lengths = [], [], [], []
+        self.manifest, self.shard_ids, self.storage_options = manifest, shard_ids, storage_options
         self.dtype = np.dtype(manifest.dtype)
-        for local_no, i in enumerate(shard_ids):
-            path = local_shard(manifest, i, storage_options)
-            idx = doc_index(path, manifest.shard_url(i))
-            self.paths.append(path)
-            shard_of.append(np.full(len(idx.lengths), local_no, dtype=np.int32))
-            offsets.append(idx.file_offsets)
-            lengths.append(idx.lengths)
-        self.doc_shard = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32)
-        self.doc_offset = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
-        self.doc_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        self.paths: list[str | None] = [None] * len(shard_ids)
+        self._known_offsets: dict[int, np.ndarray] = {}
+        lengths = [self._lengths(local_no) for local_no in range(len(shard_ids))]
+        self.doc_shard = np.concatenate([np.full(len(n), s, dtype=np.int32) for s, n in enumerate(lengths)] or [np.zeros(0, np.int32)])
+        self.doc_lengths = np.concatenate(lengths or [np.zeros(0, np.int64)])
+        self._first_doc = np.concatenate([[0], np.cumsum([len(n) for n in lengths])]).astype(np.int64)
+        # Byte offset of each document in its shard file, filled when the shard is first used.
+        self.doc_offset = np.full(len(self.doc_lengths), -1, dtype=np.int64)
+        for local_no, offsets in self._known_offsets.items():
+            self.doc_offset[self._first_doc[local_no] : self._first_doc[local_no + 1]] = offsets
         self.total_tokens = int(self.doc_lengths.sum())
         self.samples_per_epoch = sample_order.samples_per_epoch(self.total_tokens, seq_len)
         if self.samples_per_epoch < 1:
@@ -59,6 +59,29 @@ class SourceReader:
         ).hexdigest()[:24]
         self._epochs: dict[int, _Epoch] = {}
         self._files: OrderedDict[int, int] = OrderedDict()
+
+    def _lengths(self, local_no: int) -> np.ndarray:
+        """Document lengths of a shard: from its small index file when the manifest names one,
+        else from the (then fetched and verified) shard itself."""
+        i = self.shard_ids[local_no]
+        lengths = shard_lengths(self.manifest, i, self.storage_options)
+        if lengths is None:
+            self.paths[local_no] = local_shard(self.manifest, i, self.storage_options)
+            index = doc_index(self.paths[local_no], self.manifest.shard_url(i))
+            self._known_offsets[local_no] = index.file_offsets
+            lengths = index.lengths
+        return lengths
+
+    def _open_shard(self, local_no: int) -> None:
+        """Fetch and verify a shard at its first use, and place its documents' byte offsets."""
+        i = self.shard_ids[local_no]
+        if self.paths[local_no] is None:
+            self.paths[local_no] = local_shard(self.manifest, i, self.storage_options)
+        index = doc_index(self.paths[local_no], self.manifest.shard_url(i))
+        first, last = self._first_doc[local_no], self._first_doc[local_no + 1]
+        if not np.array_equal(index.lengths, self.doc_lengths[first:last]):
+            raise DataError(f"shard {self.manifest.shard_url(i)} does not match its document index")
+        self.doc_offset[first:last] = index.file_offsets
 
     def epoch(self, e: int) -> _Epoch:
         """Epoch ``e``'s index; the two most recently used stay loaded (a batch can span two)."""
@@ -112,6 +135,8 @@ class SourceReader:
             sel = np.flatnonzero(epochs == e)
             rows, cols, docs, begins, takes = sample_order.batch_pieces(ep.order, ep.starts, ep.perm[within[sel]], self.seq_len)
             dest = sel[rows] * row_bytes + cols * itemsize
+            for local_no in np.unique(self.doc_shard[docs][self.doc_offset[docs] < 0]).tolist():
+                self._open_shard(local_no)
             offsets = self.doc_offset[docs] + begins * itemsize
             sizes = takes * itemsize
             fd = self._fd

@@ -22,6 +22,9 @@ class ShardEntry(BaseModel):
     docs: int
     tokens: int
     source: str = "default"
+    # Document-length index (relative to the split folder) and its sha256; see shard_format.lengths_bytes.
+    index: str | None = None
+    index_sha256: str | None = None
 
 
 class SourceStats(BaseModel):

@@ -18,7 +18,7 @@ import numpy as np
 
 from data_shards.filters import FilterChain
 from data_shards.inputs import Partition, ReadCounts, read_documents
-from data_shards.shard_format import ShardWriter
+from data_shards.shard_format import ShardWriter, lengths_bytes
 from data_shards.tokenizer import Tokenizer
 from ops import storage
 
@@ -152,8 +152,20 @@ class _SplitShards:
         self.writer = None
         url = storage.join(self.job.output, self.split, self.name)
         _publish(written.local_path, url, self.job.storage_options)
+        index = lengths_bytes(written.doc_lengths)
+        index_name = self.name.removesuffix(".arrow") + ".lengths.npy"
+        storage.write_bytes(storage.join(self.job.output, self.split, index_name), index, self.job.storage_options)
         self.entries.append(
-            {"path": self.name, "bytes": written.bytes, "sha256": written.sha256, "docs": written.docs, "tokens": written.tokens, "source": self.partition.source}
+            {
+                "path": self.name,
+                "bytes": written.bytes,
+                "sha256": written.sha256,
+                "docs": written.docs,
+                "tokens": written.tokens,
+                "source": self.partition.source,
+                "index": index_name,
+                "index_sha256": hashlib.sha256(index).hexdigest(),
+            }
         )
 
 

@@ -13,9 +13,11 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from data_shards.errors import DataError
 from data_shards.manifest import Manifest
-from data_shards.shard_format import file_sha256
+from data_shards.shard_format import file_sha256, lengths_from_bytes
 from ops import storage
 
 
@@ -46,6 +48,35 @@ def local_shard(manifest: Manifest, index: int, storage_options: dict | None = N
         return path
     _verify(path, url, entry.sha256, entry.bytes)
     return path
+
+
+def shard_lengths(manifest: Manifest, index: int, storage_options: dict | None = None) -> np.ndarray | None:
+    """Verified document lengths of shard ``index`` from its index file; None when the manifest names none.
+
+    Index files of remote data are kept in the cache folder, named by their sha256.
+    """
+    entry = manifest.shards[index]
+    if not entry.index:
+        return None
+    url = storage.join(manifest.split_url, entry.index)
+    cached = cache_dir() / "indexes" / f"{entry.index_sha256}.npy"
+    if cached.exists():
+        data = cached.read_bytes()
+    else:
+        if not storage.exists(url, storage_options):
+            raise DataError(f"document index {url} named by the {manifest.split} manifest is missing")
+        data = storage.read_bytes(url, storage_options)
+    if hashlib.sha256(data).hexdigest() != entry.index_sha256:
+        raise DataError(f"document index {url} is damaged: its sha256 does not match the manifest (re-run `kiln prepare`)")
+    lengths = lengths_from_bytes(data, url)
+    if len(lengths) != entry.docs or int(lengths.sum()) != entry.tokens:
+        raise DataError(f"document index {url} disagrees with the manifest's document and token counts")
+    if not cached.exists() and not storage.is_local(url):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, cached)
+    return lengths
 
 
 def _download(url: str, path: str, storage_options: dict | None) -> None:

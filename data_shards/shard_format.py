@@ -7,6 +7,7 @@ A shard is an Arrow IPC *file* (footer with batch offsets, uncompressed) with
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 
@@ -52,6 +53,25 @@ class WrittenShard:
     sha256: str
     docs: int
     tokens: int
+    doc_lengths: np.ndarray  # int64[docs], EOS included
+
+
+def lengths_bytes(lengths: np.ndarray) -> bytes:
+    """The document-length index of a shard: a ``.npy`` of uint32 token counts in file order.
+
+    It lets a reader build the sample order without fetching the shards themselves.
+    """
+    out = io.BytesIO()
+    np.save(out, np.asarray(lengths, dtype="<u4"), allow_pickle=False)
+    return out.getvalue()
+
+
+def lengths_from_bytes(data: bytes, name: str) -> np.ndarray:
+    try:
+        lengths = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"document index {name} is not a .npy array ({exc})") from None
+    return lengths.astype(np.int64)
 
 
 class ShardWriter:
@@ -68,6 +88,7 @@ class ShardWriter:
         self._docs: list[np.ndarray] = []
         self._ids: list[int] = []
         self._pending_bytes = 0
+        self._lengths: list[int] = []
         self.docs = 0
         self.tokens = 0
 
@@ -79,6 +100,7 @@ class ShardWriter:
     def add(self, tokens: np.ndarray, doc_id: int) -> None:
         self._docs.append(tokens)
         self._ids.append(doc_id)
+        self._lengths.append(len(tokens))
         self.docs += 1
         self.tokens += len(tokens)
         self._pending_bytes += len(tokens) * self.itemsize + 16
@@ -94,7 +116,14 @@ class ShardWriter:
         self._flush()
         self._writer.close()
         self._sink.close()
-        return WrittenShard(self.local_path, os.path.getsize(self.local_path), file_sha256(self.local_path), self.docs, self.tokens)
+        return WrittenShard(
+            self.local_path,
+            os.path.getsize(self.local_path),
+            file_sha256(self.local_path),
+            self.docs,
+            self.tokens,
+            np.asarray(self._lengths, dtype=np.int64),
+        )
 
 
 def file_sha256(path: str) -> str:

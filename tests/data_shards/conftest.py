@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manifest
-from data_shards.shard_format import ShardWriter, token_dtype
+from data_shards.shard_format import ShardWriter, lengths_bytes, token_dtype
 
 REAL_CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "python-docs"
 
@@ -37,8 +38,10 @@ def write_split(
     vocab: int = 500,
     weights: dict[str, float] | None = None,
     batch_bytes: int = 256,
+    with_index: bool = False,
 ) -> Manifest:
-    """Shards (one per inner list) and a manifest, as prepare writes them."""
+    """Shards (one per inner list) and a manifest, as prepare writes them (document-length
+    index files too when ``with_index``)."""
     dtype = token_dtype(vocab)
     folder = Path(data_url) / split
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,12 @@ def write_split(
                 writer.add(d.astype(dtype), doc_id)
                 doc_id += 1
             w = writer.close()
-            entries.append(ShardEntry(path=path.name, bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens, source=name))
+            entry = ShardEntry(path=path.name, bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens, source=name)
+            if with_index:
+                index = lengths_bytes(w.doc_lengths)
+                (folder / f"{path.stem}.lengths.npy").write_bytes(index)
+                entry.index, entry.index_sha256 = f"{path.stem}.lengths.npy", hashlib.sha256(index).hexdigest()
+            entries.append(entry)
     stats = {
         n: SourceStats(
             docs=sum(e.docs for e in entries if e.source == n),

@@ -182,3 +182,39 @@ def test_a_split_without_shards_is_a_data_error(tmp_path, kit):
     kit.write_split(url, "val", {})
     with pytest.raises(DataError, match="holds no documents"):
         GlobalBatchLoader(url, "val", seed=0, seq_len=SEQ, global_batch=1)
+
+
+@pytest.fixture
+def indexed(tmp_path, kit):
+    docs = kit.random_docs(11, 60, 500)
+    url = str(tmp_path / "indexed")
+    kit.write_split(url, "train", {"default": [docs[:20], docs[20:45], docs[45:]]}, with_index=True)
+    return url, docs
+
+
+def test_index_files_give_the_same_order_as_reading_the_shards(dataset, indexed):
+    plain = read_all(GlobalBatchLoader(dataset[0], "train", seed=5, seq_len=SEQ, global_batch=8), 6)
+    assert np.array_equal(read_all(GlobalBatchLoader(indexed[0], "train", seed=5, seq_len=SEQ, global_batch=8), 6), plain)
+
+
+def test_with_index_files_shards_are_fetched_and_verified_only_when_first_read(indexed):
+    url, docs = indexed
+    path = os.path.join(url, "train", "shard-00001.arrow")
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    loader = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)  # no shard read yet
+    assert not os.path.exists(os.path.join(os.environ["KILN_CACHE_DIR"], "verified"))
+    with pytest.raises(DataError, match="shard-00001.arrow is damaged"):
+        for _ in range(loader.sources[0].samples_per_epoch // 4 + 1):
+            loader.next_batch()
+
+
+def test_damaged_index_file_is_a_data_error_naming_it(indexed):
+    url, _ = indexed
+    path = os.path.join(url, "train", "shard-00002.lengths.npy")
+    raw = bytearray(open(path, "rb").read())
+    raw[-1] ^= 0x01
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(DataError, match="shard-00002.lengths.npy is damaged"):
+        GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)

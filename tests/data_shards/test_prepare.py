@@ -11,6 +11,7 @@ from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader
 from data_shards.manifest import load_manifest
 from data_shards.prepare import is_prepared, prepare
+from data_shards.shard_format import lengths_from_bytes
 from data_shards.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,9 @@ def test_prepare_commits_shards_that_match_their_manifest(prepared, corpus):
             tokens = table.column("tokens").to_pylist()
             assert sum(map(len, tokens)) == entry.tokens and len(tokens) == entry.docs
             assert all(t[-1] == manifest.eos_id for t in tokens)
+            index = (root / "a" / split / entry.index).read_bytes()
+            assert hashlib.sha256(index).hexdigest() == entry.index_sha256
+            assert lengths_from_bytes(index, entry.index).tolist() == [len(t) for t in tokens]
             ids.extend(table.column("doc_id").to_pylist())
         assert len(ids) == len(set(ids))
     assert len(load_manifest(str(root / "a"), "train").shards) > 1  # shard_mb honoured
