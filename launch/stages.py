@@ -1,6 +1,8 @@
 """The four stages as commands see them: prepare, train, eval, and run (all three, skipping finished ones)."""
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.table import Table
 
@@ -17,7 +19,16 @@ from ops import storage
 console = Console(stderr=True)
 
 
+def use_cpu_accelerator_without_cuda() -> None:
+    """Tell DeepSpeed (here and in the Ray workers this process starts) to use the CPU, instead of guessing aloud."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def prepare_stage(cfg: KilnConfig, progress: bool = True) -> dict:
+    use_cpu_accelerator_without_cuda()
     with ray_session(cfg.cluster):
         summary = prepare(cfg.data, cfg.run.seed, cfg.storage.options, progress=progress)
     console.print(f"prepare: wrote {cfg.data_url} ({_summary_line(summary)})")
@@ -41,6 +52,7 @@ def train_job(cfg: KilnConfig) -> TrainJob:
 
 
 def train_stage(cfg: KilnConfig) -> int:
+    use_cpu_accelerator_without_cuda()
     if not is_prepared(cfg.data_url, cfg.storage.options):
         raise ConfigError(f"data.output: no committed data at {cfg.data_url} — run `kiln prepare` with this config first")
     storage.write_text(storage.join(cfg.run_url, "config.yaml"), cfg.to_yaml(), cfg.storage.options)
@@ -56,6 +68,7 @@ def train_stage(cfg: KilnConfig) -> int:
 
 
 def eval_stage(cfg: KilnConfig) -> dict:
+    use_cpu_accelerator_without_cuda()
     with ray_session(cfg.cluster):
         result = evaluate_run(cfg.run_url, cfg.data_url, cfg.model, cfg.eval, cfg.storage.options)
     print_eval_table(result, cfg.run_url)

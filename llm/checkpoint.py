@@ -11,7 +11,9 @@ every upload has finished.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -241,7 +243,10 @@ def _consolidate(step_dir: str, info: dict[str, Any]) -> dict[str, torch.Tensor]
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         parent, tag = os.path.split(step_dir.rstrip("/"))
-        return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag).items()}
+        chatter = io.StringIO()  # DeepSpeed prints its progress; errors still raise
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            state = get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag)
+        return {k: v.float() for k, v in state.items()}
     module = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
     return {k: v.float() for k, v in module["module"].items()}
 
