@@ -75,6 +75,23 @@ def wait_with_progress(proc: subprocess.Popen, job: TrainJob) -> int:
             time.sleep(POLL_S)
 
 
+def external_rank_environment(environ: dict[str, str]) -> dict[str, str]:
+    """Variables to add so that a rank started by someone else (``train.launcher=none``) finds its place.
+
+    torchrun-style variables win; otherwise SLURM's srun task variables are translated (the
+    batch script exports MASTER_ADDR/MASTER_PORT); otherwise this is a single process on 127.0.0.1.
+    """
+    if "RANK" in environ:
+        return {}
+    if "SLURM_PROCID" in environ:
+        return {
+            "RANK": environ["SLURM_PROCID"],
+            "WORLD_SIZE": environ.get("SLURM_NTASKS", "1"),
+            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        }
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
 def torchrun_command(job_path: str, nproc: int, port: int) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run",

@@ -10,7 +10,7 @@ from cluster.connect import ray_session
 from cluster.eval import eval_url, evaluate_run
 from data_shards.prepare import is_prepared, prepare
 from launch.config import ConfigError, KilnConfig
-from launch.local import launch_local
+from launch.local import external_rank_environment, launch_local
 from llm.checkpoint import latest_committed_step
 from llm.job import TrainJob
 from llm.worker import run_training
@@ -64,6 +64,7 @@ def train_stage(cfg: KilnConfig) -> int:
 
         with ray_session(cfg.cluster):
             return launch_ray(job)
+    os.environ.update(external_rank_environment(dict(os.environ)))
     return run_training(job)
 
 
