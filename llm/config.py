@@ -72,6 +72,7 @@ class TrainConfig(BaseModel):
     nproc: int = Field(default=2, ge=1, description="ranks per node started by the local launcher")
     launcher: Literal["local", "ray", "none"] = "local"
     checkpoint_every: int = Field(default=50, ge=1)
+    checkpoint_at_end: bool = Field(default=True, description="also save after the last step (benchmarks turn it off)")
     keep_checkpoints: int = Field(default=3, ge=1)
     max_restarts: int = Field(default=0, ge=0)
     log_every: int = Field(default=1, ge=1)

@@ -196,7 +196,7 @@ class Trainer:
             self.tokens += tokens_per_step
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 self.log(loss, lr, elapsed, data_wait, tokens_per_step)
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+            if self.step % self.cfg.checkpoint_every == 0 or (self.step == self.cfg.steps and self.cfg.checkpoint_at_end):
                 self.save()
         if self.rank == 0:
             self.records.event("finish", step=self.step, tokens=self.tokens)

@@ -133,3 +133,10 @@ def test_checkpoints_on_object_storage_commit_resume_and_consolidate(ranks, toke
     run_ok(ranks, job, tmp_path)
     again = records.metrics()[4:]
     assert [(r["step"], r["loss"]) for r in again] == [(r["step"], r["loss"]) for r in rows[2:]]
+
+
+def test_without_a_final_checkpoint_only_periodic_ones_are_written(ranks, token_data, tmp_path):
+    job = ranks.job(tmp_path / "run", token_data, steps=3, checkpoint_every=2, checkpoint_at_end=False)
+    records = run_ok(ranks, job, tmp_path)
+    assert [r["step"] for r in records.metrics()] == [1, 2, 3]
+    assert checkpoint.committed_steps(job.run_dir) == [2]
