@@ -70,3 +70,14 @@ def test_loading_an_uncommitted_step_is_a_clear_error(tmp_path):
         checkpoint.load_model_state(str(tmp_path), 5)
     with pytest.raises(FileNotFoundError, match="holds no committed checkpoint"):
         checkpoint.load_model_state(str(tmp_path / "empty"))
+
+
+
+def test_universal_format_is_used_only_when_a_zero_layout_changes():
+    saved = {"step": 3, "world_size": 2, "zero_stage": 2, "pipeline_stages": 1}
+    assert checkpoint.needs_universal(saved, 2, 2, 1) is False
+    assert checkpoint.needs_universal(saved, 1, 2, 1) is True
+    assert checkpoint.needs_universal(saved, 2, 3, 1) is True
+    assert checkpoint.needs_universal({**saved, "zero_stage": 0}, 1, 0, 1) is False  # whole optimizer state per rank
+    with pytest.raises(RuntimeError, match="a pipelined run resumes only on the same world size"):
+        checkpoint.needs_universal({**saved, "zero_stage": 1, "pipeline_stages": 2}, 1, 1, 1)

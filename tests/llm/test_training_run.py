@@ -140,3 +140,24 @@ def test_without_a_final_checkpoint_only_periodic_ones_are_written(ranks, token_
     records = run_ok(ranks, job, tmp_path)
     assert [r["step"] for r in records.metrics()] == [1, 2, 3]
     assert checkpoint.committed_steps(job.run_dir) == [2]
+
+
+@pytest.mark.parametrize("stages", [(2, 1), (1, 2)], ids=["zero2-to-zero1", "zero1-to-zero3"])
+def test_resume_on_one_rank_continues_a_two_rank_run(ranks, token_data, tmp_path, stages):
+    """A reshaped resume (2 ranks → 1, ZeRO stage changed) goes through DeepSpeed's universal format
+    and continues the same loss curve (same global batch and sample order; only reductions differ)."""
+    saved_stage, resumed_stage = stages
+    job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, zero_stage=saved_stage)
+    records = run_ok(ranks, job, tmp_path)
+    uninterrupted = records.metrics()
+    storage.remove(checkpoint.step_url(job.run_dir, 6), recursive=True)
+    storage.write_text(storage.join(job.run_dir, "checkpoints/latest"), "step-00000003\n")
+
+    one_rank = job.model_copy(update={"train": job.train.model_copy(update={"nproc": 1, "zero_stage": resumed_stage})})
+    proc = ranks.torchrun(one_rank, tmp_path, nproc=1)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    resumed = records.metrics()[6:]
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted[3:]], rel=1e-5)
+    assert [e for e in records.events() if e["event"] == "resume"][-1]["reshaped"] is True
+    assert checkpoint.read_commit(job.run_dir, 6)["world_size"] == 1
