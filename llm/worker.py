@@ -255,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m llm.worker JOB_JSON", file=sys.stderr)
         return 2
-    return run_training(TrainJob.load(args[0]))
+    rc = run_training(TrainJob.load(args[0]))
+    if dist.is_initialized():  # this entry point owns the process group: close it before the interpreter exits
+        dist.destroy_process_group()
+    return rc
 
 
 if __name__ == "__main__":
