@@ -1,12 +1,12 @@
 """Kiln's training step time divided by a bare PyTorch loop's, same model and batch, one rank, one run.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--zero-stage 1] [--steps 30] [--dim 256 ...]
+    .venv/bin/python benchmarks/bench_train_step.py [--zero-stages 0,1,2] [--steps 60] [--dim 192 ...]
 
 Both loops do the same work per optimizer step: ``grad_accum`` micro-batches of forward
 and backward, gradient clipping, AdamW.  Kiln's step goes through the DeepSpeed engine
 (``llm.engine.TrainEngine``); the bare loop is plain ``torch``.  The two alternate in
 rounds inside this process so that machine noise hits both alike; the medians are
-compared.  On CPU the clock is the process's CPU time (see ``timed``).  Target: ratio <= 1.05.
+compared.  On CPU the default clock is the process's CPU time (see ``timed``).  Target: ratio <= 1.05.
 """
 from __future__ import annotations
 
@@ -47,25 +47,26 @@ def bare_step(model, optimizer, micro: torch.Tensor, clip: float) -> float:
     return total / len(micro)
 
 
-def timed(fn) -> float:
-    """Wall time on a GPU; on CPU this process's CPU time, which other jobs on a shared machine barely move."""
+def timed(fn, clock: str) -> float:
+    """Seconds of ``fn`` by wall clock (GPU work synchronised) or by this process's CPU time, which other
+    jobs on a shared machine barely move."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        return time.perf_counter() - started
-    started = time.process_time()
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    started = now()
     fn()
-    return time.process_time() - started
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return now() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zero-stage", type=int, default=1)
+    parser.add_argument("--zero-stages", default="0,1,2",
+                        help="comma-separated ZeRO stages; each gets its own engine, timed against the same bare loop")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=6, help="alternations of the two loops")
+    parser.add_argument("--rounds", type=int, default=6, help="alternations of the loops")
     parser.add_argument("--dim", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=6)
@@ -73,44 +74,53 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
+                        help="default: wall on GPU, process CPU time on CPU")
     args = parser.parse_args()
+    stages = [int(z) for z in args.zero_stages.split(",")]
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, seq_len=args.seq_len)
-    train_cfg = TrainConfig(micro_batch=args.micro_batch, global_batch=args.global_batch, zero_stage=args.zero_stage,
-                            nproc=1, precision="fp32")
+    train_cfgs = {z: TrainConfig(micro_batch=args.micro_batch, global_batch=args.global_batch, zero_stage=z, nproc=1,
+                                 precision="fp32") for z in stages}
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     init_distributed(device)
+    clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
 
-    kiln = build_engine(model_cfg, train_cfg, args.vocab, seed=0, device=device)
+    engines = {z: build_engine(model_cfg, cfg, args.vocab, seed=0, device=device) for z, cfg in train_cfgs.items()}
+    reference = next(iter(train_cfgs.values()))
     bare = Transformer(model_cfg, args.vocab, seed=0).to(device)
-    optimizer = torch.optim.AdamW(param_groups(bare, train_cfg.weight_decay), lr=train_cfg.lr,
-                                  betas=(train_cfg.beta1, train_cfg.beta2), eps=train_cfg.eps)
+    optimizer = torch.optim.AdamW(param_groups(bare, reference.weight_decay), lr=reference.lr,
+                                  betas=(reference.beta1, reference.beta2), eps=reference.eps)
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab, (args.global_batch, args.seq_len + 1), generator=gen)
     micro = batch.to(device).view(-1, args.micro_batch, args.seq_len + 1)
 
-    def kiln_step():
-        kiln.set_lr(train_cfg.lr)
-        kiln.train_step(batch.numpy())
+    def kiln_step(z):
+        engines[z].set_lr(reference.lr)
+        engines[z].train_step(batch.numpy())
 
     def bare_loop_step():
-        bare_step(bare, optimizer, micro, train_cfg.grad_clip)
+        bare_step(bare, optimizer, micro, reference.grad_clip)
 
+    loops = {"bare": bare_loop_step, **{f"zero{z}": (lambda z=z: kiln_step(z)) for z in stages}}
     for _ in range(args.warmup):
-        kiln_step()
-        bare_loop_step()
-    kiln_times, bare_times = [], []
+        for fn in loops.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in loops}
     per_round = max(1, args.steps // args.rounds)
     for _ in range(args.rounds):
-        kiln_times += [timed(kiln_step) for _ in range(per_round)]
-        bare_times += [timed(bare_loop_step) for _ in range(per_round)]
-    kiln_s, bare_s = statistics.median(kiln_times), statistics.median(bare_times)
+        for name, fn in loops.items():
+            times[name] += [timed(fn, clock) for _ in range(per_round)]
+    medians = {name: statistics.median(t) for name, t in times.items()}
     print(f"model dim={args.dim} layers={args.layers} seq_len={args.seq_len} batch={args.global_batch} "
-          f"(micro {args.micro_batch}) zero_stage={args.zero_stage} device={device.type} threads={torch.get_num_threads()}")
-    print(f"kiln step  median {kiln_s * 1e3:8.2f} ms over {len(kiln_times)} steps")
-    print(f"bare torch median {bare_s * 1e3:8.2f} ms over {len(bare_times)} steps")
-    print(f"ratio kiln/bare = {kiln_s / bare_s:.3f}  (target <= 1.05)")
+          f"(micro {args.micro_batch}) device={device.type} threads={torch.get_num_threads()} clock={clock} "
+          f"steps={len(times['bare'])} per loop")
+    print(f"bare torch        median {medians['bare'] * 1e3:8.2f} ms")
+    for z in stages:
+        name = f"zero{z}"
+        print(f"kiln ZeRO-{z} step  median {medians[name] * 1e3:8.2f} ms   ratio kiln/bare = "
+              f"{medians[name] / medians['bare']:.3f}  (target <= 1.05)")
     dist.destroy_process_group()
 
 
