@@ -28,20 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ops import storage
-
-CHECKPOINTS_DIR = "checkpoints"
-COMMITTED = "COMMITTED"
-LATEST = "latest"
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def parse_step(name: str) -> int | None:
-    match = _STEP_DIR.match(name)
-    return int(match.group(1)) if match else None
+from ops.checkpoints import CHECKPOINTS_DIR, COMMITTED, LATEST, parse_step, step_name
 
 
 def checkpoints_url(run_url: str) -> str:

@@ -17,11 +17,16 @@ from ops import storage
 CHECKPOINTS_DIR = "checkpoints"
 COMMITTED = "COMMITTED"
 LATEST = "latest"
-STEP_DIR = re.compile(r"^step-(\d{8})$")
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-def step_dir_name(step: int) -> str:
+def step_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def parse_step(name: str) -> int | None:
+    match = _STEP_DIR.match(name)
+    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)
@@ -38,13 +43,13 @@ def list_checkpoints(run_url: str, options: dict | None = None) -> list[Checkpoi
     latest = storage.read_text(latest_url, options).strip() if storage.exists(latest_url, options) else None
     entries = []
     for name in storage.list_names(root, options):
-        match = STEP_DIR.match(name)
-        if not match:
+        step = parse_step(name)
+        if step is None:
             continue
         url = storage.join(root, name)
         entries.append(
             CheckpointEntry(
-                step=int(match.group(1)),
+                step=step,
                 url=url,
                 committed=storage.exists(storage.join(url, COMMITTED), options),
                 latest=name == latest,
