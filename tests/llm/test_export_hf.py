@@ -62,3 +62,16 @@ def test_generate_continues_a_prompt_from_a_checkpoint(trained_run):
     assert isinstance(text, str) and text == again
     greedy = generate(trained_run.run_dir, "import ", max_tokens=10, temperature=0)
     assert len(Tokenizer.load(trained_run.data_url).encode(greedy)) >= 1
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_every_parameter_has_a_distinct_hugging_face_name(tie):
+    from llm.config import ModelConfig
+    from llm.export_hf import hf_state_dict
+    from llm.model import Transformer
+
+    model = Transformer(ModelConfig(dim=32, layers=3, heads=4, kv_heads=2, multiple_of=16, tie_embeddings=tie), 50)
+    names = hf_state_dict(model.state_dict(), tie)
+    assert len(names) == len(model.state_dict()) - (1 if tie else 0)
+    assert "model.layers.2.mlp.down_proj.weight" in names
+    assert ("lm_head.weight" in names) is (not tie)

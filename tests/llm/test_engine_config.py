@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from llm.config import ModelConfig, TrainConfig
+from llm.engine import deepspeed_config, param_groups, resolve_precision
+from llm.model import Transformer
+
+CPU = torch.device("cpu")
+
+
+def test_deepspeed_config_keeps_the_global_batch_through_accumulation():
+    cfg = TrainConfig(micro_batch=2, global_batch=16, zero_stage=3, grad_clip=0.5)
+    ds = deepspeed_config(cfg, world_size=2, precision="fp32", device=CPU)
+    assert ds["train_batch_size"] == 16
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2 == 16
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["overlap_comm"] is False  # no CUDA streams on CPU
+    assert ds["bf16"]["enabled"] is False
+
+
+def test_pipeline_accumulates_over_data_parallel_ranks_only():
+    cfg = TrainConfig(micro_batch=2, global_batch=16, zero_stage=1, pipeline_stages=2)
+    assert deepspeed_config(cfg, world_size=4, precision="bf16", device=CPU)["gradient_accumulation_steps"] == 4
+
+
+def test_auto_precision_is_fp32_on_cpu_and_explicit_choices_win():
+    assert resolve_precision(TrainConfig(), CPU) == "fp32"
+    assert resolve_precision(TrainConfig(precision="bf16"), CPU) == "bf16"
+    assert resolve_precision(TrainConfig(), torch.device("cuda", 0)) == "bf16"
+
+
+def test_weight_decay_applies_to_matrices_not_norm_gains():
+    model = Transformer(ModelConfig(dim=32, layers=2, heads=4, multiple_of=16), 50)
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_indivisible_batch_for_the_world_size_is_one_clear_line():
+    with pytest.raises(ValueError, match="train.global_batch=8 is not divisible by train.micro_batch=4 x 3"):
+        deepspeed_config(TrainConfig(micro_batch=4, global_batch=8), world_size=3, precision="fp32", device=CPU)
