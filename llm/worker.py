@@ -179,6 +179,7 @@ class Trainer:
                 device=self.device.type, config_hash=self.job.config_hash,
             )
         self.resume()
+        self.records.heartbeat(self.rank, self.step, loss=None)  # alive before the first (possibly long) step
         tokens_per_step = self.cfg.global_batch * self.job.model.seq_len
         while self.step < self.cfg.steps:
             if stop.agreed(self.device):

@@ -161,3 +161,19 @@ def test_resume_on_one_rank_continues_a_two_rank_run(ranks, token_data, tmp_path
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted[3:]], rel=1e-5)
     assert [e for e in records.events() if e["event"] == "resume"][-1]["reshaped"] is True
     assert checkpoint.read_commit(job.run_dir, 6)["world_size"] == 1
+
+
+def test_resuming_on_changed_data_is_a_clear_failure(ranks, token_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(token_data, data)
+    job = ranks.job(tmp_path / "run", str(data), steps=2, checkpoint_every=1)
+    run_ok(ranks, job, tmp_path)
+    manifest = storage.read_json(str(data / "train" / "manifest.json"))
+    manifest["tokenizer_sha256"] = "another-tokenizer"  # the data a checkpoint was trained on is gone
+    storage.write_json(str(data / "train" / "manifest.json"), manifest)
+    proc = ranks.torchrun(job.model_copy(update={"train": job.train.model_copy(update={"steps": 4})}), tmp_path)
+    assert proc.returncode != 0
+    failures = [e for e in RunRecords(job.run_dir).events() if e["event"] == "failure"]
+    assert failures and "cannot resume: the prepared data changed since the checkpoint" in failures[0]["error"]
