@@ -102,10 +102,12 @@ print(f"   {sys.argv[2]}: {med('tokens_per_s'):,.0f} tokens/s | {med('tflops'):.
 PY
 }
 
-run zero1 1 "$STEPS" train.zero_stage=1
-run zero3 1 "$STEPS" train.zero_stage=3
+status=0
+run zero1 1 "$STEPS" train.zero_stage=1 || status=1
+run zero3 1 "$STEPS" train.zero_stage=3 || status=1
 if [ "$GPUS" -ge 2 ]; then
-  run pipeline2 2 "$PIPELINE_STEPS" train.zero_stage=1 train.pipeline_stages=2
+  run pipeline2 2 "$PIPELINE_STEPS" train.zero_stage=1 train.pipeline_stages=2 || status=1
 else
   echo "== pipeline2: not run: two pipeline stages need two GPUs and this machine has $GPUS (the CPU parity tests cover pipeline correctness)"
 fi
+exit "$status"
