@@ -54,6 +54,13 @@ def test_transformers_llama_reproduces_kiln_logits_on_real_text(trained_run, tmp
         got = hf(input_ids=windows).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
+    from transformers import AutoTokenizer
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(out))
+    kiln_tokenizer = Tokenizer.load(job.data_url)
+    text = kiln_tokenizer.decode(eval_windows(job.data_url, "val", 0, 200)[0])
+    assert hf_tokenizer(text)["input_ids"] == kiln_tokenizer.encode(text)
+
 
 @pytest.mark.slow
 def test_generate_continues_a_prompt_from_a_checkpoint(trained_run):
