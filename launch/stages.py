@@ -27,10 +27,30 @@ def use_cpu_accelerator_without_cuda() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+PREPARED_WITH = "prepared-with.json"
+
+
+def prepared_with(cfg: KilnConfig) -> dict:
+    """What committed data was made from: the data section and the seed."""
+    return {"data": cfg.data.model_dump(mode="json"), "seed": cfg.run.seed}
+
+
+def prepared_for(cfg: KilnConfig) -> bool:
+    """Committed data exists at data.output and was made from this very data section and seed."""
+    options = cfg.storage.options
+    record = storage.join(cfg.data_url, PREPARED_WITH)
+    return (
+        is_prepared(cfg.data_url, options)
+        and storage.exists(record, options)
+        and storage.read_json(record, options) == prepared_with(cfg)
+    )
+
+
 def prepare_stage(cfg: KilnConfig, progress: bool = True) -> dict:
     use_cpu_accelerator_without_cuda()
     with ray_session(cfg.cluster):
         summary = prepare(cfg.data, cfg.run.seed, cfg.storage.options, progress=progress)
+    storage.write_json(storage.join(cfg.data_url, PREPARED_WITH), prepared_with(cfg), cfg.storage.options)
     console.print(f"prepare: wrote {cfg.data_url} ({_summary_line(summary)})")
     return summary
 
@@ -96,8 +116,8 @@ def print_eval_table(result: dict, run_url: str) -> None:
 def run_stages(cfg: KilnConfig, progress: bool = True) -> int:
     """prepare → train → eval; a stage whose committed output exists is skipped with one line."""
     options = cfg.storage.options
-    if is_prepared(cfg.data_url, options):
-        console.print(f"prepare: skipped — {cfg.data_url} already holds committed train and val manifests")
+    if prepared_for(cfg):
+        console.print(f"prepare: skipped — {cfg.data_url} already holds data committed from this data section")
     else:
         prepare_stage(cfg, progress=progress)
     done = latest_committed_step(cfg.run_url, options)

@@ -34,3 +34,37 @@ def s3_bucket(monkeypatch):
     finally:
         fsspec.AbstractFileSystem.clear_instance_cache()
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    """Factory of tiny end-to-end configs over a small real corpus (this Python's stdlib sources).
+
+    ``tiny_config(folder, seed=..., train={...}, ...)`` writes ``folder/config.yaml`` with the run
+    in ``folder/run``, data in ``folder/data``, a two-layer model and two ranks; sections given
+    as keyword arguments update the defaults.
+    """
+    import yaml
+
+    from launch.corpus import write_corpus
+
+    corpus = tmp_path_factory.mktemp("tiny-corpus")
+    write_corpus(str(corpus), max_chars=400_000)
+
+    def make(folder, seed: int = 7, **sections):
+        config = {
+            "run": {"name": "tiny", "dir": str(folder / "run"), "seed": seed},
+            "data": {"inputs": [str(corpus / "train-*.jsonl.gz")], "val_inputs": [str(corpus / "val-*.jsonl.gz")],
+                     "output": str(folder / "data"), "vocab_size": 400, "shard_mb": 0.05},
+            "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": 32},
+            "train": {"steps": 6, "micro_batch": 2, "global_batch": 4, "nproc": 2, "checkpoint_every": 3,
+                      "warmup_steps": 2},
+            "cluster": {"num_cpus": 2},
+        }
+        for section, values in sections.items():
+            config.setdefault(section, {}).update(values)
+        path = folder / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return make

@@ -4,9 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-
-from launch.corpus import write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -19,19 +16,8 @@ def losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics" / "train.jsonl").read_text().splitlines()]
 
 
-def test_ray_train_launcher_reproduces_the_torchrun_loss_curve(tmp_path):
-    write_corpus(str(tmp_path / "corpus"), max_chars=300_000)
-    config = {
-        "run": {"name": "ray", "dir": str(tmp_path / "local"), "seed": 3},
-        "data": {"inputs": [str(tmp_path / "corpus" / "train-*.jsonl.gz")],
-                 "val_inputs": [str(tmp_path / "corpus" / "val-*.jsonl.gz")],
-                 "output": str(tmp_path / "data"), "vocab_size": 400, "shard_mb": 0.05},
-        "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": 32},
-        "train": {"steps": 4, "micro_batch": 2, "global_batch": 4, "nproc": 2, "checkpoint_every": 2, "warmup_steps": 2},
-        "cluster": {"num_cpus": 2},
-    }
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
+def test_ray_train_launcher_reproduces_the_torchrun_loss_curve(tmp_path, tiny_config):
+    path = tiny_config(tmp_path, seed=3, run={"dir": str(tmp_path / "local")}, train={"steps": 4, "checkpoint_every": 2})
     assert kiln("prepare", str(path), cwd=tmp_path).returncode == 0
     local = kiln("train", str(path), cwd=tmp_path)
     assert local.returncode == 0, local.stderr

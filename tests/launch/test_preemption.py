@@ -9,9 +9,6 @@ import sys
 import time
 
 import pytest
-import yaml
-
-from launch.corpus import write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -54,22 +51,10 @@ def finish(proc, timeout_s=600):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_config):
     """Prepared data, a config, and the loss curve of an uninterrupted run."""
     tmp = tmp_path_factory.mktemp("interrupt")
-    write_corpus(str(tmp / "corpus"), max_chars=300_000)
-    config = {
-        "run": {"name": "p", "dir": str(tmp / "straight"), "seed": 5},
-        "data": {"inputs": [str(tmp / "corpus" / "train-*.jsonl.gz")],
-                 "val_inputs": [str(tmp / "corpus" / "val-*.jsonl.gz")],
-                 "output": str(tmp / "data"), "vocab_size": 400, "shard_mb": 0.05},
-        "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": 32},
-        "train": {"steps": STEPS, "micro_batch": 2, "global_batch": 4, "nproc": 2, "checkpoint_every": 5,
-                  "warmup_steps": 2},
-        "cluster": {"num_cpus": 2},
-    }
-    path = tmp / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = tiny_config(tmp, seed=5, run={"dir": str(tmp / "straight")}, train={"steps": STEPS, "checkpoint_every": 5})
     assert subprocess.run(kiln_cmd("prepare", str(path)), cwd=tmp, capture_output=True).returncode == 0
     straight = subprocess.run(kiln_cmd("train", str(path)), cwd=tmp, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -78,15 +63,24 @@ def setup(tmp_path_factory):
     return tmp, path, reference
 
 
-def test_sigterm_saves_exits_75_and_the_rerun_continues_the_same_curve(setup):
-    tmp, path, reference = setup
-    run = tmp / "sigterm"
-    proc = start_training(path, tmp, f"run.dir={run}", "train.checkpoint_every=1000")
-    wait_for_step(run, 3, proc)
+def preempt_after_step(path, cwd, run, step):
+    """Start training into ``run``, SIGTERM the launcher once ``step`` is logged, expect exit 75."""
+    proc = start_training(path, cwd, f"run.dir={run}", "train.checkpoint_every=1000")
+    wait_for_step(run, step, proc)
     proc.send_signal(signal.SIGTERM)
     rc, stderr = finish(proc)
     assert rc == 75, stderr
-    assert "preemption" in [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def events(run):
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def test_sigterm_saves_exits_75_and_the_rerun_continues_the_same_curve(setup):
+    tmp, path, reference = setup
+    run = tmp / "sigterm"
+    preempt_after_step(path, tmp, run, 3)
+    assert "preemption" in [e["event"] for e in events(run)]
     saved_at = int((run / "checkpoints" / "latest").read_text().strip().split("-")[1])
     assert 3 <= saved_at < STEPS
     assert (run / "checkpoints" / f"step-{saved_at:08d}" / "COMMITTED").exists()
@@ -105,24 +99,18 @@ def test_a_killed_rank_is_restarted_from_the_last_checkpoint_with_the_same_curve
     os.kill(victim, signal.SIGKILL)
     rc, stderr = finish(proc)
     assert rc == 0, stderr
-    events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
-    assert "restart" in events
+    assert "restart" in [e["event"] for e in events(run)]
     assert curve(run) == reference
 
 
 def test_a_preempted_run_resumes_on_fewer_ranks_and_follows_the_same_curve(setup):
     tmp, path, reference = setup
     run = tmp / "reshaped"
-    proc = start_training(path, tmp, f"run.dir={run}", "train.checkpoint_every=1000")
-    wait_for_step(run, 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    rc, stderr = finish(proc)
-    assert rc == 75, stderr
+    preempt_after_step(path, tmp, run, 3)
 
     rc, stderr = finish(start_training(path, tmp, f"run.dir={run}", "train.nproc=1"))
     assert rc == 0, stderr
-    resumes = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()
-               if json.loads(line)["event"] == "resume"]
+    resumes = [e for e in events(run) if e["event"] == "resume"]
     assert resumes and resumes[-1]["reshaped"] is True and resumes[-1]["world_size"] == 1
     resumed = curve(run)
     assert sorted(resumed) == list(range(1, STEPS + 1))

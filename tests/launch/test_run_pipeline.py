@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.corpus import write_corpus
-
 pytestmark = pytest.mark.slow
 
 
@@ -27,27 +25,9 @@ def snapshot(*roots: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_config):
     tmp = tmp_path_factory.mktemp("pipeline")
-    corpus = tmp / "corpus"
-    write_corpus(str(corpus), max_chars=400_000)
-    config = {
-        "run": {"name": "tiny", "dir": str(tmp / "run"), "seed": 7},
-        "data": {
-            "inputs": [str(corpus / "train-*.jsonl.gz")],
-            "val_inputs": [str(corpus / "val-*.jsonl.gz")],
-            "output": str(tmp / "data"),
-            "vocab_size": 400,
-            "shard_mb": 0.05,
-        },
-        "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": 32},
-        "train": {"steps": 6, "micro_batch": 2, "global_batch": 4, "nproc": 2, "checkpoint_every": 3,
-                  "warmup_steps": 2, "keep_checkpoints": 2},
-        "eval": {"batch_size": 8, "max_windows_per_shard": 16},
-        "cluster": {"num_cpus": 2},
-    }
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = tiny_config(tmp, train={"keep_checkpoints": 2}, eval={"batch_size": 8, "max_windows_per_shard": 16})
     first = kiln("run", str(path), cwd=tmp)
     assert first.returncode == 0, first.stdout + first.stderr
     return tmp, path, first
@@ -116,3 +96,13 @@ def test_ckpt_prune_keeps_the_newest_committed_checkpoint(tiny_run, tmp_path):
     proc = kiln("ckpt", "prune", str(run), "--keep", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [p.name for p in (run / "checkpoints").glob("step-*")] == [newest]
+
+
+def test_changed_data_section_is_prepared_again_not_skipped(tiny_run, tmp_path):
+    from launch.config import load_config
+    from launch.stages import prepared_for
+
+    _, path, _ = tiny_run
+    assert prepared_for(load_config(str(path)))
+    assert not prepared_for(load_config(str(path), ["data.vocab_size=500"]))
+    assert not prepared_for(load_config(str(path), ["run.seed=8"]))
