@@ -212,21 +212,84 @@ def load(engine, run_url: str, step: int, storage_options: dict | None = None,
     return client_state
 
 
-def _consolidate(step_dir: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """fp32 weights in Transformer naming from a DeepSpeed step folder on local disk."""
-    if info.get("pipeline_stages", 1) > 1:
-        from llm.pipeline import transformer_name
+def pipeline_layer_weights(step_dir: str, layers: int) -> dict[str, torch.Tensor]:
+    """Weights of every pipeline layer file (in the training dtype), in Transformer naming."""
+    from llm.pipeline import transformer_name
 
+    state = {}
+    for name in sorted(os.listdir(step_dir)):
+        match = re.match(r"^layer_(\d+)-model_states\.pt$", name)
+        if match:
+            part = torch.load(os.path.join(step_dir, name), map_location="cpu", weights_only=True)
+            for key, tensor in part.items():
+                state[transformer_name(int(match.group(1)), key, layers)] = tensor
+    return state
+
+
+def _pipeline_fp32_masters(step_dir: str, layers: int, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """fp32 master weights of a bf16 pipeline run, from DeepSpeed's BF16 optimizer partitions.
+
+    Each (data-parallel rank, stage) file holds a slice of every parameter group's flat
+    fp32 copy, with the fragment of each parameter it covers; a parameter's fragments in
+    data-parallel rank order make up the whole parameter.
+    """
+    from llm.pipeline import transformer_name
+
+    pattern = re.compile(r"^bf16_zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+    files = sorted((int(m.group(1)), name) for name in os.listdir(step_dir) if (m := pattern.match(name)))
+    fragments: dict[str, list[torch.Tensor]] = {}
+    for _, name in files:
+        optim = torch.load(os.path.join(step_dir, name), map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        for flat, mapping in zip(optim["single_partition_of_fp32_groups"], optim["param_slice_mappings"]):
+            for key, fragment in mapping.items():
+                layer, _, rest = key.partition(".")
+                full = transformer_name(int(layer), rest, layers)
+                fragments.setdefault(full, []).append(flat.narrow(0, fragment.start, fragment.numel))
+    return {k: torch.cat(fragments[k]).reshape(shape).float() for k, shape in shapes.items() if k in fragments}
+
+
+def _zero0_fp32_masters(model_states: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """fp32 master weights kept by DeepSpeed's mixed-precision wrapper of a ZeRO-0 bf16 run.
+
+    Its groups follow ``llm.engine.param_groups``: matrices, then vectors, each in parameter
+    order, with a tied weight listed once (under its first name).
+    """
+    optim = model_states.get("optimizer")
+    if not isinstance(optim, dict) or "fp32_groups" not in optim:
+        return None
+    module = model_states["module"]
+    first_name: dict[int, str] = {}
+    matrices, vectors = [], []
+    for name, tensor in module.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in first_name:
+            continue
+        first_name[ptr] = name
+        (matrices if tensor.ndim >= 2 else vectors).append(name)
+    state = {}
+    for names, masters in zip((matrices, vectors), optim["fp32_groups"]):
+        for name, master in zip(names, masters, strict=True):
+            state[name] = master.float().reshape(module[name].shape)
+    for name, tensor in module.items():  # tied aliases
+        state.setdefault(name, state[first_name[tensor.untyped_storage().data_ptr()]])
+    return state
+
+
+def _consolidate(step_dir: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """fp32 weights in Transformer naming from a DeepSpeed step folder on local disk.
+
+    In a bf16 run these are the optimizer's fp32 master weights, not the bf16 copies.
+    """
+    bf16 = info.get("precision") == "bf16"
+    if info.get("pipeline_stages", 1) > 1:
         layers = info["model"]["layers"]
-        state = {}
-        for name in sorted(os.listdir(step_dir)):
-            match = re.match(r"^layer_(\d+)-model_states\.pt$", name)
-            if match:
-                part = torch.load(os.path.join(step_dir, name), map_location="cpu", weights_only=True)
-                for key, tensor in part.items():
-                    state[transformer_name(int(match.group(1)), key, layers)] = tensor.float()
-        return state
-    if info.get("zero_stage", 0) >= 1 or info.get("precision") == "bf16":
+        weights = pipeline_layer_weights(step_dir, layers)
+        if bf16:
+            masters = _pipeline_fp32_masters(step_dir, layers, {k: v.shape for k, v in weights.items()})
+            if set(masters) == set(weights):
+                return masters
+        return {k: v.float() for k, v in weights.items()}
+    if info.get("zero_stage", 0) >= 1:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         parent, tag = os.path.split(step_dir.rstrip("/"))
@@ -234,8 +297,10 @@ def _consolidate(step_dir: str, info: dict[str, Any]) -> dict[str, torch.Tensor]
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             state = get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag)
         return {k: v.float() for k, v in state.items()}
-    module = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
-    return {k: v.float() for k, v in module["module"].items()}
+    model_states = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
+                              weights_only=False)
+    masters = _zero0_fp32_masters(model_states) if bf16 else None
+    return masters if masters is not None else {k: v.float() for k, v in model_states["module"].items()}
 
 
 def load_model_state(run_url: str, step: int | None = None,

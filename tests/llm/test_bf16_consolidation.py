@@ -1,0 +1,41 @@
+"""bf16 training (the GPU default) run on CPU ranks: consolidation returns the fp32 master weights."""
+import os
+
+import pytest
+import torch
+
+from llm import checkpoint
+from ops import storage
+
+pytestmark = pytest.mark.slow
+
+LAYOUTS = {
+    "zero0": {"zero_stage": 0},
+    "zero0_tied": {"zero_stage": 0, "model": {"tie_embeddings": True}},
+    "zero2": {"zero_stage": 2},
+    "pipeline2": {"zero_stage": 1, "pipeline_stages": 2},
+}
+
+
+def bf16_weights(run_dir: str, step: int, layers: int, pipelined: bool) -> dict[str, torch.Tensor]:
+    folder = storage.filesystem(checkpoint.step_url(run_dir, step))[1]
+    if pipelined:
+        return checkpoint.pipeline_layer_weights(folder, layers)
+    return torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)["module"]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_consolidated_weights_are_fp32_masters_of_the_bf16_model(layout, ranks, token_data, tmp_path):
+    job = ranks.job(tmp_path / layout, token_data, steps=3, checkpoint_every=3, precision="bf16", **LAYOUTS[layout])
+    proc = ranks.torchrun(job, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    step, state = checkpoint.load_model_state(job.run_dir)
+    trained = bf16_weights(job.run_dir, step, job.model.layers, job.train.pipeline_stages > 1)
+    assert set(state) == set(trained)
+    assert all(trained[k].dtype == torch.bfloat16 for k in trained)
+    finer = 0
+    for name, tensor in state.items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor.to(torch.bfloat16), trained[name]), name  # the bf16 model is the rounded master
+        finer += int((tensor != tensor.to(torch.bfloat16).float()).sum())
+    assert finer > 0.5 * sum(t.numel() for t in state.values())  # and the masters carry more precision
