@@ -93,8 +93,9 @@ class Ranks:
     def torchrun(job: TrainJob, tmp_path: Path, nproc: int = 2, timeout: int = 420) -> subprocess.CompletedProcess:
         job_path = tmp_path / f"job-{free_port()}.json"
         job.save(str(job_path))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "llm.worker", str(job_path)]
+        # --standalone: torchrun binds its own rendezvous port, so concurrent test runs cannot collide on one.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "llm.worker", str(job_path)]
         proc = subprocess.run(cmd, env=rank_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
         return proc
 
