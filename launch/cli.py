@@ -82,6 +82,9 @@ def cmd_ckpt_ls(args) -> int:
 
 
 def cmd_ckpt_verify(args) -> int:
+    from launch.accelerator import use_cpu_accelerator_without_cuda
+
+    use_cpu_accelerator_without_cuda()
     from launch.checkpoint_tools import print_verify
 
     return print_verify(args.run_url)
@@ -94,6 +97,9 @@ def cmd_ckpt_prune(args) -> int:
 
 
 def cmd_export_hf(args) -> int:
+    from launch.accelerator import use_cpu_accelerator_without_cuda
+
+    use_cpu_accelerator_without_cuda()
     from llm.export_hf import export_hf
 
     export_hf(args.run_url, args.out_dir, step=args.step)
@@ -102,12 +108,18 @@ def cmd_export_hf(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from launch.accelerator import use_cpu_accelerator_without_cuda
+
+    use_cpu_accelerator_without_cuda()
     from llm.generate import generate
 
-    text = generate(
+    from rich.console import Console
+    from rich.text import Text
+
+    continuation = generate(
         args.run_url, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed
     )
-    print(text)
+    Console(highlight=False).print(Text(args.prompt, style="bold") + Text(continuation))
     return 0
 
 

@@ -9,6 +9,7 @@ from rich.table import Table
 from cluster.connect import ray_session
 from cluster.eval import eval_url, evaluate_run
 from data_shards.prepare import is_prepared, prepare
+from launch.accelerator import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
 from launch.local import external_rank_environment, launch_local
 from llm.checkpoint import latest_committed_step
@@ -17,14 +18,6 @@ from llm.worker import run_training
 from ops import storage
 
 console = Console(stderr=True)
-
-
-def use_cpu_accelerator_without_cuda() -> None:
-    """Tell DeepSpeed (here and in the Ray workers this process starts) to use the CPU, instead of guessing aloud."""
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 PREPARED_WITH = "prepared-with.json"

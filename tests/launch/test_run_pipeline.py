@@ -106,3 +106,10 @@ def test_changed_data_section_is_prepared_again_not_skipped(tiny_run, tmp_path):
     assert prepared_for(load_config(str(path)))
     assert not prepared_for(load_config(str(path), ["data.vocab_size=500"]))
     assert not prepared_for(load_config(str(path), ["run.seed=8"]))
+
+
+def test_generate_prints_the_prompt_and_its_continuation(tiny_run):
+    tmp, _, _ = tiny_run
+    proc = kiln("generate", str(tmp / "run"), "import os", "--max-tokens", "8", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("import os") and len(proc.stdout.strip()) > len("import os")
