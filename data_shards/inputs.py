@@ -154,8 +154,10 @@ def _decompressed(raw, url: str):
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     if name.endswith(".zst"):
-        import zstandard
-
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"input {url}: reading .zst needs the zstandard package (pip install 'kiln-pretrain[zstd]')") from None
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), 1 << 20)
     return raw
 
