@@ -128,12 +128,16 @@ def test_blended_sources_follow_weights_and_count_per_source(tmp_path, kit):
         GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, blend={"web": 1.0, "code": 1.0}).load_state_dict(state)
 
 
-def test_flipped_byte_in_a_shard_is_a_data_error_naming_it(dataset):
-    url, _ = dataset
+def flip_a_byte_of_shard_1(url: str) -> None:
     path = os.path.join(url, "train", "shard-00001.arrow")
     raw = bytearray(open(path, "rb").read())
     raw[len(raw) // 2] ^= 0xFF
     open(path, "wb").write(bytes(raw))
+
+
+def test_flipped_byte_in_a_shard_is_a_data_error_naming_it(dataset):
+    url, _ = dataset
+    flip_a_byte_of_shard_1(url)
     with pytest.raises(DataError, match="shard-00001.arrow is damaged"):
         GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)
 
@@ -199,10 +203,7 @@ def test_index_files_give_the_same_order_as_reading_the_shards(dataset, indexed)
 
 def test_with_index_files_shards_are_fetched_and_verified_only_when_first_read(indexed):
     url, docs = indexed
-    path = os.path.join(url, "train", "shard-00001.arrow")
-    raw = bytearray(open(path, "rb").read())
-    raw[len(raw) // 2] ^= 0xFF
-    open(path, "wb").write(bytes(raw))
+    flip_a_byte_of_shard_1(url)
     loader = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)  # no shard read yet
     assert not os.path.exists(os.path.join(os.environ["KILN_CACHE_DIR"], "verified"))
     with pytest.raises(DataError, match="shard-00001.arrow is damaged"):
