@@ -1,5 +1,4 @@
 """Two real DeepSpeed ranks on CPU (gloo): records, commit protocol, resume, preemption, consolidation."""
-import json
 import signal
 import time
 
