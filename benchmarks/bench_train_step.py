@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import time
 
@@ -23,16 +22,11 @@ if not torch.cuda.is_available():
 
 import torch.distributed as dist  # noqa: E402
 
+from launch.local import external_rank_environment  # noqa: E402
 from llm.config import ModelConfig, TrainConfig  # noqa: E402
 from llm.engine import build_engine, param_groups  # noqa: E402
 from llm.model import Transformer, next_token_loss  # noqa: E402
 from llm.worker import init_distributed  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bare_step(model, optimizer, micro: torch.Tensor, clip: float) -> float:
@@ -79,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     stages = [int(z) for z in args.zero_stages.split(",")]
 
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    os.environ.update(external_rank_environment({}))
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, seq_len=args.seq_len)
     train_cfgs = {z: TrainConfig(micro_batch=args.micro_batch, global_batch=args.global_batch, zero_stage=z, nproc=1,
                                  precision="fp32") for z in stages}

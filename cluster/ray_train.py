@@ -53,7 +53,4 @@ def launch_ray(job: TrainJob) -> int:
             ),
         )
         trainer.fit()
-    records = RunRecords(job.run_dir, job.storage_options)
-    if any(e.get("event") == "preemption" and e.get("time", 0) >= started for e in records.events()):
-        return REQUEUE_EXIT_CODE
-    return 0
+    return REQUEUE_EXIT_CODE if RunRecords(job.run_dir, job.storage_options).preempted_since(started) else 0

@@ -103,10 +103,6 @@ def torchrun_command(job_path: str, nproc: int, port: int) -> list[str]:
     ]
 
 
-def _preempted_since(records: RunRecords, since: float) -> bool:
-    return any(e.get("event") == "preemption" and e.get("time", 0) >= since for e in records.events())
-
-
 def launch_local(job: TrainJob) -> int:
     """Run the job's ranks until done, failed past ``max_restarts``, or preempted; return the exit code."""
     nproc = job.train.nproc
@@ -133,7 +129,7 @@ def launch_local(job: TrainJob) -> int:
                     signal.signal(s, handler)
             if rc == 0:
                 return 0
-            if stop_requested or rc == REQUEUE_EXIT_CODE or _preempted_since(records, started):
+            if stop_requested or rc == REQUEUE_EXIT_CODE or records.preempted_since(started):
                 return REQUEUE_EXIT_CODE
             if attempt >= job.train.max_restarts:
                 records.event("failure", exit_code=rc, attempts=attempt + 1)

@@ -111,6 +111,10 @@ class RunRecords:
     def events(self) -> list[dict]:
         return _read_jsonl(self.url(EVENTS_PATH), self.options)
 
+    def preempted_since(self, since: float) -> bool:
+        """Whether the ranks recorded a preemption save at or after ``since`` (a launcher's start time)."""
+        return any(e.get("event") == "preemption" and e.get("time", 0) >= since for e in self.events())
+
     def heartbeats(self) -> list[dict]:
         beats = []
         for name in storage.list_names(self.url(HEARTBEATS_DIR), self.options):

@@ -1,15 +1,7 @@
 """Fixtures shared by every test folder: a real S3 server (moto) on 127.0.0.1."""
 from __future__ import annotations
 
-import socket
-
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -19,7 +11,9 @@ def s3_bucket(monkeypatch):
     import fsspec
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    from launch.local import free_port
+
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

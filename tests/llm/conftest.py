@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manifest
 from data_shards.shard_format import ShardWriter, token_dtype
 from data_shards.tokenizer import train_tokenizer
+from launch.local import free_port
 from llm.config import ModelConfig, TrainConfig
 from llm.job import TrainJob
 
@@ -60,12 +60,6 @@ def token_data(tmp_path_factory) -> str:
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "kiln-cache"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_env() -> dict[str, str]:

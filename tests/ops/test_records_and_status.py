@@ -117,3 +117,11 @@ def test_metrics_follower_returns_each_complete_row_once(tmp_path):
         f.write(', "loss": 1.0}\n')
     assert [r["step"] for r in follower.new_rows()] == [3]
     assert follower.new_rows() == []
+
+
+def test_only_a_preemption_recorded_after_the_launch_counts(tmp_path):
+    records = RunRecords(str(tmp_path / "run"))
+    records.event("preemption", step=3)
+    later = json.loads((tmp_path / "run" / "events.jsonl").read_text())["time"] + 1
+    assert records.preempted_since(later - 2)
+    assert not records.preempted_since(later)
