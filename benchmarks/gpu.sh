@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Throughput of the `1b` config in bf16 on GPU: ZeRO-1, then ZeRO-3, then a short pipeline check.
+# Throughput of the `1b` config in bf16 on GPU: ZeRO-1 eager, ZeRO-1 with train.compile=true,
+# ZeRO-3, then a short pipeline check.
 #
-#   benchmarks/gpu.sh                 # from anywhere; STEPS=200 MICRO_BATCH=8 by default
-#   STEPS=300 MICRO_BATCH=8 benchmarks/gpu.sh
+#   benchmarks/gpu.sh                 # from anywhere; STEPS=30 MICRO_BATCH=8 GRAD_ACCUM=8 by default
+#   STEPS=100 MICRO_BATCH=8 GRAD_ACCUM=16 benchmarks/gpu.sh
 #
+# Each optimizer step takes MICRO_BATCH x GRAD_ACCUM sequences of 2048 tokens per data-parallel
+# rank (64 by default: the 1b config's 512-sequence batch over 8 GPUs), as a real run would.
 # Prints tokens/s, TFLOP/s per GPU and MFU (analytic FLOPs incl. attention over the bf16
 # peak table: H100/H200 989, A100 312) of each run, as medians over the steps after
 # warm-up.  Data are random tokens in real Kiln shards (throughput does not depend on
-# content), so the script needs no corpus and no network.  About 6 minutes on one H200.
+# content), so the script needs no corpus and no network.  About 5 minutes on one H200.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
-STEPS="${STEPS:-200}"
+STEPS="${STEPS:-30}"
 MICRO_BATCH="${MICRO_BATCH:-8}"
-PIPELINE_STEPS="${PIPELINE_STEPS:-30}"
+GRAD_ACCUM="${GRAD_ACCUM:-8}"
+PIPELINE_STEPS="${PIPELINE_STEPS:-10}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kiln-gpu-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export KILN_CACHE_DIR="$WORK/cache" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -29,7 +33,7 @@ fi
 "$PY" -c 'import torch; print("device:", torch.cuda.get_device_name(0), "x", torch.cuda.device_count(), "| torch", torch.__version__)'
 
 # Random-token train split, large enough that no run repeats a sample.
-"$PY" - "$WORK/data" "$STEPS" "$MICRO_BATCH" <<'PY'
+"$PY" - "$WORK/data" "$STEPS" "$((MICRO_BATCH * GRAD_ACCUM))" <<'PY'
 import sys
 from pathlib import Path
 
@@ -38,9 +42,9 @@ import numpy as np
 from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manifest
 from data_shards.shard_format import ShardWriter, token_dtype
 
-data, steps, micro = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+data, steps, rows = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 vocab, seq_len = 32000, 2048
-needed = (steps + 20) * micro * 2 * (seq_len + 1)
+needed = (steps + 5) * rows * 2 * (seq_len + 1)
 dtype = token_dtype(vocab)
 (data / "train").mkdir(parents=True)
 rng = np.random.default_rng(0)
@@ -65,25 +69,25 @@ run() {
   local name="$1" nproc="$2" steps="$3"
   shift 3
   local job="$WORK/$name.json"
-  "$PY" - "$job" "$WORK" "$name" "$nproc" "$steps" "$MICRO_BATCH" "$@" <<'PY'
+  "$PY" - "$job" "$WORK" "$name" "$nproc" "$steps" "$MICRO_BATCH" "$GRAD_ACCUM" "$@" <<'PY'
 import sys
 
 from launch.config import load_config
 from llm.job import TrainJob
 
-job_path, work, name, nproc, steps, micro, *extra = sys.argv[1:]
+job_path, work, name, nproc, steps, micro, accum, *extra = sys.argv[1:]
 overrides = [
     f"run.dir={work}/{name}", f"data.output={work}/data", f"train.steps={steps}", f"train.nproc={nproc}",
     f"train.micro_batch={micro}", "train.checkpoint_every=1000000", "train.checkpoint_at_end=false",
-    "train.warmup_steps=10", "train.log_every=1", "train.precision=bf16", *extra,
+    "train.warmup_steps=5", "train.log_every=1", "train.precision=bf16", *extra,
 ]
 cfg = load_config("configs/1b.yaml", overrides)
 stages = cfg.train.pipeline_stages
-cfg.train.global_batch = cfg.train.micro_batch * (int(nproc) // stages) * (2 * stages if stages > 1 else 1)
+cfg.train.global_batch = cfg.train.micro_batch * (int(nproc) // stages) * max(int(accum), 2 * stages)
 TrainJob(run_dir=cfg.run_url, data_url=cfg.data_url, seed=cfg.run.seed, config_hash=cfg.training_hash(),
          model=cfg.model, train=cfg.train).save(job_path)
 PY
-  echo "== $name: 1b bf16, $nproc GPU(s), $steps steps, $*"
+  echo "== $name: 1b bf16, $nproc GPU(s), $steps steps of $MICRO_BATCH x $GRAD_ACCUM sequences per rank, $*"
   "$PY" -m torch.distributed.run --nproc_per_node "$nproc" --master_addr 127.0.0.1 --master_port "$((29400 + RANDOM % 500))" \
     -m llm.worker "$job" > "$WORK/$name.log" 2>&1 || { tail -40 "$WORK/$name.log"; echo "$name FAILED"; return 1; }
   "$PY" - "$WORK/$name" "$name" <<'PY'
@@ -104,6 +108,7 @@ PY
 
 status=0
 run zero1 1 "$STEPS" train.zero_stage=1 || status=1
+run zero1_compiled 1 "$STEPS" train.zero_stage=1 train.compile=true || status=1
 run zero3 1 "$STEPS" train.zero_stage=3 || status=1
 if [ "$GPUS" -ge 2 ]; then
   run pipeline2 2 "$PIPELINE_STEPS" train.zero_stage=1 train.pipeline_stages=2 || status=1

@@ -11,7 +11,7 @@ from torch import nn
 
 from llm.config import ModelConfig, TrainConfig
 from llm.model import Transformer, next_token_loss
-from llm.parallelize import checkpoint_blocks
+from llm.parallelize import checkpoint_blocks, compile_blocks
 
 
 def resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
@@ -73,7 +73,9 @@ def build_module(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int
 
         return build_pipeline(model_cfg, vocab_size, seed, train_cfg.pipeline_stages)
     model = Transformer(model_cfg, vocab_size, seed)
-    return checkpoint_blocks(model) if model_cfg.activation_checkpointing else model
+    if model_cfg.activation_checkpointing:
+        checkpoint_blocks(model)
+    return compile_blocks(model) if train_cfg.compile else model
 
 
 @dataclass
@@ -122,6 +124,7 @@ def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int
         lr=train_cfg.lr,
         betas=(train_cfg.beta1, train_cfg.beta2),
         eps=train_cfg.eps,
+        fused=device.type == "cuda",
     )
     engine, _, _, _ = deepspeed.initialize(
         model=module,

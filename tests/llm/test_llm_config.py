@@ -35,6 +35,19 @@ def test_zero_2_and_3_with_pipeline_are_rejected_in_one_line(stage):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("layout", [{"zero_stage": 3}, {"zero_stage": 1, "pipeline_stages": 2}])
+def test_compile_with_zero_3_or_pipeline_is_rejected_in_one_line(layout):
+    with pytest.raises(ValidationError) as info:
+        TrainConfig(compile=True, **layout)
+    message = info.value.errors()[0]["msg"]
+    assert "train.compile=true needs train.zero_stage <= 2 and train.pipeline_stages=1" in message
+    assert "\n" not in message
+
+
+def test_compile_with_zero_2_is_accepted():
+    assert TrainConfig(compile=True, zero_stage=2).compile
+
+
 def test_zero_1_with_pipeline_is_accepted():
     assert TrainConfig(zero_stage=1, pipeline_stages=2).pipeline_stages == 2
 
