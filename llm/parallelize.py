@@ -29,10 +29,16 @@ def compile_blocks(model: Transformer) -> Transformer:
     return model
 
 
+def recompute(function, *args):
+    """``function(*args)`` keeping only its inputs for backward, which runs it again (PyTorch's
+    non-reentrant checkpoint, used for plain and pipelined models alike)."""
+    return checkpoint(function, *args, use_reentrant=False)
+
+
 def _wrap_forward(module: nn.Module) -> None:
     inner = module.forward
 
     def forward(*args):
-        return checkpoint(inner, *args, use_reentrant=False)
+        return recompute(inner, *args)
 
     module.forward = forward

@@ -12,6 +12,7 @@ from deepspeed.pipe import LayerSpec, PipelineModule
 
 from llm.config import ModelConfig
 from llm.model import Block, Embedding, Head, next_token_loss, rope_tables
+from llm.parallelize import recompute
 
 
 class PipelineBlock(Block):
@@ -40,6 +41,7 @@ def build_pipeline(cfg: ModelConfig, vocab_size: int, seed: int, num_stages: int
         loss_fn=next_token_loss,
         partition_method="type:PipelineBlock",
         activation_checkpoint_interval=1 if cfg.activation_checkpointing else 0,
+        activation_checkpoint_func=recompute,
         checkpointable_layers=["PipelineBlock"],
     )
 

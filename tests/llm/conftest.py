@@ -68,10 +68,19 @@ def rank_env() -> dict[str, str]:
     return env
 
 
+def rank_errors(proc: subprocess.CompletedProcess) -> str:
+    """What a failed rank run printed that explains it: every traceback of every rank, then the tail."""
+    lines = proc.stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("Traceback (most recent call last)")]
+    blocks = ["\n".join(lines[i : i + 60]) for i in starts[:4]]
+    return "\n----\n".join(blocks + [proc.stdout[-1500:], proc.stderr[-2500:]])
+
+
 class Ranks:
     """Start ranks the way launchers do (handed to tests; conftest is not importable under importlib)."""
 
     model = TINY_MODEL
+    errors = staticmethod(rank_errors)
 
     @staticmethod
     def job(run_dir, data_url, seed=7, model=None, storage_options=None, **train) -> TrainJob:

@@ -28,7 +28,7 @@ def bf16_weights(run_dir: str, step: int, layers: int, pipelined: bool) -> dict[
 def test_consolidated_weights_are_fp32_masters_of_the_bf16_model(layout, ranks, token_data, tmp_path):
     job = ranks.job(tmp_path / layout, token_data, steps=3, checkpoint_every=3, precision="bf16", **LAYOUTS[layout])
     proc = ranks.torchrun(job, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.returncode == 0, ranks.errors(proc)
     step, state = checkpoint.load_model_state(job.run_dir)
     trained = bf16_weights(job.run_dir, step, job.model.layers, job.train.pipeline_stages > 1)
     assert set(state) == set(trained)

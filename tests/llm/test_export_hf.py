@@ -21,7 +21,7 @@ def trained_run(request, ranks, token_data, tmp_path_factory):
         mp.setenv("KILN_CACHE_DIR", str(tmp / "cache"))
         job = ranks.job(tmp / "run", token_data, steps=8, checkpoint_every=8, zero_stage=2, model=MODELS[request.param])
         proc = ranks.torchrun(job, tmp)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.returncode == 0, ranks.errors(proc)
     return job
 
 

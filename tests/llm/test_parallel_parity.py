@@ -35,7 +35,7 @@ def test_two_rank_layout_matches_single_process_loss_curve(layout, ranks, token_
     job = ranks.job(tmp_path / layout, token_data, steps=STEPS, checkpoint_every=1000, **LAYOUTS[layout])
     expected, reference_model = ranks.reference_run(job)
     proc = ranks.torchrun(job, tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0, ranks.errors(proc)
     got = [r["loss"] for r in RunRecords(job.run_dir).metrics()]
     assert len(got) == STEPS
     worst = max(abs(g - e) / e for g, e in zip(got, expected))

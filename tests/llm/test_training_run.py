@@ -21,7 +21,7 @@ METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "step_time_s", "toke
 
 def run_ok(ranks, job, tmp_path):
     proc = ranks.torchrun(job, tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0, ranks.errors(proc)
     return RunRecords(job.run_dir)
 
 
@@ -154,7 +154,7 @@ def test_resume_on_one_rank_continues_a_two_rank_run(ranks, token_data, tmp_path
 
     one_rank = job.model_copy(update={"train": job.train.model_copy(update={"nproc": 1, "zero_stage": resumed_stage})})
     proc = ranks.torchrun(one_rank, tmp_path, nproc=1)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.returncode == 0, ranks.errors(proc)
     resumed = records.metrics()[6:]
     assert [r["step"] for r in resumed] == [4, 5, 6]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted[3:]], rel=1e-5)
