@@ -5,10 +5,11 @@ Both reads run side by side in one process on a warm page cache:
 
 * pyarrow:        ``pa.ipc.open_file(pa.OSFile(shard)).read_all()`` and the token values as numpy
                   (zero-copy), every shard: the issue's baseline
-* pyarrow→int64:  the same, then cut into int64 ``seq_len + 1`` windows in file order, i.e. what a
-                  trainer needs, without any shuffling
+* pyarrow→windows: the same, then copied out as ``seq_len + 1`` windows in file order (the shards'
+                  token dtype), i.e. batches without any shuffling
 * reader:         ``GlobalBatchLoader(seq_len, global_batch).next_batch()`` for one epoch of the global
-                  order (random windows across all shards, int64 batches), after the index is built
+                  order (random windows across all shards, batches in the shards' token dtype), after
+                  the index is built
 
 Memory: a child process per corpus size resets its peak-RSS mark (``/proc/self/clear_refs``),
 reads one epoch, and reports how far the peak rose; the small corpus is a quarter of the shards.
@@ -52,7 +53,7 @@ def pyarrow_windows(manifest: Manifest, seq_len: int) -> int:
         table = pa.ipc.open_file(pa.OSFile(manifest.shard_url(i))).read_all()
         values = np.concatenate([c.values.to_numpy() for c in table.column("tokens").chunks])
         n = len(values) // (seq_len + 1)
-        windows = values[: n * (seq_len + 1)].astype(np.int64).reshape(n, seq_len + 1)
+        windows = values[: n * (seq_len + 1)].reshape(n, seq_len + 1).copy()
         tokens += windows.shape[0] * seq_len
     return tokens
 
@@ -138,9 +139,9 @@ def main() -> None:
               f"seq_len {args.seq_len}, global batch {args.global_batch}")
         print(f"first loader (document index; shards are verified at their first read): {setup_s:.2f} s")
         print(f"plain pyarrow IPC read:           {arrow / 1e6:.0f} M tokens/s")
-        print(f"pyarrow read into int64 windows:  {windows / 1e6:.0f} M tokens/s")
+        print(f"pyarrow read copied into windows: {windows / 1e6:.0f} M tokens/s")
         print(f"GlobalBatchLoader (shuffled):     {reader / 1e6:.0f} M tokens/s   "
-              f"ratio {reader / arrow:.2f} to the plain read, {reader / windows:.2f} to int64 windows")
+              f"ratio {reader / arrow:.2f} to the plain read, {reader / windows:.2f} to unshuffled windows")
         with tempfile.TemporaryDirectory() as tmp:
             small = subset(args.data_url, max(1, len(manifest.shards) // 4), Path(tmp) / "small")
             for name, url in (("quarter", small), ("full", args.data_url)):

@@ -5,7 +5,6 @@ import hashlib
 import os
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +15,10 @@ from data_shards.errors import DataError
 from data_shards.manifest import Manifest, load_manifest
 from data_shards.shard_cache import cache_dir, local_shard, shard_lengths
 from data_shards.shard_format import doc_index
+from data_shards.shard_files import ShardFiles
 
 INDEX_VERSION = 1
-MAX_OPEN_FILES = 64
+PLAN_ROWS = 4096
 
 
 @dataclass
@@ -58,7 +58,6 @@ class SourceReader:
             f"{INDEX_VERSION}|{manifest.fingerprint}|{name}|{seed}|{seq_len}".encode()
         ).hexdigest()[:24]
         self._epochs: dict[int, _Epoch] = {}
-        self._files: OrderedDict[int, int] = OrderedDict()
 
     def _lengths(self, local_no: int) -> np.ndarray:
         """Document lengths of a shard: from its small index file when the manifest names one,
@@ -109,45 +108,37 @@ class SourceReader:
             os.replace(tmp, names[part])
         return _Epoch(order, starts, perm)
 
-    def _fd(self, shard: int) -> int:
-        """An open descriptor of a shard; at most MAX_OPEN_FILES stay open (least recently used closed)."""
-        fd = self._files.get(shard)
-        if fd is not None:
-            self._files.move_to_end(shard)
-            return fd
-        if len(self._files) >= MAX_OPEN_FILES:
-            os.close(self._files.popitem(last=False)[1])
-        fd = self._files[shard] = os.open(self.paths[shard], os.O_RDONLY)
-        return fd
-
-    def read_into(self, samples: np.ndarray, out: np.ndarray) -> None:
-        """Fill the rows of ``out`` (C-contiguous, dtype of the shards) with this source's samples.
-
-        One positioned read per piece of a window straight into ``out``: no shard is
-        mapped or held in memory, so the resident set stays small whatever the corpus size.
-        """
-        row_bytes = (self.seq_len + 1) * self.dtype.itemsize
+    def pieces(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Where this source's ``samples`` lie in the shard files, one entry per piece (the part of a
+        window inside one document): the sample's position in ``samples``, the local shard number,
+        and the byte range in that shard.  Pieces come in sample order, each sample's in column
+        order, so copying them one after another lays the windows out row by row.  Shards get
+        fetched and verified here, at their first use."""
         itemsize = self.dtype.itemsize
-        flat = memoryview(out).cast("B")
-        epochs, within = np.divmod(np.asarray(samples, dtype=np.int64), self.samples_per_epoch)
+        samples = np.asarray(samples, dtype=np.int64)
+        epochs, within = np.divmod(samples, self.samples_per_epoch)
+        parts = []
         for e in np.unique(epochs).tolist():
             ep = self.epoch(e)
             sel = np.flatnonzero(epochs == e)
-            rows, cols, docs, begins, takes = sample_order.batch_pieces(ep.order, ep.starts, ep.perm[within[sel]], self.seq_len)
-            dest = sel[rows] * row_bytes + cols * itemsize
+            rows, _, docs, begins, takes = sample_order.batch_pieces(ep.order, ep.starts, ep.perm[within[sel]], self.seq_len)
             for local_no in np.unique(self.doc_shard[docs][self.doc_offset[docs] < 0]).tolist():
                 self._open_shard(local_no)
-            offsets = self.doc_offset[docs] + begins * itemsize
-            sizes = takes * itemsize
-            fd = self._fd
-            preadv = os.preadv
-            for shard, at, size, off in zip(self.doc_shard[docs].tolist(), dest.tolist(), sizes.tolist(), offsets.tolist()):
-                if preadv(fd(shard), [flat[at : at + size]], off) != size:
-                    raise DataError(f"shard {self.paths[shard]} is shorter than its index says")
+            starts = self.doc_offset[docs] + begins * itemsize
+            parts.append((sel[rows], self.doc_shard[docs], starts, starts + takes * itemsize))
+        return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
 
-    def close(self) -> None:
-        while self._files:
-            os.close(self._files.popitem()[1])
+
+@dataclass
+class _ReadPlan:
+    """Pieces of consecutive rows, ready to copy: rows ``r`` are pieces ``row_start[r]:row_start[r+1]``."""
+
+    first_batch: int
+    batches: int
+    row_start: list[int]
+    paths: list[str]
+    starts: list[int]
+    stops: list[int]
 
 
 class GlobalBatchLoader:
@@ -199,40 +190,74 @@ class GlobalBatchLoader:
             for n in self.source_names
         ]
         self._blend = sample_order.BlendIndex([self.weights[n] for n in self.source_names]) if len(self.sources) > 1 else None
+        self.dtype = self.sources[0].dtype
+        self._min_epoch_samples = min(reader.samples_per_epoch for reader in self.sources)
+        self._files = ShardFiles()
+        self._ahead: _ReadPlan | None = None
         self.consumed_samples = int(consumed_samples)
         self.last_wait_s = 0.0
 
     def samples(self, numbers: np.ndarray) -> np.ndarray:
-        """Global samples by number, int64 (len(numbers), seq_len + 1): the order itself."""
+        """Global samples by number, (len(numbers), seq_len + 1) in the shards' token dtype."""
         numbers = np.asarray(numbers, dtype=np.int64)
-        raw = np.empty((len(numbers), self.seq_len + 1), dtype=self.sources[0].dtype)
-        if self._blend is None:
-            self.sources[0].read_into(numbers, raw)
-        else:
-            src, idx = self._blend.lookup(numbers)
-            for d, reader in enumerate(self.sources):
-                rows = np.flatnonzero(src == d)
-                if len(rows):
-                    part = np.empty((len(rows), self.seq_len + 1), dtype=reader.dtype)
-                    reader.read_into(idx[rows], part)
-                    raw[rows] = part
-        return raw.astype(np.int64)
+        out = np.empty((len(numbers), self.seq_len + 1), dtype=self.dtype)
+        self._copy(self._plan(numbers, 0, 0), 0, len(numbers), out)
+        return out
 
     def next_batch(self) -> np.ndarray:
-        """int64 (global_batch // dp_world, seq_len + 1); advances by one global batch."""
+        """This rank's rows of the next global batch, (global_batch // dp_world, seq_len + 1) in the
+        shards' unsigned token dtype (widen on the device: 2 or 4 bytes a token travel, not 8)."""
         started = time.perf_counter()
         if self.consumed_samples % self.global_batch:
             raise DataError(
                 f"consumed_samples={self.consumed_samples} is not a multiple of global_batch={self.global_batch}"
             )
-        numbers = np.fromiter(
-            sample_order.rank_slice(self.consumed_samples // self.global_batch, self.global_batch, self.dp_rank, self.dp_world),
-            dtype=np.int64,
-        )
-        batch = self.samples(numbers)
+        b = self.consumed_samples // self.global_batch
+        plan = self._ahead
+        if plan is None or not plan.first_batch <= b < plan.first_batch + plan.batches:
+            plan = self._ahead = self._plan_batches(b)
+        rows = self.global_batch // self.dp_world
+        batch = np.empty((rows, self.seq_len + 1), dtype=self.dtype)
+        first_row = (b - plan.first_batch) * rows
+        self._copy(plan, first_row, first_row + rows, batch)
         self.consumed_samples += self.global_batch
         self.last_wait_s = time.perf_counter() - started
         return batch
+
+    def _plan_batches(self, first: int) -> _ReadPlan:
+        """The pieces of this rank's rows for global batches ``first`` onwards, as many as
+        ``PLAN_ROWS`` rows hold (working them out batch by batch costs more than copying)."""
+        rows = self.global_batch // self.dp_world
+        batches = max(1, min(PLAN_ROWS // rows, self._min_epoch_samples // self.global_batch))
+        numbers = np.concatenate([
+            np.fromiter(sample_order.rank_slice(first + k, self.global_batch, self.dp_rank, self.dp_world), dtype=np.int64)
+            for k in range(batches)
+        ])
+        return self._plan(numbers, first, batches)
+
+    def _plan(self, numbers: np.ndarray, first_batch: int, batches: int) -> _ReadPlan:
+        if self._blend is None:
+            rows, shards, starts, stops = self.sources[0].pieces(numbers)
+            paths = np.asarray(self.sources[0].paths, dtype=object)[shards]
+        else:
+            src, idx = self._blend.lookup(numbers)
+            parts = []
+            for d, reader in enumerate(self.sources):
+                mine = np.flatnonzero(src == d)
+                if len(mine):
+                    r, shards, a, z = reader.pieces(idx[mine])
+                    parts.append((mine[r], np.asarray(reader.paths, dtype=object)[shards], a, z))
+            rows, paths, starts, stops = (np.concatenate(column) for column in zip(*parts))
+            order = np.argsort(rows, kind="stable")  # keeps each row's pieces in column order
+            rows, paths, starts, stops = rows[order], paths[order], starts[order], stops[order]
+        row_start = np.searchsorted(rows, np.arange(len(numbers) + 1))
+        return _ReadPlan(first_batch, batches, row_start.tolist(), paths.tolist(), starts.tolist(), stops.tolist())
+
+    def _copy(self, plan: _ReadPlan, first_row: int, end_row: int, out: np.ndarray) -> None:
+        """Read rows ``first_row:end_row`` of the plan into ``out`` (C-contiguous)."""
+        lo, hi = plan.row_start[first_row], plan.row_start[end_row]
+        flat = memoryview(out.reshape(-1).view(np.uint8))
+        self._files.read(plan.paths[lo:hi], plan.starts[lo:hi], plan.stops[lo:hi], flat)
 
     def source_consumed(self) -> dict[str, int]:
         """Samples taken from each source so far (all ranks together)."""
@@ -267,8 +292,7 @@ class GlobalBatchLoader:
         self.consumed_samples = int(state["consumed_samples"])
 
     def close(self) -> None:
-        for reader in self.sources:
-            reader.close()
+        self._files.close()
 
 
 def _shard_tokens(data_url: str, split: str, shard_index: int, storage_options) -> tuple[Manifest, np.ndarray]:

@@ -78,6 +78,22 @@ def build_module(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int
     return compile_blocks(model) if train_cfg.compile else model
 
 
+_SAME_WIDTH_SIGNED = {np.dtype(np.uint16): (torch.int16, 0xFFFF), np.dtype(np.uint32): (torch.int32, 0xFFFFFFFF)}
+
+
+def token_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """int64 tokens on ``device`` from a loader batch in the shards' unsigned dtype.
+
+    The narrow values travel (as the signed type of the same width, which every device
+    supports) and are widened where they land.
+    """
+    if batch.dtype not in _SAME_WIDTH_SIGNED:
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.int64)).to(device)
+    signed, mask = _SAME_WIDTH_SIGNED[batch.dtype]
+    narrow = torch.from_numpy(np.ascontiguousarray(batch)).view(signed).to(device, non_blocking=True)
+    return narrow.to(torch.int64) & mask
+
+
 @dataclass
 class TrainEngine:
     engine: deepspeed.DeepSpeedEngine
@@ -94,7 +110,7 @@ class TrainEngine:
 
     def train_step(self, batch: np.ndarray) -> float:
         """One optimizer step on this rank's rows of the global batch; the loss averaged over all ranks."""
-        rows = torch.from_numpy(batch).to(self.device)
+        rows = token_tensor(batch, self.device)
         micro = rows.view(self.grad_accum, self.micro_batch, rows.shape[-1])
         if self.pipelined:
             data = iter([(m[:, :-1], m[:, 1:]) for m in micro])

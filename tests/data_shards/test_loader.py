@@ -37,7 +37,7 @@ def test_samples_match_the_pure_order_across_epochs(dataset):
     per_epoch = so.samples_per_epoch(sum(len(d) for d in docs), SEQ)
     batches = (2 * per_epoch) // 8 + 2  # well into the third epoch
     got = read_all(loader, batches)
-    assert got.dtype == np.int64 and got.shape == (batches * 8, SEQ + 1)
+    assert got.dtype == np.dtype(loader.manifest.dtype) and got.shape == (batches * 8, SEQ + 1)
     for n in range(len(got)):
         assert got[n].tolist() == reference_sample(docs, 5, SEQ, n).tolist()
     assert loader.consumed_samples == batches * 8

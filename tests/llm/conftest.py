@@ -135,7 +135,7 @@ class Ranks:
         for step in range(cfg.steps):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            batch = torch.from_numpy(loader.next_batch())
+            batch = torch.from_numpy(loader.next_batch().astype(np.int64))
             loss = next_token_loss(model(batch[:, :-1]), batch[:, 1:])
             opt.zero_grad()
             loss.backward()

@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
 from llm.config import ModelConfig, TrainConfig
-from llm.engine import deepspeed_config, param_groups, resolve_precision
+from llm.engine import deepspeed_config, param_groups, resolve_precision, token_tensor
 from llm.model import Transformer
 
 CPU = torch.device("cpu")
@@ -41,3 +42,12 @@ def test_weight_decay_applies_to_matrices_not_norm_gains():
 def test_indivisible_batch_for_the_world_size_is_one_clear_line():
     with pytest.raises(ValueError, match="train.global_batch=8 is not divisible by train.micro_batch=4 x 3"):
         deepspeed_config(TrainConfig(micro_batch=4, global_batch=8), world_size=3, precision="fp32", device=CPU)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_unsigned_token_batches_widen_to_int64_with_every_value_kept(dtype):
+    top = np.iinfo(dtype).max
+    batch = np.array([[0, 1, 40_000, top], [top - 1, 7, 2, 3]], dtype=dtype)
+    tokens = token_tensor(batch, torch.device("cpu"))
+    assert tokens.dtype == torch.int64
+    assert tokens.tolist() == batch.astype(np.int64).tolist()

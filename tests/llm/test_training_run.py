@@ -2,6 +2,7 @@
 import signal
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ def global_batch_loss(model, job, step_index):
     """Mean loss of ``model`` on global batch ``step_index`` (0-based) of the run's sample order."""
     g = job.train.global_batch
     loader = GlobalBatchLoader(job.data_url, "train", job.seed, job.model.seq_len, g, consumed_samples=step_index * g)
-    batch = torch.from_numpy(loader.next_batch())
+    batch = torch.from_numpy(loader.next_batch().astype(np.int64))
     with torch.no_grad():
         return next_token_loss(model(batch[:, :-1]), batch[:, 1:]).item()
 
