@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from llm import reshard
 from ops import storage
 from ops.checkpoints import CHECKPOINTS_DIR, COMMITTED, LATEST, parse_step, step_name
 
@@ -127,33 +128,44 @@ def save(engine, run_url: str, step: int, client_state: dict[str, Any], commit_i
     return target
 
 
-def needs_universal(info: dict[str, Any], world_size: int, zero_stage: int, pipeline_stages: int) -> bool:
-    """Whether a committed checkpoint must be loaded through DeepSpeed's universal format.
+def reshape_route(info: dict[str, Any], world_size: int, zero_stage: int, pipeline_stages: int) -> str | None:
+    """How a committed checkpoint loads into an engine of ``world_size`` ranks running ``zero_stage``.
 
-    ZeRO partitions optimizer state by data-parallel rank, so a ZeRO checkpoint resumed at
-    another world size (or ZeRO stage) is first converted into per-parameter files.
+    None: DeepSpeed loads it as saved (same layout, or stage 0 on both sides, which
+    partitions nothing).  Otherwise it goes through per-parameter (universal) state:
+    ``"universal"`` into a ZeRO engine by DeepSpeed, ``"plain"`` into a stage-0 engine
+    (``llm.reshard``).
     """
     saved_stage = int(info.get("zero_stage", 0))
     reshaped = int(info.get("world_size", world_size)) != world_size or saved_stage != zero_stage
     if not reshaped:
-        return False
+        return None
     if pipeline_stages > 1 or int(info.get("pipeline_stages", 1)) > 1:
         raise RuntimeError(
             f"checkpoint step {info.get('step')} was saved by {info.get('world_size')} ranks with "
             f"pipeline_stages={info.get('pipeline_stages', 1)}; a pipelined run resumes only on the same "
             f"world size and layout (now {world_size} ranks, pipeline_stages={pipeline_stages})"
         )
-    return saved_stage >= 1 or zero_stage >= 1
+    if saved_stage == 0 and zero_stage == 0:
+        return None
+    if saved_stage == 0 and info.get("precision") == "bf16":
+        raise RuntimeError(
+            f"checkpoint step {info.get('step')} is a bf16 ZeRO-0 checkpoint of {info.get('world_size')} ranks; "
+            f"it resumes only as bf16 ZeRO-0 (now {world_size} ranks, zero_stage={zero_stage})"
+        )
+    return "universal" if zero_stage >= 1 or info.get("precision") == "bf16" else "plain"
 
 
-def _to_universal(step_dir: str, out_parent: str, tag: str) -> None:
+def _to_universal(step_dir: str, out_parent: str, tag: str, info: dict[str, Any]) -> None:
     """Convert one local DeepSpeed step folder into ``out_parent/tag`` in the universal format."""
-    out_dir = os.path.join(out_parent, tag)
     shutil.rmtree(out_parent, ignore_errors=True)
     os.makedirs(out_parent, exist_ok=True)
+    if int(info.get("zero_stage", 0)) == 0:
+        reshard.zero0_to_universal(step_dir, out_parent, tag)
+        return
     cmd = [
         sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-        "--input_folder", step_dir, "--output_folder", out_dir,
+        "--input_folder", step_dir, "--output_folder", os.path.join(out_parent, tag),
         "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -161,7 +173,7 @@ def _to_universal(step_dir: str, out_parent: str, tag: str) -> None:
         raise RuntimeError(f"converting {step_dir} to a universal checkpoint failed: {proc.stderr.strip()[-500:]}")
 
 
-def _universal_copy(run_url: str, step: int, storage_options: dict | None) -> str:
+def _universal_copy(run_url: str, step: int, info: dict[str, Any], storage_options: dict | None) -> str:
     """Collective: one rank per host converts the step to the universal format in a local folder;
     returns that folder's parent (the load dir)."""
     tag = step_name(step)
@@ -169,34 +181,42 @@ def _universal_copy(run_url: str, step: int, storage_options: dict | None) -> st
     parent = os.path.join(tempfile.gettempdir(), "kiln-universal", key)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         if storage.is_local(run_url):
-            _to_universal(storage.filesystem(step_url(run_url, step), storage_options)[1], parent, tag)
+            _to_universal(storage.filesystem(step_url(run_url, step), storage_options)[1], parent, tag, info)
         else:
             with tempfile.TemporaryDirectory(prefix="kiln-reshape-") as tmp:
                 local_dir = os.path.join(tmp, tag)
                 storage.download_dir(step_url(run_url, step), local_dir, storage_options)
-                _to_universal(local_dir, parent, tag)
+                _to_universal(local_dir, parent, tag, info)
     dist.barrier()
     return parent
 
 
-def load(engine, run_url: str, step: int, storage_options: dict | None = None,
-         universal: bool = False) -> dict[str, Any]:
-    """Collective: restore engine (weights, optimizer) from a committed step; returns the client state.
-
-    ``universal`` loads through DeepSpeed's universal format (the engine must have been built
-    with ``checkpoint.load_universal``), which is how a run changes its number of ranks.
-    """
+def _load_reshaped(engine, run_url: str, step: int, storage_options: dict | None, route: str) -> dict[str, Any]:
     tag = step_name(step)
-    if universal:
-        load_dir = _universal_copy(run_url, step, storage_options)
+    load_dir = _universal_copy(run_url, step, read_commit(run_url, step, storage_options), storage_options)
+    if route == "plain":
+        client_state = reshard.load_universal_into_plain(engine, os.path.join(load_dir, tag))
+    else:
         path, client_state = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
                                                     load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the universal form of {step_url(run_url, step)}")
-        dist.barrier()
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            shutil.rmtree(load_dir, ignore_errors=True)
-        return client_state
+    dist.barrier()
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        shutil.rmtree(load_dir, ignore_errors=True)
+    return client_state
+
+
+def load(engine, run_url: str, step: int, storage_options: dict | None = None,
+         route: str | None = None) -> dict[str, Any]:
+    """Collective: restore engine (weights, optimizer) from a committed step; returns the client state.
+
+    ``route`` is :func:`reshape_route`'s answer: a changed layout loads through per-parameter
+    state (for ``"universal"`` the engine must have been built with ``checkpoint.load_universal``).
+    """
+    if route is not None:
+        return _load_reshaped(engine, run_url, step, storage_options, route)
+    tag = step_name(step)
     if storage.is_local(run_url):
         load_dir = storage.filesystem(checkpoints_url(run_url), storage_options)[1]
     else:
@@ -249,30 +269,19 @@ def _pipeline_fp32_masters(step_dir: str, layers: int, shapes: dict[str, torch.S
 
 
 def _zero0_fp32_masters(model_states: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """fp32 master weights kept by DeepSpeed's mixed-precision wrapper of a ZeRO-0 bf16 run.
-
-    Its groups follow ``llm.engine.param_groups``: matrices, then vectors, each in parameter
-    order, with a tied weight listed once (under its first name).
-    """
+    """fp32 master weights kept by DeepSpeed's mixed-precision wrapper of a ZeRO-0 bf16 run."""
     optim = model_states.get("optimizer")
     if not isinstance(optim, dict) or "fp32_groups" not in optim:
         return None
     module = model_states["module"]
+    masters = {}
+    for names, group in zip(reshard.optimizer_group_names(module), optim["fp32_groups"]):
+        for name, master in zip(names, group, strict=True):
+            masters[name] = master.float().reshape(module[name].shape)
     first_name: dict[int, str] = {}
-    matrices, vectors = [], []
-    for name, tensor in module.items():
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr in first_name:
-            continue
-        first_name[ptr] = name
-        (matrices if tensor.ndim >= 2 else vectors).append(name)
-    state = {}
-    for names, masters in zip((matrices, vectors), optim["fp32_groups"]):
-        for name, master in zip(names, masters, strict=True):
-            state[name] = master.float().reshape(module[name].shape)
-    for name, tensor in module.items():  # tied aliases
-        state.setdefault(name, state[first_name[tensor.untyped_storage().data_ptr()]])
-    return state
+    for name, tensor in module.items():  # a tied alias takes the masters of its first name
+        first_name.setdefault(tensor.untyped_storage().data_ptr(), name)
+    return {name: masters[first_name[t.untyped_storage().data_ptr()]] for name, t in module.items()}
 
 
 def _consolidate(step_dir: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -28,18 +28,32 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     return cfg.precision
 
 
+def effective_zero_stage(cfg: TrainConfig, world_size: int, precision: str) -> int:
+    """The ZeRO stage the engine runs.
+
+    ZeRO partitions training state across data-parallel ranks.  With one rank and fp32 there
+    is nothing to partition, and stage 0 gives the same numbers without ZeRO's flat copies of
+    gradients and weights (less time and memory).  bf16 keeps the configured stage: DeepSpeed's
+    stage 0 would accumulate gradients in bf16.
+    """
+    if cfg.pipeline_stages == 1 and cfg.data_parallel_size(world_size) == 1 and precision == "fp32":
+        return 0
+    return cfg.zero_stage
+
+
 def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str, device: torch.device,
                      load_universal: bool = False) -> dict:
     """The DeepSpeed config a Kiln train section means (``load_universal``: resume from a universal checkpoint)."""
-    zero: dict = {"stage": cfg.zero_stage}
-    if cfg.zero_stage >= 1:
+    stage = effective_zero_stage(cfg, world_size, precision)
+    zero: dict = {"stage": stage}
+    if stage >= 1:
         zero.update(
             overlap_comm=device.type == "cuda",
             contiguous_gradients=True,
             reduce_bucket_size=int(5e8),
             allgather_bucket_size=int(5e8),
         )
-    if cfg.zero_stage == 3:
+    if stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=False)
     config = {
         "train_batch_size": cfg.global_batch,
@@ -97,12 +111,29 @@ def token_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
 @dataclass
 class TrainEngine:
     engine: deepspeed.DeepSpeedEngine
+    zero_stage: int
     pipelined: bool
     grad_accum: int
     micro_batch: int
     device: torch.device
     dp_rank: int
     dp_world: int
+
+    def repair_after_universal_load(self, cfg: TrainConfig) -> None:
+        """Undo two things DeepSpeed's universal loading does to a ZeRO-3 engine: it gives every
+        parameter group the first group's settings (weight decay on norm gains), and one step
+        counter tensor to all groups (so each optimizer step advances it once per group)."""
+        optimizer = self.engine.optimizer
+        while not isinstance(optimizer, torch.optim.Optimizer):
+            optimizer = optimizer.optimizer
+        if len(optimizer.param_groups) != 2:
+            raise RuntimeError(f"expected the optimizer's two parameter groups (decay, no decay), "
+                               f"found {len(optimizer.param_groups)}")
+        for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
+            group.update(weight_decay=decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        for state in optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
 
     def set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
@@ -154,6 +185,7 @@ def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int
         dp_rank, dp_world = dist.get_rank(), world_size
     return TrainEngine(
         engine=engine,
+        zero_stage=effective_zero_stage(train_cfg, world_size, precision),
         pipelined=pipelined,
         grad_accum=train_cfg.grad_accum_steps(world_size),
         micro_batch=train_cfg.micro_batch,

@@ -101,7 +101,7 @@ class Trainer:
     def __init__(self, job: TrainJob):
         from data_shards.loader import GlobalBatchLoader
         from data_shards.manifest import load_manifest
-        from llm.engine import build_engine, resolve_device, resolve_precision
+        from llm.engine import build_engine, effective_zero_stage, resolve_device, resolve_precision
 
         self.job = job
         self.cfg = job.train
@@ -115,12 +115,13 @@ class Trainer:
         self.vocab_size = manifest.vocab_size
         self.precision = resolve_precision(self.cfg, self.device)
         self.resume_step = checkpoint.latest_committed_step(job.run_dir, job.storage_options)
-        self.reshape = self.resume_step is not None and checkpoint.needs_universal(
+        self.zero_stage = effective_zero_stage(self.cfg, self.world, self.precision)
+        self.reshape = None if self.resume_step is None else checkpoint.reshape_route(
             checkpoint.read_commit(job.run_dir, self.resume_step, job.storage_options),
-            self.world, self.cfg.zero_stage, self.cfg.pipeline_stages,
+            self.world, self.zero_stage, self.cfg.pipeline_stages,
         )
         self.engine = build_engine(job.model, self.cfg, self.vocab_size, job.seed, self.device,
-                                   load_universal=self.reshape)
+                                   load_universal=self.reshape == "universal")
         self.loader = GlobalBatchLoader(
             job.data_url, "train", job.seed, job.model.seq_len, self.cfg.global_batch,
             dp_rank=self.engine.dp_rank, dp_world=self.engine.dp_world, storage_options=job.storage_options,
@@ -133,7 +134,7 @@ class Trainer:
 
     def commit_info(self) -> dict[str, Any]:
         return {
-            "zero_stage": self.cfg.zero_stage,
+            "zero_stage": self.zero_stage,
             "pipeline_stages": self.cfg.pipeline_stages,
             "precision": self.precision,
             "model": self.job.model.model_dump(mode="json"),
@@ -163,18 +164,21 @@ class Trainer:
         if step is None:
             return
         state = checkpoint.load(self.engine.engine, self.job.run_dir, step, self.job.storage_options,
-                                universal=self.reshape)
+                                route=self.reshape)
+        if self.reshape is not None:
+            self.engine.repair_after_universal_load(self.cfg)
         self.loader.load_state_dict(state["kiln_loader"])
         restore_rng(state["kiln_rng"])
         self.step, self.tokens, self.saved_step = int(state["kiln_step"]), int(state["kiln_tokens"]), step
         if self.rank == 0:
-            self.records.event("resume", step=step, tokens=self.tokens, reshaped=self.reshape, world_size=self.world,
+            self.records.event("resume", step=step, tokens=self.tokens, reshaped=self.reshape is not None,
+                               world_size=self.world,
                                config_hash_changed=state.get("kiln_config_hash") != self.job.config_hash)
 
     def run(self, stop: StopRequest) -> int:
         if self.rank == 0:
             self.records.event(
-                "start", world_size=self.world, zero_stage=self.cfg.zero_stage,
+                "start", world_size=self.world, zero_stage=self.zero_stage,
                 pipeline_stages=self.cfg.pipeline_stages, precision=self.precision, steps=self.cfg.steps,
                 device=self.device.type, config_hash=self.job.config_hash,
             )

@@ -73,11 +73,17 @@ def test_loading_an_uncommitted_step_is_a_clear_error(tmp_path):
 
 
 
-def test_universal_format_is_used_only_when_a_zero_layout_changes():
-    saved = {"step": 3, "world_size": 2, "zero_stage": 2, "pipeline_stages": 1}
-    assert checkpoint.needs_universal(saved, 2, 2, 1) is False
-    assert checkpoint.needs_universal(saved, 1, 2, 1) is True
-    assert checkpoint.needs_universal(saved, 2, 3, 1) is True
-    assert checkpoint.needs_universal({**saved, "zero_stage": 0}, 1, 0, 1) is False  # whole optimizer state per rank
+def test_per_parameter_state_is_used_only_when_a_zero_layout_changes():
+    saved = {"step": 3, "world_size": 2, "zero_stage": 2, "pipeline_stages": 1, "precision": "fp32"}
+    assert checkpoint.reshape_route(saved, 2, 2, 1) is None
+    assert checkpoint.reshape_route(saved, 4, 2, 1) == "universal"
+    assert checkpoint.reshape_route(saved, 2, 3, 1) == "universal"
+    assert checkpoint.reshape_route(saved, 1, 0, 1) == "plain"  # one fp32 rank runs stage 0
+    zero0 = {**saved, "world_size": 1, "zero_stage": 0}
+    assert checkpoint.reshape_route(zero0, 2, 0, 1) is None  # stage 0 keeps the whole optimizer state per rank
+    assert checkpoint.reshape_route(zero0, 2, 2, 1) == "universal"
+    assert checkpoint.reshape_route({**saved, "precision": "bf16"}, 1, 0, 1) == "universal"
+    with pytest.raises(RuntimeError, match="resumes only as bf16 ZeRO-0"):
+        checkpoint.reshape_route({**zero0, "precision": "bf16"}, 2, 2, 1)
     with pytest.raises(RuntimeError, match="a pipelined run resumes only on the same world size"):
-        checkpoint.needs_universal({**saved, "zero_stage": 1, "pipeline_stages": 2}, 1, 1, 1)
+        checkpoint.reshape_route({**saved, "zero_stage": 1, "pipeline_stages": 2}, 1, 1, 1)

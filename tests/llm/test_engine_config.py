@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from llm.config import ModelConfig, TrainConfig
-from llm.engine import deepspeed_config, param_groups, resolve_precision, token_tensor
+from llm.engine import deepspeed_config, effective_zero_stage, param_groups, resolve_precision, token_tensor
 from llm.model import Transformer
 
 CPU = torch.device("cpu")
@@ -18,6 +18,15 @@ def test_deepspeed_config_keeps_the_global_batch_through_accumulation():
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["overlap_comm"] is False  # no CUDA streams on CPU
     assert ds["bf16"]["enabled"] is False
+
+
+def test_one_fp32_data_parallel_rank_runs_zero_stage_0_and_everything_else_keeps_its_stage():
+    cfg = TrainConfig(micro_batch=2, global_batch=16, zero_stage=2)
+    assert effective_zero_stage(cfg, 1, "fp32") == 0
+    assert deepspeed_config(cfg, world_size=1, precision="fp32", device=CPU)["zero_optimization"] == {"stage": 0}
+    assert effective_zero_stage(cfg, 2, "fp32") == 2
+    assert effective_zero_stage(cfg, 1, "bf16") == 2
+    assert effective_zero_stage(TrainConfig(zero_stage=1, pipeline_stages=2), 2, "fp32") == 1
 
 
 def test_pipeline_accumulates_over_data_parallel_ranks_only():

@@ -142,25 +142,38 @@ def test_without_a_final_checkpoint_only_periodic_ones_are_written(ranks, token_
     assert checkpoint.committed_steps(job.run_dir) == [2]
 
 
-@pytest.mark.parametrize("stages", [(2, 1), (1, 2)], ids=["zero2-to-zero1", "zero1-to-zero3"])
-def test_resume_on_one_rank_continues_a_two_rank_run(ranks, token_data, tmp_path, stages):
-    """A reshaped resume (2 ranks → 1, ZeRO stage changed) goes through DeepSpeed's universal format
-    and continues the same loss curve (same global batch and sample order; only reductions differ)."""
-    saved_stage, resumed_stage = stages
-    job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, zero_stage=saved_stage)
-    records = run_ok(ranks, job, tmp_path)
+RESHAPES = {
+    "2-ranks-zero2-to-1-rank": ((2, 2), (1, 2)),
+    "2-ranks-zero3-to-1-rank": ((2, 3), (1, 3)),
+    "1-rank-to-2-ranks-zero2": ((1, 2), (2, 2)),
+    "1-rank-to-2-ranks-zero3": ((1, 3), (2, 3)),
+}
+
+
+@pytest.mark.parametrize("reshape", list(RESHAPES))
+def test_a_run_resumed_on_another_number_of_ranks_continues_the_same_loss_curve(reshape, ranks, token_data, tmp_path):
+    """One fp32 rank runs ZeRO stage 0 whatever the config says; a resume that changes the number
+    of ranks goes through per-parameter state in either direction and continues the same loss
+    curve (same global batch and sample order; only reductions differ)."""
+    (nproc_before, stage_before), (nproc_after, stage_after) = RESHAPES[reshape]
+    job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, nproc=nproc_before,
+                    zero_stage=stage_before)
+    proc = ranks.torchrun(job, tmp_path, nproc=nproc_before)
+    assert proc.returncode == 0, ranks.errors(proc)
+    records = RunRecords(job.run_dir)
     uninterrupted = records.metrics()
+    assert checkpoint.read_commit(job.run_dir, 3)["zero_stage"] == (0 if nproc_before == 1 else stage_before)
     storage.remove(checkpoint.step_url(job.run_dir, 6), recursive=True)
     storage.write_text(storage.join(job.run_dir, "checkpoints/latest"), "step-00000003\n")
 
-    one_rank = job.model_copy(update={"train": job.train.model_copy(update={"nproc": 1, "zero_stage": resumed_stage})})
-    proc = ranks.torchrun(one_rank, tmp_path, nproc=1)
+    after = job.model_copy(update={"train": job.train.model_copy(update={"nproc": nproc_after, "zero_stage": stage_after})})
+    proc = ranks.torchrun(after, tmp_path, nproc=nproc_after)
     assert proc.returncode == 0, ranks.errors(proc)
     resumed = records.metrics()[6:]
     assert [r["step"] for r in resumed] == [4, 5, 6]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted[3:]], rel=1e-5)
     assert [e for e in records.events() if e["event"] == "resume"][-1]["reshaped"] is True
-    assert checkpoint.read_commit(job.run_dir, 6)["world_size"] == 1
+    assert checkpoint.read_commit(job.run_dir, 6)["world_size"] == nproc_after
 
 
 def test_resuming_on_changed_data_is_a_clear_failure(ranks, token_data, tmp_path):

@@ -1,0 +1,112 @@
+"""Per-parameter training state, the form in which a checkpoint changes layout.
+
+DeepSpeed's universal checkpoint holds, for each parameter name, its fp32 value and Adam
+moments (``zero/NAME/{fp32,exp_avg,exp_avg_sq,step}.pt``) plus the optimizer's group
+settings (``zero/optimizer_state.pt``).  DeepSpeed converts ZeRO checkpoints into it and
+loads it into ZeRO engines.  This module covers the two directions it leaves out, both
+for fp32 stage-0 engines (which one data-parallel rank runs, see
+``llm.engine.effective_zero_stage``):
+
+* a stage-0 checkpoint written as a universal one, so ZeRO engines of any size load it;
+* a universal checkpoint loaded into a stage-0 engine.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import deepspeed
+import torch
+
+UNIVERSAL_LATEST = "latest_universal"
+MODEL_STATES = "mp_rank_00_model_states.pt"
+# ZeRO-3 engines read rank 0's model states under this name.
+ZERO3_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"
+CLIENT_PREFIX = "kiln_"
+
+
+def optimizer_group_names(module_state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Parameter names in the optimizer's groups (``llm.engine.param_groups``): matrices, then
+    vectors, each in parameter order, a tied weight once (under its first name)."""
+    seen: set[int] = set()
+    matrices, vectors = [], []
+    for name, tensor in module_state.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        (matrices if tensor.ndim >= 2 else vectors).append(name)
+    return [matrices, vectors]
+
+
+def _save_state(folder: str, key: str, value: torch.Tensor) -> None:
+    torch.save({"cat_dim": 0, "param": value.detach().float().contiguous()}, os.path.join(folder, f"{key}.pt"))
+
+
+def zero0_to_universal(step_dir: str, out_parent: str, tag: str) -> None:
+    """Write the fp32 stage-0 checkpoint in ``step_dir`` as the universal checkpoint ``out_parent/tag``."""
+    states = torch.load(os.path.join(step_dir, MODEL_STATES), map_location="cpu", weights_only=False)
+    module, optim = states["module"], states["optimizer"]
+    if not isinstance(optim, dict) or "state" not in optim:
+        raise RuntimeError(f"{step_dir} holds no plain optimizer state; only fp32 stage-0 checkpoints convert here")
+    out = os.path.join(out_parent, tag)
+    zero_dir = os.path.join(out, "zero")
+    for names, group in zip(optimizer_group_names(module), optim["param_groups"], strict=True):
+        for name, index in zip(names, group["params"], strict=True):
+            moments = optim["state"][index]
+            folder = os.path.join(zero_dir, name)
+            os.makedirs(folder, exist_ok=True)
+            _save_state(folder, "fp32", module[name])
+            _save_state(folder, "exp_avg", moments["exp_avg"])
+            _save_state(folder, "exp_avg_sq", moments["exp_avg_sq"])
+            torch.save(torch.as_tensor(moments["step"], dtype=torch.float32), os.path.join(folder, "step.pt"))
+    step = torch.as_tensor(next(iter(optim["state"].values()))["step"], dtype=torch.float32)
+    torch.save({  # no clip_grad: the loading engine keeps its own
+        "dynamic_loss_scale": False,
+        "overflow": False,
+        "ds_version": deepspeed.__version__,
+        "param_groups": optim["param_groups"],
+        # where ZeRO-3 engines read the step and group settings
+        "optimizer_state_dict": {"state": {0: {"step": step}}, "param_groups": optim["param_groups"]},
+    }, os.path.join(zero_dir, "optimizer_state.pt"))
+    model_states = {k: v for k, v in states.items() if k != "optimizer"}
+    for name in (MODEL_STATES, ZERO3_MODEL_STATES):
+        torch.save(model_states, os.path.join(out, name))
+    with open(os.path.join(out_parent, UNIVERSAL_LATEST), "w") as f:
+        f.write(tag)
+
+
+def _universal_step(zero_dir: str) -> torch.Tensor:
+    """The optimizer step of a universal checkpoint: in ``step.pt`` of some parameters (ZeRO 1-2
+    sources) or in the optimizer state (ZeRO-3 sources)."""
+    steps = {float(torch.load(path, weights_only=False)) for path in glob.glob(os.path.join(zero_dir, "*", "step.pt"))}
+    optim = torch.load(os.path.join(zero_dir, "optimizer_state.pt"), weights_only=False)
+    for moments in optim.get("optimizer_state_dict", {}).get("state", {}).values():
+        steps.add(float(moments["step"]))
+    if len(steps) != 1:
+        raise RuntimeError(f"{zero_dir} records optimizer steps {sorted(steps)}; expected exactly one")
+    return torch.tensor(steps.pop(), dtype=torch.float32)
+
+
+def load_universal_into_plain(engine, universal_dir: str) -> dict[str, Any]:
+    """Load the universal checkpoint ``universal_dir`` into a stage-0 fp32 DeepSpeed engine:
+    weights, Adam moments and step; returns Kiln's client state saved with it."""
+    optimizer = engine.optimizer
+    zero_dir = os.path.join(universal_dir, "zero")
+    step = _universal_step(zero_dir)
+    with torch.no_grad():
+        for name, param in engine.module.named_parameters():
+            folder = os.path.join(zero_dir, name)
+
+            def state(key: str) -> torch.Tensor:
+                saved = torch.load(os.path.join(folder, f"{key}.pt"), weights_only=False)
+                return (saved["param"] if isinstance(saved, dict) else saved).reshape(param.shape).to(param.dtype)
+
+            param.copy_(state("fp32"))
+            optimizer.state[param] = {"step": step.clone(), "exp_avg": state("exp_avg"), "exp_avg_sq": state("exp_avg_sq")}
+    files = sorted(glob.glob(os.path.join(universal_dir, "*model_states.pt")))
+    if not files:
+        raise RuntimeError(f"{universal_dir} holds no model states file")
+    states = torch.load(files[0], map_location="cpu", weights_only=False)
+    return {k: v for k, v in states.items() if k.startswith(CLIENT_PREFIX)}
