@@ -8,6 +8,10 @@ STDLIB_CORPUS := .smoke/stdlib-corpus
 
 .PHONY: install smoke test test-fast bench clean
 
+# DeepSpeed JIT-builds a small CPU op; keep the build with this venv's DeepSpeed, not in a
+# per-user cache that another DeepSpeed version would overwrite.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
+
 # torch is pinned first so that no bare `torch` requirement can pull a CUDA build onto a CPU machine.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
