@@ -4,6 +4,7 @@
 #
 #   benchmarks/gpu.sh                 # from anywhere; STEPS=30 MICRO_BATCH=8 GRAD_ACCUM=8 by default
 #   STEPS=100 MICRO_BATCH=8 GRAD_ACCUM=16 benchmarks/gpu.sh
+#   RUNS="zero1_compiled zero3" benchmarks/gpu.sh          # some of the runs only
 #
 # Each optimizer step takes MICRO_BATCH x GRAD_ACCUM sequences of 2048 tokens per data-parallel
 # rank (64 by default: the 1b config's 512-sequence batch over 8 GPUs), as a real run would.
@@ -21,6 +22,7 @@ STEPS="${STEPS:-30}"
 MICRO_BATCH="${MICRO_BATCH:-8}"
 GRAD_ACCUM="${GRAD_ACCUM:-8}"
 PIPELINE_STEPS="${PIPELINE_STEPS:-10}"
+RUNS="${RUNS:-zero1 zero1_compiled zero3 pipeline2}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kiln-gpu-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export KILN_CACHE_DIR="$WORK/cache" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -106,13 +108,15 @@ print(f"   {sys.argv[2]}: {med('tokens_per_s'):,.0f} tokens/s | {med('tflops'):.
 PY
 }
 
+wanted() { [[ " $RUNS " == *" $1 "* ]]; }
+
 status=0
-run zero1 1 "$STEPS" train.zero_stage=1 || status=1
-run zero1_compiled 1 "$STEPS" train.zero_stage=1 train.compile=true || status=1
-run zero3 1 "$STEPS" train.zero_stage=3 || status=1
-if [ "$GPUS" -ge 2 ]; then
+wanted zero1 && { run zero1 1 "$STEPS" train.zero_stage=1 || status=1; }
+wanted zero1_compiled && { run zero1_compiled 1 "$STEPS" train.zero_stage=1 train.compile=true || status=1; }
+wanted zero3 && { run zero3 1 "$STEPS" train.zero_stage=3 || status=1; }
+if wanted pipeline2 && [ "$GPUS" -ge 2 ]; then
   run pipeline2 2 "$PIPELINE_STEPS" train.zero_stage=1 train.pipeline_stages=2 || status=1
-else
+elif wanted pipeline2; then
   echo "== pipeline2: not run: two pipeline stages need two GPUs and this machine has $GPUS (the CPU parity tests cover pipeline correctness)"
 fi
 exit "$status"
