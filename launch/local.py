@@ -92,13 +92,13 @@ def external_rank_environment(environ: dict[str, str]) -> dict[str, str]:
     return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
 
 
-def torchrun_command(job_path: str, nproc: int, port: int) -> list[str]:
+def torchrun_command(job_path: str, nproc: int) -> list[str]:
+    """torchrun for ``nproc`` ranks on this machine; ``--standalone`` makes torchrun bind its own
+    free rendezvous port, so launches side by side cannot race for one."""
     return [
         sys.executable, "-m", "torch.distributed.run",
+        "--standalone",
         "--nproc_per_node", str(nproc),
-        "--nnodes", "1",
-        "--master_addr", "127.0.0.1",
-        "--master_port", str(port),
         "-m", "llm.worker", job_path,
     ]
 
@@ -113,7 +113,7 @@ def launch_local(job: TrainJob) -> int:
         attempt = 0
         while True:
             started = time.time()
-            proc = subprocess.Popen(torchrun_command(job_path, nproc, free_port()), env=rank_environment(nproc))
+            proc = subprocess.Popen(torchrun_command(job_path, nproc), env=rank_environment(nproc))
             stop_requested = False
 
             def forward(signum, _frame):
