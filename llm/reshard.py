@@ -23,7 +23,7 @@ UNIVERSAL_LATEST = "latest_universal"
 MODEL_STATES = "mp_rank_00_model_states.pt"
 # ZeRO-3 engines read rank 0's model states under this name.
 ZERO3_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"
-CLIENT_PREFIX = "kiln_"
+CLIENT_PREFIX = "kiln_"  # the keys llm.worker saves as DeepSpeed client state
 
 
 def optimizer_group_names(module_state: dict[str, torch.Tensor]) -> list[list[str]]:
