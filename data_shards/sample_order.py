@@ -114,18 +114,54 @@ def blend_chunk(weights: np.ndarray, counts: np.ndarray, size: int) -> tuple[np.
     """
     d_count = len(weights)
     ks = counts[:, None] + np.arange(size, dtype=np.int64)[None, :]
-    times = (ks + 0.5) / weights[:, None]
+    times = _event_time(weights[:, None], ks)
     sources = np.broadcast_to(np.arange(d_count, dtype=np.int64)[:, None], ks.shape)
     order = np.lexsort((sources.ravel(), times.ravel()))[:size]
     return sources.ravel()[order].copy(), ks.ravel()[order].copy()
 
 
+def _event_time(weights: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """Virtual time of each source's ``ks``-th sample, computed exactly as :func:`blend_chunk` does."""
+    return (ks + 0.5) / weights
+
+
+def _events_until(weights: np.ndarray, t: float) -> np.ndarray:
+    """Per source, how many of its events have a virtual time <= ``t``."""
+    k = np.maximum(np.floor(t * weights - 0.5).astype(np.int64), -1)
+    # the float estimate may be off by one either way; settle it on the exact event times
+    k = np.where(_event_time(weights, k + 1) <= t, k + 1, k)
+    k = np.where((k >= 0) & (_event_time(weights, np.maximum(k, 0)) > t), k - 1, k)
+    return k + 1
+
+
+def blend_counts(weights: np.ndarray, n: int) -> np.ndarray:
+    """Per-source counts among the first ``n`` samples of the blended sequence, without generating it.
+
+    The ``n``-th event's time is found by bisection over float64 values (their bit patterns
+    order like the values); events tied at that time go in source order, as in :func:`blend_chunk`.
+    """
+    if n <= 0:
+        return np.zeros(len(weights), dtype=np.int64)
+    # bit patterns of 0.0 and of a time by which every source has had n events
+    lo, hi = 0, int(np.float64((n + 1) / weights.min()).view(np.int64))
+    while lo < hi:  # smallest t with at least n events at or before it
+        mid = (lo + hi) // 2
+        if _events_until(weights, float(np.int64(mid).view(np.float64))).sum() >= n:
+            hi = mid
+        else:
+            lo = mid + 1
+    t = float(np.int64(lo).view(np.float64))
+    before = _events_until(weights, float(np.nextafter(t, -np.inf)))
+    at_t = _events_until(weights, t) - before
+    take = n - int(before.sum())
+    return before + np.minimum(at_t, np.maximum(take - (np.cumsum(at_t) - at_t), 0))
+
+
 class BlendIndex:
     """Random access to the blended sequence.
 
-    Chunks are generated forward from sample 0 once; only each chunk's starting counts
-    are kept (``len(weights)`` integers per chunk), and the few chunks in use are
-    regenerated from them, so memory does not grow with the number of samples read.
+    A chunk is generated from the per-source counts before it (:func:`blend_counts`, computed
+    directly), so reading anywhere costs the same, and only the few chunks in use are kept.
     """
 
     KEEP_CHUNKS = 4
@@ -133,25 +169,17 @@ class BlendIndex:
     def __init__(self, weights: list[float], chunk: int = BLEND_CHUNK):
         self.weights = normalized_weights(weights)
         self.chunk = chunk
-        self._starts = [np.zeros(len(self.weights), dtype=np.int64)]  # counts before chunk c
         self._recent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _start(self, c: int) -> np.ndarray:
         """Per-source counts before chunk ``c``."""
-        while len(self._starts) <= c:
-            src, _ = self._generate(len(self._starts) - 1)
-            self._starts.append(self._starts[-1] + np.bincount(src, minlength=len(self.weights)))
-        return self._starts[c]
+        return blend_counts(self.weights, c * self.chunk)
 
     def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        self._start(c)
-        return self._generate(c)
-
-    def _generate(self, c: int) -> tuple[np.ndarray, np.ndarray]:
         if c not in self._recent:
             if len(self._recent) >= self.KEEP_CHUNKS:
                 self._recent.pop(next(iter(self._recent)))
-            self._recent[c] = blend_chunk(self.weights, self._starts[c], self.chunk)
+            self._recent[c] = blend_chunk(self.weights, self._start(c), self.chunk)
         return self._recent[c]
 
     def lookup(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -63,6 +63,29 @@ def test_blend_chunks_join_into_the_one_shot_sequence():
     assert index.consumed(100).tolist() == np.bincount(whole_src[:100], minlength=3).tolist()
 
 
+@pytest.mark.parametrize("weights", [[0.5, 0.25, 0.25], [1, 1, 1], [0.7, 0.2, 0.1], [0.999, 0.001], [3, 1, 0.5, 2]])
+def test_blend_counts_equal_every_prefix_of_the_generated_sequence_ties_included(weights):
+    w = so.normalized_weights(weights)
+    src, _ = so.blend_chunk(w, np.zeros(len(w), dtype=np.int64), 3000)
+    prefix = np.zeros(len(w), dtype=np.int64)
+    for n in range(3001):
+        if n < 200 or n % 7 == 0:
+            assert so.blend_counts(w, n).tolist() == prefix.tolist(), n
+        if n < len(src):
+            prefix[src[n]] += 1
+
+
+def test_blend_counts_reach_far_positions_without_generating_the_sequence():
+    w = so.normalized_weights([0.7, 0.2, 0.1])
+    counts = so.blend_counts(w, 10**12)
+    assert counts.sum() == 10**12
+    assert np.all(np.abs(counts - w * 10**12) <= 1.0)
+    index = so.BlendIndex([0.7, 0.2, 0.1], chunk=64)
+    far = 10**12 + 5
+    src, idx = index.lookup(np.array([far]))
+    assert idx[0] == index.consumed(far)[src[0]]  # the sample at position far is its source's next one
+
+
 def test_bad_blend_weights_are_a_data_error():
     with pytest.raises(DataError, match="positive"):
         so.normalized_weights([1.0, 0.0])
