@@ -197,13 +197,6 @@ class GlobalBatchLoader:
         self.consumed_samples = int(consumed_samples)
         self.last_wait_s = 0.0
 
-    def samples(self, numbers: np.ndarray) -> np.ndarray:
-        """Global samples by number, (len(numbers), seq_len + 1) in the shards' token dtype."""
-        numbers = np.asarray(numbers, dtype=np.int64)
-        out = np.empty((len(numbers), self.seq_len + 1), dtype=self.dtype)
-        self._copy(self._plan(numbers, 0, 0), 0, len(numbers), out)
-        return out
-
     def next_batch(self) -> np.ndarray:
         """This rank's rows of the next global batch, (global_batch // dp_world, seq_len + 1) in the
         shards' unsigned token dtype (widen on the device: 2 or 4 bytes a token travel, not 8)."""
@@ -237,19 +230,18 @@ class GlobalBatchLoader:
 
     def _plan(self, numbers: np.ndarray, first_batch: int, batches: int) -> _ReadPlan:
         if self._blend is None:
-            rows, shards, starts, stops = self.sources[0].pieces(numbers)
-            paths = np.asarray(self.sources[0].paths, dtype=object)[shards]
+            src, idx = np.zeros(len(numbers), dtype=np.int64), numbers
         else:
             src, idx = self._blend.lookup(numbers)
-            parts = []
-            for d, reader in enumerate(self.sources):
-                mine = np.flatnonzero(src == d)
-                if len(mine):
-                    r, shards, a, z = reader.pieces(idx[mine])
-                    parts.append((mine[r], np.asarray(reader.paths, dtype=object)[shards], a, z))
-            rows, paths, starts, stops = (np.concatenate(column) for column in zip(*parts))
-            order = np.argsort(rows, kind="stable")  # keeps each row's pieces in column order
-            rows, paths, starts, stops = rows[order], paths[order], starts[order], stops[order]
+        parts = []
+        for d, reader in enumerate(self.sources):
+            mine = np.flatnonzero(src == d)
+            if len(mine):
+                r, shards, a, z = reader.pieces(idx[mine])
+                parts.append((mine[r], np.asarray(reader.paths, dtype=object)[shards], a, z))
+        rows, paths, starts, stops = (np.concatenate(column) for column in zip(*parts))
+        order = np.argsort(rows, kind="stable")  # interleaves the sources' rows; each row's pieces keep column order
+        rows, paths, starts, stops = rows[order], paths[order], starts[order], stops[order]
         row_start = np.searchsorted(rows, np.arange(len(numbers) + 1))
         return _ReadPlan(first_batch, batches, row_start.tolist(), paths.tolist(), starts.tolist(), stops.tolist())
 
