@@ -237,6 +237,18 @@ class Trainer:
         return REQUEUE_EXIT_CODE
 
 
+def drain_collectives() -> None:
+    """Let gloo's worker threads let go of the last collective's tensors before the interpreter exits.
+
+    A gloo worker drops its reference to a collective's tensors only after the caller has seen the
+    collective complete, and that drop takes the GIL.  If the main thread is already finalizing the
+    interpreter by then, the worker thread is torn down mid-destructor and the process aborts
+    ("terminate called without an active exception").  A barrier holds no tensors and releases the
+    GIL while it waits, so every earlier collective is fully released when it returns.
+    """
+    dist.barrier()
+
+
 def run_training(job: TrainJob) -> int:
     """Train one rank of ``job`` to ``train.steps``; 0 when done, REQUEUE_EXIT_CODE after a preemption save."""
     stop = StopRequest()
@@ -244,7 +256,9 @@ def run_training(job: TrainJob) -> int:
     records = RunRecords(job.run_dir, job.storage_options)
     try:
         trainer = Trainer(job)
-        return trainer.run(stop)
+        rc = trainer.run(stop)
+        drain_collectives()
+        return rc
     except Exception as exc:
         rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
         records.event("failure", rank=rank, error=f"{type(exc).__name__}: {exc}")

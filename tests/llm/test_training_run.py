@@ -90,13 +90,14 @@ def test_signal_to_one_rank_makes_all_ranks_save_and_exit_for_requeue(ranks, tok
             assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
             time.sleep(0.2)
         procs[1].send_signal(signal.SIGUSR1)
-        codes = [p.wait(timeout=300) for p in procs]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert codes == [REQUEUE_EXIT_CODE, REQUEUE_EXIT_CODE]
+    codes = [p.returncode for p in procs]
+    assert codes == [REQUEUE_EXIT_CODE, REQUEUE_EXIT_CODE], "\n----\n".join(out[-3000:] for out in outputs)
     preempted = [e for e in records.events() if e["event"] == "preemption"]
     assert len(preempted) == 1 and preempted[0]["signals"] == {"1": "SIGUSR1"}
     step = preempted[0]["step"]
