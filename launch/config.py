@@ -114,9 +114,9 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any]:
         if typing.get_origin(current) in (Union, types.UnionType):
             tagged = [m for m in typing.get_args(current) if isinstance(m, type) and issubclass(m, BaseModel)
                       and "type" in m.model_fields and part in typing.get_args(m.model_fields["type"].annotation)]
-            if tagged:
-                current = tagged[0]
-                continue
+            # pydantic names the union member it tried (a tag, or a type such as "list[int]"): not a key
+            current = tagged[0] if tagged else None
+            continue
         shown.append(str(part))
         if isinstance(current, type) and issubclass(current, BaseModel) and str(part) in current.model_fields:
             current = current.model_fields[str(part)].annotation

@@ -1,6 +1,6 @@
 """Evaluation tasks: every module of this package that defines an :class:`EvalTask` subclass adds a task type.
 
-``TaskEntries`` is the typed ``eval.tasks`` list (entries told apart by ``type``), and
+``AnyTaskEntry`` is the typed ``eval.tasks`` list (entries told apart by ``type``), and
 :func:`build_task` turns one entry into its task.
 """
 from __future__ import annotations
