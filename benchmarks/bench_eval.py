@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,8 +81,9 @@ def main() -> None:
                                     f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {ROOT / 'cloze.jsonl'}, "
                                     f"limit: {args.examples}}}]"])
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    ray_tmp = tempfile.mkdtemp(prefix="kray-")
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             configure_logging=False)
+             configure_logging=False, _temp_dir=ray_tmp)
     try:
         tasks = build_tasks(cfg.eval, cfg.data_url)
         [step] = plan_steps(cfg.run_url, cfg.eval)
@@ -101,6 +104,7 @@ def main() -> None:
             job.pool.close()
     finally:
         ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     ratios = [two / one for one, two in zip(rates[1], rates[2])]
     print(f"eval tokens per pass: {tokens:,} ({args.windows} held-out windows of 256 + {args.examples} cloze examples "
           f"x 4 choices), slices of 8, {os.cpu_count()} cores")

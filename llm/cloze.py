@@ -42,6 +42,9 @@ def _usable(text: str) -> bool:
 def make_cloze(docs: list[np.ndarray], tokenizer: Tokenizer, n: int, context_tokens: int = 48,
                continuation_tokens: int = 8, choices: int = 4, seed: int = 0) -> list[dict]:
     """``n`` examples ``{"context", "choices", "label"}`` from token documents (end-of-sequence tokens excluded)."""
+    if min(n, context_tokens, continuation_tokens) < 1 or choices < 2:
+        raise DataError("make-cloze: --n, --context-tokens and --continuation-tokens must be at least 1, "
+                        "--choices at least 2")
     texts = token_texts(tokenizer)
     docs = [doc[doc != tokenizer.eos_id] for doc in docs]
     cuts = [clean_cuts(doc, texts, context_tokens, continuation_tokens) for doc in docs]

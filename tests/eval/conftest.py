@@ -3,8 +3,10 @@ two committed checkpoints), a cloze task over the dataset's val documents, and a
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +77,14 @@ def write_config(folder: Path, data_url: str, **sections) -> Path:
 
 
 def kiln(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    """`kiln ...` in a subprocess; a Ray it starts keeps its files in a temporary folder removed afterwards."""
+    ray_tmp = tempfile.mkdtemp(prefix="kray-")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp}
+    try:
+        return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -108,12 +115,14 @@ def local_ray():
     """A private two-CPU Ray on 127.0.0.1 for one test module."""
     import ray
 
+    ray_tmp = tempfile.mkdtemp(prefix="kray-")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             configure_logging=False)
+             configure_logging=False, _temp_dir=ray_tmp)
     try:
         yield
     finally:
         ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from ops import storage
 pytestmark = pytest.mark.slow
 
 WITHOUT = ("sentencepiece", "google.protobuf")
+WINDOWS = 96  # held-out windows scored by both
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,7 @@ def exported(trained_run, kiln_cli, tmp_path_factory):
     """`kiln eval` of step 6 (held-out and the cloze task) and the HF export of the same step."""
     folder = tmp_path_factory.mktemp("crosscheck")
     proc = kiln_cli("eval", str(trained_run.config), "eval.steps=[6]", "eval.slice_size=64",
+                    f"eval.max_windows_per_shard={WINDOWS}",
                     f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {trained_run.cloze}}}]", cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = storage.read_json(os.path.join(trained_run.run_url, "eval", "step-00000006.json"))
@@ -86,7 +88,8 @@ with torch.no_grad():
     for window in windows:
         logits = model(input_ids=window[None, :-1]).logits[0].double()
         nll += float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum"))
-print(json.dumps({{"tokenizer": type(tokenizer).__name__, "ids": [tokenizer(t)["input_ids"] for t in json.load(open(texts_path))],
+texts = json.load(open(texts_path))
+print(json.dumps({{"tokenizer": type(tokenizer).__name__, "ids": [tokenizer(t)["input_ids"] for t in texts],
                   "loss": nll / (windows.shape[0] * (windows.shape[1] - 1))}}))
 """
 
@@ -97,7 +100,7 @@ def test_transformers_alone_loads_the_export_encodes_as_kiln_and_scores_the_held
     kiln_tokenizer = Tokenizer.load(trained_run.data_url)
     texts = [kiln_tokenizer.decode(doc) for doc in eval_windows(trained_run.data_url, "val", 0, 400)[:5]]
     texts += ["    def f(x):\n\treturn  x ** 2  # ünïcödé ✓", "a literal </s> in text", "   "]
-    windows = eval_windows(trained_run.data_url, "val", 0, 32)
+    windows = eval_windows(trained_run.data_url, "val", 0, 32)[:WINDOWS]
     (folder / "texts.json").write_text(json.dumps(texts))
     (folder / "windows.json").write_text(json.dumps(windows.tolist()))
     script = folder / "probe.py"

@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def test_follow_evaluates_each_new_checkpoint_and_stops_when_the_run_finishes(tr
     records = RunRecords(run)
     records.event("start", world_size=2)
     commit(trained_run.run_url, run, 3)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    ray_tmp = tempfile.mkdtemp(prefix="kray-")  # short: Ray's socket paths must fit in 107 characters
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "RAY_TMPDIR": ray_tmp}
     proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "eval", str(config), "--follow"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -59,6 +61,7 @@ def test_follow_evaluates_each_new_checkpoint_and_stops_when_the_run_finishes(tr
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, err[-3000:]
     assert "following" in err and "step 3" in out and "step 6" in out
     assert storage.read_json(os.path.join(run, "eval", "step-00000006.json"))["tasks"]["heldout"]["examples"] == 64

@@ -46,6 +46,8 @@ def test_too_few_documents_is_a_one_line_error(val):
         make_cloze(docs[:3], tokenizer, n=5)
     with pytest.raises(DataError, match=r"needs 4 val documents with 100008\+ tokens"):
         make_cloze(docs, tokenizer, n=5, context_tokens=100_000)
+    with pytest.raises(DataError, match="--choices at least 2"):
+        make_cloze(docs, tokenizer, n=5, choices=1)
 
 
 def test_command_writes_a_task_file_that_reads_back_as_a_multiple_choice_task(eval_data, tmp_path, capsys):
