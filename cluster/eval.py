@@ -105,9 +105,11 @@ def already_evaluated(run_url: str, step: int, task_names: list[str], options: d
 
 
 def run_finished(events: list[dict]) -> bool:
-    """Whether the run's last start was followed by its finish (a later `kiln train` starts it again)."""
-    lifecycle = [e["event"] for e in events if e.get("event") in ("start", "finish")]
-    return bool(lifecycle) and lifecycle[-1] == "finish"
+    """Whether the run's last start was followed by its finish, or by its launcher giving up (a rank's own
+    failure is not the end: the launcher may restart it; a later `kiln train` starts the run again)."""
+    lifecycle = [e["event"] for e in events
+                 if e.get("event") in ("start", "finish") or (e.get("event") == "failure" and "launcher" in e)]
+    return bool(lifecycle) and lifecycle[-1] in ("finish", "failure")
 
 
 def build_tasks(eval_cfg: EvalConfig, data_url: str, options: dict | None = None) -> list[EvalTask]:

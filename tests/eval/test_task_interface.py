@@ -78,11 +78,14 @@ def test_steps_latest_all_or_a_list_and_a_missing_step_is_named():
         steps_to_evaluate("latest", [], None, "run/checkpoints")
 
 
-def test_a_run_is_finished_when_its_last_start_was_followed_by_a_finish():
+def test_a_run_ends_when_its_last_start_is_followed_by_a_finish_or_by_its_launcher_giving_up():
     assert not run_finished([])
     assert not run_finished([{"event": "start"}, {"event": "checkpoint", "step": 3}])
     assert run_finished([{"event": "start"}, {"event": "checkpoint"}, {"event": "finish"}])
     assert not run_finished([{"event": "start"}, {"event": "finish"}, {"event": "start"}])  # trained further
+    # a rank's failure may be restarted; the launcher's failure is the end of the run
+    assert not run_finished([{"event": "start"}, {"event": "failure", "rank": 1, "error": "boom"}])
+    assert run_finished([{"event": "start"}, {"event": "failure", "launcher": "local", "exit_code": 1}])
 
 
 def test_workers_take_a_gpu_each_where_the_cluster_has_them_else_a_cpu_each():
