@@ -1,0 +1,29 @@
+"""The config a cluster job carries: the resolved config with the launcher and the job's shape filled in."""
+from __future__ import annotations
+
+import re
+
+from pydantic import ValidationError
+
+from launch.config import ConfigError, KilnConfig
+from launch.render.options import LaunchOptions
+
+
+def job_config(cfg: KilnConfig, options: LaunchOptions, launcher: str) -> KilnConfig:
+    """``cfg`` with ``train.launcher``, ``train.nodes`` and ``train.nproc`` (the GPUs per node, or the
+    config's ranks per node for a CPU job) set for the job, validated again."""
+    tree = cfg.model_dump(mode="json")
+    tree["run"]["dir"] = cfg.run_url
+    tree["train"].update(launcher=launcher, nodes=options.nodes, nproc=options.gpus_per_node or cfg.train.nproc)
+    try:
+        return KilnConfig.model_validate(tree)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"the job's config is invalid at {where}: {first['msg']}") from None
+
+
+def job_name(cfg: KilnConfig, max_len: int = 40) -> str:
+    """``kiln-<run name>`` in lower-case letters, digits and dashes: valid for SLURM and as a Kubernetes name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cfg.run.name.lower()).strip("-") or "run"
+    return f"kiln-{slug}"[:max_len].rstrip("-")
