@@ -1,0 +1,188 @@
+"""The sbatch renderer: what the script asks SLURM for, where its ranks meet, and what it refuses.
+
+The rendezvous test runs the rendered script under bash with stand-ins for srun, scontrol and kiln on
+PATH: it proves which address, port and node rank each node's `kiln train` receives, and that it reads
+exactly the config that was rendered, without a multi-node cluster.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+
+import pytest
+import yaml
+
+from launch.cli import main
+from launch.config import ConfigError, load_config
+from launch.render import SlurmOptions, render_sbatch
+from launch.render.options import validated
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "run": {"name": "Big Run", "dir": "s3://bucket/runs/big"},
+        "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/big"},
+        "train": {"nproc": 2, "launcher": "local"},
+    }))
+    return path
+
+
+def sbatch_lines(script: str) -> list[str]:
+    return [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+def stand_in(folder, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/bash\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+
+
+def run_with_stand_ins(tmp_path, script: str, first_node_address: str, nodes: int = 2) -> subprocess.CompletedProcess:
+    """Run ``script`` as SLURM would start it on the first of ``nodes`` nodes; srun runs each node's task here.
+
+    The stand-in kiln records its arguments, the rendezvous variables and the config file it was given.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in(bin_dir, "scontrol", """\
+        if [ "$1 $2" = "show hostnames" ]; then printf 'gpu-a\\ngpu-b\\ngpu-c\\ngpu-d\\n' | head -n "$SLURM_JOB_NUM_NODES"; fi
+        """)
+    stand_in(bin_dir, "srun", f"""\
+        if [ "${{@: -2:1}}" = hostname ]; then echo "{first_node_address} fd00::7"; exit 0; fi
+        for node in $(seq 0 $(( SLURM_JOB_NUM_NODES - 1 ))); do SLURM_NODEID=$node bash -c "${{@: -1}}" || exit $?; done
+        """)
+    stand_in(bin_dir, "kiln", """\
+        out="$RECORD/node-$NODE_RANK"
+        mkdir -p "$out"
+        printf '%s\\n' "$@" > "$out/args"
+        printf 'MASTER_ADDR=%s\\nMASTER_PORT=%s\\n' "$MASTER_ADDR" "$MASTER_PORT" > "$out/env"
+        cp "$2" "$out/config.yaml"
+        """)
+    (tmp_path / "record").mkdir()
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(tmp_path / "record"), "TMPDIR": str(tmp_path),
+        "SLURM_JOB_ID": "123457", "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_JOB_NODELIST": "gpu-[a-d]",
+    }
+    job = tmp_path / "job.sh"
+    job.write_text(script)
+    return subprocess.run(["bash", str(job)], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_multi_node_job_meets_at_the_first_nodes_own_address_never_localhost(tmp_path, config):
+    cfg = load_config(str(config))
+    script = render_sbatch(cfg, SlurmOptions(nodes=2, gpus_per_node=4))
+    proc = run_with_stand_ins(tmp_path, script, first_node_address="10.20.0.11")
+    assert proc.returncode == 0, proc.stderr
+    for rank in (0, 1):
+        record = tmp_path / "record" / f"node-{rank}"
+        env = dict(line.split("=", 1) for line in (record / "env").read_text().split())
+        assert env["MASTER_ADDR"] == "10.20.0.11"
+        assert env["MASTER_PORT"] == str(20000 + 123457 % 20000)
+        args = (record / "args").read_text().split()
+        assert args[0] == "train" and "train.nodes=2" in args and "train.nproc=4" in args
+        shipped = yaml.safe_load((record / "config.yaml").read_text())
+        assert shipped["train"]["launcher"] == "local" and shipped["train"]["nodes"] == 2
+        assert shipped["run"]["dir"] == cfg.run_url and shipped["model"] == cfg.model.model_dump(mode="json")
+
+
+def test_a_multi_node_job_refuses_a_loopback_address_for_the_first_node(tmp_path, config):
+    script = render_sbatch(load_config(str(config)), SlurmOptions(nodes=2, gpus_per_node=4))
+    proc = run_with_stand_ins(tmp_path, script, first_node_address="127.0.1.1")
+    assert proc.returncode == 1
+    assert "no routable address for gpu-a" in proc.stderr
+    assert not list((tmp_path / "record").iterdir()), "no rank may start"
+
+
+def test_the_script_asks_for_whole_nodes_logs_per_job_requeue_and_an_early_signal(config):
+    script = render_sbatch(load_config(str(config)), SlurmOptions(nodes=4, gpus_per_node=8, time="2-00:00:00",
+                                                                  partition="gpu", account="llm", qos="high"))
+    lines = sbatch_lines(script)
+    for expected in ("--job-name=kiln-big-run", "--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8",
+                     "--time=2-00:00:00", "--partition=gpu", "--account=llm", "--qos=high", "--output=%x-%j.out",
+                     "--open-mode=append", "--requeue", "--signal=B:USR2@120"):
+        assert expected in lines
+    assert "trap forward_preemption USR2" in script
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in script
+    assert 'srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1' in script
+
+
+def test_the_preemption_signal_and_its_lead_time_are_configurable(config):
+    script = render_sbatch(load_config(str(config)), SlurmOptions(gpus_per_node=8, signal="USR1", signal_lead=300))
+    assert "--signal=B:USR1@300" in sbatch_lines(script)
+    assert "trap forward_preemption USR1" in script
+
+
+def test_a_cpu_job_asks_for_no_gpus_and_runs_the_configs_ranks_per_node(config):
+    script = render_sbatch(load_config(str(config)), SlurmOptions(nodes=1, gpus_per_node=0))
+    assert not [line for line in sbatch_lines(script) if "gpu" in line]
+    assert 'train.nproc="2"' in script
+
+
+def test_the_ray_variant_runs_kiln_run_on_a_token_authenticated_cluster_it_stops(config):
+    script = render_sbatch(load_config(str(config)), SlurmOptions(nodes=2, gpus_per_node=8, ray=True))
+    assert "export RAY_AUTH_MODE=token" in script and "RAY_AUTH_TOKEN_PATH=" in script
+    assert "(umask 077 &&" in script
+    assert "ray start --head --block" in script and 'ray start --address="$KILN_RAY_ADDRESS"' in script
+    assert 'kiln run "$workdir/config.yaml"' in script
+    assert script.index("stop_ray\ncleanup\nrequeue_if_preempted") > script.index("kiln run")
+    assert "train.launcher=ray" not in script and yaml.safe_load(
+        script.split("<<'KILN_CONFIG_END'\n")[1].split("KILN_CONFIG_END")[0])["train"]["launcher"] == "ray"
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"nodes": 0, "gpus_per_node": 8}, "--nodes: must be at least 1 (got 0)"),
+    ({"gpus_per_node": -1}, "--gpus-per-node: must be at least 0 (got -1)"),
+    ({}, "--gpus-per-node is required"),
+    ({"gpus_per_node": 8, "time": "1:2:3:4"}, "--time: '1:2:3:4' is not a SLURM time limit"),
+    ({"gpus_per_node": 8, "time": "two days"}, "--time: 'two days' is not a SLURM time limit"),
+    ({"gpus_per_node": 8, "partition": "gpu;rm"}, "--partition: 'gpu;rm' is not a SLURM name"),
+    ({"gpus_per_node": 8, "signal": "KILL"}, "--signal: input should be 'USR1', 'USR2' or 'TERM'"),
+    ({"gpus_per_node": 8, "signal_lead": 0}, "--signal-lead: must be at least 1"),
+])
+def test_bad_launch_options_are_one_line_naming_the_flag(values, fragment):
+    with pytest.raises(ConfigError) as error:
+        validated(SlurmOptions, **values)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("time", ["90", "30:00", "12:00:00", "2-0", "2-12:30", "7-00:00:00", "UNLIMITED", "0"])
+def test_every_slurm_time_format_is_accepted(time):
+    assert validated(SlurmOptions, gpus_per_node=1, time=time).time == time
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_cli_prints_the_script_or_writes_it_executable(tmp_path, config, capsys):
+    code, printed, _ = run_cli(capsys, "launch", "slurm", str(config), "--nodes", "2", "--gpus-per-node", "8")
+    assert code == 0 and printed.startswith("#!/bin/bash")
+    target = tmp_path / "job.sbatch"
+    code, out, _ = run_cli(capsys, "launch", "slurm", str(config), "--nodes", "2", "--gpus-per-node", "8", "-o", str(target))
+    assert code == 0 and out == ""
+    assert target.read_text() == printed and os.access(target, os.X_OK)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--nodes", "0", "--gpus-per-node", "8"], "--nodes: must be at least 1"),
+    (["--gpus-per-node", "-2"], "--gpus-per-node: must be at least 0"),
+    (["--gpus-per-node", "8", "--time", "1 day"], "--time: '1 day' is not a SLURM time limit"),
+    (["--gpus-per-node", "8", "-o", "missing/job.sbatch"], "-o missing/job.sbatch: folder missing does not exist"),
+    (["--gpus-per-node", "8", "train.stpes=5"], "did you mean 'train.steps'"),
+])
+def test_bad_input_to_kiln_launch_slurm_is_one_line(tmp_path, config, capsys, monkeypatch, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "launch", "slurm", str(config), *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("kiln: error: ") and fragment in err
+
+
+def test_submit_without_sbatch_is_one_line(tmp_path, config, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    code, _, err = run_cli(capsys, "launch", "slurm", str(config), "--gpus-per-node", "8", "--submit")
+    assert code == 2 and err.count("\n") == 1 and "sbatch not found on PATH" in err
