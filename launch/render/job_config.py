@@ -24,6 +24,7 @@ def job_config(cfg: KilnConfig, options: LaunchOptions, launcher: str) -> KilnCo
 
 
 def job_name(cfg: KilnConfig, max_len: int = 40) -> str:
-    """``kiln-<run name>`` in lower-case letters, digits and dashes: valid for SLURM and as a Kubernetes name."""
+    """``kiln-<run name>`` (once) in lower-case letters, digits and dashes: valid for SLURM and as a Kubernetes name."""
     slug = re.sub(r"[^a-z0-9]+", "-", cfg.run.name.lower()).strip("-") or "run"
-    return f"kiln-{slug}"[:max_len].rstrip("-")
+    name = slug if slug == "kiln" or slug.startswith("kiln-") else f"kiln-{slug}"
+    return name[:max_len].rstrip("-")

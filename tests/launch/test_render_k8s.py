@@ -235,3 +235,10 @@ def test_the_cli_writes_the_manifest_to_a_file(tmp_path, capsys):
     target = tmp_path / "job.yaml"
     assert main(["launch", "k8s", str(path), "--gpus-per-node", "8", "--image", "kiln:1", "-o", str(target)]) == 0
     validate(list(yaml.safe_load_all(target.read_text())))
+
+
+def test_pods_run_as_the_unprivileged_user_of_the_image(config):
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")][-1]
+    pod = rendered(config, gpus_per_node=8)[1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"

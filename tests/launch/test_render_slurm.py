@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from launch.cli import main
-from launch.config import ConfigError, load_config
+from launch.config import ConfigError, KilnConfig, load_config
 from launch.render import SlurmOptions, render_sbatch
+from launch.render.job_config import job_name
 from launch.render.options import validated
 
 
@@ -186,3 +187,8 @@ def test_submit_without_sbatch_is_one_line(tmp_path, config, capsys, monkeypatch
     monkeypatch.setenv("PATH", str(tmp_path))
     code, _, err = run_cli(capsys, "launch", "slurm", str(config), "--gpus-per-node", "8", "--submit")
     assert code == 2 and err.count("\n") == 1 and "sbatch not found on PATH" in err
+
+
+@pytest.mark.parametrize("run_name, job", [("Big Run", "kiln-big-run"), ("kiln-7b", "kiln-7b"), ("__", "kiln-run")])
+def test_the_job_is_named_after_the_run_once(run_name, job):
+    assert job_name(KilnConfig.model_validate({"run": {"name": run_name}, "data": {}})) == job
