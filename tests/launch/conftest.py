@@ -23,11 +23,26 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launch.local import free_port
-
 DAEMON_START_TIMEOUT_S = 60
 JOB_END_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
                   "PREEMPTED"}
+
+
+def free_ports(count: int = 1, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive ports free on ``host`` (Slurm's daemons need their ports in the config)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base + count > 65536:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind((host, port))
+            return base
+        except OSError:
+            continue
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class SlurmCluster:
         self.conf = root / "slurm.conf"
         self.daemons: list[subprocess.Popen] = []
 
+    free_ports = staticmethod(free_ports)
+
     @property
     def env(self) -> dict[str, str]:
         """Environment of a client of this cluster (sbatch, squeue, scontrol); jobs inherit it."""
@@ -56,13 +73,13 @@ class SlurmCluster:
         for folder in ("state", "spool", "logs", "pids"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         node_lines = [
-            f"NodeName={n.name} NodeAddr={n.address} NodeHostname={n.name} Port={free_port()} CPUs={n.cpus} State=UNKNOWN"
+            f"NodeName={n.name} NodeAddr={n.address} NodeHostname={n.name} Port={free_ports()} CPUs={n.cpus} State=UNKNOWN"
             for n in self.nodes
         ]
         self.conf.write_text("\n".join([
             "ClusterName=kilntest",
             f"SlurmctldHost={socket.gethostname()}({self.controller_address})",
-            f"SlurmctldPort={free_port()}",
+            f"SlurmctldPort={free_ports()}",
             "AuthType=auth/none",
             "CredType=cred/none",
             "ProctrackType=proctrack/linuxproc",
@@ -81,6 +98,8 @@ class SlurmCluster:
             "SlurmdParameters=config_overrides",
             "ReturnToService=2",
             "MinJobAge=600",
+            # a requeued job may start again after cred_expire seconds (default 120)
+            "AuthInfo=cred_expire=30",
             "KillWait=30",
             "MailProg=/bin/true",
             # job ids differ from run to run, so the ports a job derives from its id do too

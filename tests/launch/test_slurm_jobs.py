@@ -3,7 +3,6 @@ resume on the same loss curve, and the --ray variant runs the whole pipeline on 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from launch.local import free_port
 from ops.checkpoints import list_checkpoints
 from ops.records import RunRecords
 
@@ -27,23 +25,8 @@ def job_environment(slurm) -> dict[str, str]:
     Ray on this machine stays on 127.0.0.1: `ray start` replaces a loopback --node-ip-address with the
     host's address unless Ray's switch for clusters is off.
     """
-    return {**slurm.env, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "KILN_MASTER_PORT": str(free_port()),
-            "KILN_RAY_PORT": str(free_port_run(4)), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive ports that are free on 127.0.0.1."""
-    while True:
-        base = free_port()
-        if base + count > 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
+    return {**slurm.env, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "KILN_MASTER_PORT": str(slurm.free_ports()),
+            "KILN_RAY_PORT": str(slurm.free_ports(4)), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def submit(slurm, config, cwd, *flags) -> str:
