@@ -65,7 +65,8 @@ def manifest_violations(documents: list[dict[str, Any]], gpus_per_node: int) -> 
         if (cluster.get("authOptions") or {}).get("mode") != "token":
             violations.append(f"{kind} {name}: Ray must use token authentication (authOptions: {{mode: token}})")
         if (cluster.get("headGroupSpec") or {}).get("serviceType", "ClusterIP") != "ClusterIP" or cluster.get("enableIngress"):
-            violations.append(f"{kind} {name}: the Ray head and its dashboard must stay inside the cluster (ClusterIP, no ingress)")
+            violations.append(f"{kind} {name}: the Ray head and its dashboard must stay inside the cluster "
+                              "(ClusterIP, no ingress)")
         for where, template, is_worker in _pod_templates(doc):
             pod = template.get("spec") or {}
             for container in pod.get("containers") or []:

@@ -240,5 +240,6 @@ def require_slurm() -> None:
 def slurm(tmp_path_factory):
     """A one-node Slurm cluster (node ``kiln0`` on 127.0.0.1) for the tests of one module."""
     require_slurm()
-    with SlurmCluster(tmp_path_factory.mktemp("slurm"), [SlurmNode("kiln0", "127.0.0.1", cpus=os.cpu_count() or 2)]) as cluster:
+    node = SlurmNode("kiln0", "127.0.0.1", cpus=os.cpu_count() or 2)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm"), [node]) as cluster:
         yield cluster

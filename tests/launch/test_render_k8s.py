@@ -132,8 +132,8 @@ def test_the_same_config_renders_the_same_job_name_so_a_retry_resumes_the_same_r
 
 def test_credentials_come_only_from_the_named_secret(config):
     docs = rendered(config, nodes=2, gpus_per_node=8, secret="s3-credentials")
-    containers = [c for where in ("headGroupSpec",) for c in docs[1]["spec"]["rayClusterSpec"][where]["template"]["spec"]["containers"]]
-    containers += worker_group(docs)["template"]["spec"]["containers"]
+    head = docs[1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    containers = head["containers"] + worker_group(docs)["template"]["spec"]["containers"]
     for container in containers:
         assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
         assert "env" not in container

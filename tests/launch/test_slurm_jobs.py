@@ -103,7 +103,7 @@ def test_a_preempted_job_saves_requeues_itself_and_resumes_on_the_same_curve(slu
     log = job_log(tmp, job_id)
     assert info["JobState"] == "COMPLETED", log
     assert info["Restarts"] == "1", log
-    assert "requeueing job" in log
+    assert "requeueing job" in log and f"job {job_id} on kiln0, start 2" in log, "one log per job id, appended to"
     stops = [e for e in RunRecords(str(run)).events() if e["event"] == "preemption"]
     assert len(stops) == 1, log
     saved_at = stops[0]["step"]
@@ -112,6 +112,17 @@ def test_a_preempted_job_saves_requeues_itself_and_resumes_on_the_same_curve(slu
     resumed = curve(run)
     assert sorted(resumed) == list(range(1, STEPS + 1)), "a step was lost"
     assert resumed == reference
+
+
+def test_a_job_sbatch_refuses_is_one_line(slurm, prepared):
+    tmp, config = prepared
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "launch", "slurm", str(config), "--gpus-per-node", "0", "--partition", "nowhere",
+         "--submit"], cwd=tmp, env=job_environment(slurm), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("kiln: error: --submit: sbatch refused the job:")
+    assert "invalid partition specified: nowhere" in proc.stderr
 
 
 def test_the_ray_variant_runs_the_pipeline_to_its_eval_file(slurm, prepared):
