@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -95,6 +96,67 @@ def test_a_multi_node_job_refuses_a_loopback_address_for_the_first_node(tmp_path
     assert proc.returncode == 1
     assert "no routable address for gpu-a" in proc.stderr
     assert not list((tmp_path / "record").iterdir()), "no rank may start"
+
+
+def test_the_ray_variant_joins_every_node_to_the_head_with_the_jobs_token_in_private_files(tmp_path, config):
+    """Stand-ins for srun (strips its options, runs the command once per node), ray (records, then blocks
+    until stopped) and kiln: the workers join the first node's address with the head's token, which
+    reaches them in a file only their user can read and is never printed."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    stand_in(bin_dir, "scontrol", """\
+        if [ "$1 $2" = "show hostnames" ]; then printf 'gpu-a\\ngpu-b\\n'; fi
+        """)
+    stand_in(bin_dir, "srun", """\
+        args=("$@"); i=0; nodes=1; first=0
+        for a in "$@"; do case "$a" in --nodes=*) nodes=${a#--nodes=} ;; --exclude=*) first=1 ;; esac; done
+        while [ $i -lt $# ]; do case "${args[$i]}" in -w) i=$((i + 2)) ;; -*) i=$((i + 1)) ;; *) break ;; esac; done
+        if [ "${args[$i]}" = hostname ]; then echo "10.20.0.11 fd00::7"; exit 0; fi
+        set -m  # each task in its own process group: a signal to the step reaches every process in it, as in SLURM
+        trap 'for p in $(jobs -p); do kill -TERM -- -$p 2>/dev/null; done; wait; exit 0' TERM
+        for n in $(seq $first $((first + nodes - 1))); do SLURM_NODEID=$n "${args[@]:$i}" & done
+        wait
+        """)
+    stand_in(bin_dir, "ray", """\
+        if [ "$1" = status ]; then
+          printf 'Active:\\n'
+          for f in "$RECORD"/head-args "$RECORD"/worker-args; do [ -e "$f" ] && printf ' 1 node_x\\n'; done
+          printf 'Pending:\\n'
+          exit 0
+        fi
+        role=worker; [ "$2" = --head ] && role=head
+        stat -c %a "$RAY_AUTH_TOKEN_PATH" > "$RECORD/$role-token-mode"
+        cp "$RAY_AUTH_TOKEN_PATH" "$RECORD/$role-token"
+        echo "${RAY_AUTH_MODE:-unset} ${KILN_RAY_TOKEN:-unset}" > "$RECORD/$role-env"
+        printf '%s\\n' "$@" > "$RECORD/$role-args"
+        trap 'exit 0' TERM
+        while :; do sleep 0.1; done
+        """)
+    stand_in(bin_dir, "kiln", """\
+        printf '%s\\n' "$@" > "$RECORD/kiln-args"
+        cp "$RAY_AUTH_TOKEN_PATH" "$RECORD/kiln-token"
+        """)
+    job = tmp_path / "job.sh"
+    job.write_text(render_sbatch(load_config(str(config)), SlurmOptions(nodes=2, gpus_per_node=4, ray=True)))
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record), "SLURM_JOB_ID": "123458",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-[a-b]"}
+    ray_folders = set(Path("/tmp").glob("kiln-ray-*"))
+    proc = subprocess.run(["bash", str(job)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    head = (record / "head-args").read_text().split()
+    port = 20000 + 123458 % 10000 * 2
+    assert "--node-ip-address=10.20.0.11" in head and f"--port={port}" in head
+    assert f"--address=10.20.0.11:{port}" in (record / "worker-args").read_text().split()
+    token = (record / "head-token").read_text()
+    assert len(token) == 64 and (record / "worker-token").read_text() == token == (record / "kiln-token").read_text()
+    assert (record / "head-token-mode").read_text().strip() == (record / "worker-token-mode").read_text().strip() == "600"
+    assert (record / "worker-env").read_text().split() == ["token", "unset"]
+    assert token not in proc.stdout + proc.stderr
+    kiln_args = (record / "kiln-args").read_text().split()
+    assert kiln_args[0] == "run" and f"cluster.address=10.20.0.11:{port}" in kiln_args and "train.nodes=2" in kiln_args
+    assert set(Path("/tmp").glob("kiln-ray-*")) == ray_folders, "the token and Ray's folders outlive the job"
 
 
 def test_the_script_asks_for_whole_nodes_logs_per_job_requeue_and_an_early_signal(config):

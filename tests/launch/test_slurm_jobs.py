@@ -26,7 +26,7 @@ def job_environment(slurm) -> dict[str, str]:
     host's address unless Ray's switch for clusters is off.
     """
     return {**slurm.env, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "KILN_MASTER_PORT": str(slurm.free_ports()),
-            "KILN_RAY_PORT": str(slurm.free_ports(4)), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+            "KILN_RAY_PORT": str(slurm.free_ports(2)), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def submit(slurm, config, cwd, *flags) -> str:
