@@ -19,6 +19,7 @@ from launch.render import KubernetesOptions, render_rayjob
 from launch.render.policy import manifest_violations
 
 SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "k8s-schemas"
+K8S_CONFIG = {"run": {"dir": "s3://b/run"}, "data": {"output": "s3://b/data"}, "train": {"micro_batch": 1, "global_batch": 64}}
 
 
 def strict(schema):
@@ -69,7 +70,7 @@ def config(tmp_path):
     path.write_text(yaml.safe_dump({
         "run": {"name": "Llama_7B run", "dir": "s3://bucket/runs/7b"},
         "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/7b"},
-        "train": {"nproc": 2, "max_restarts": 3},
+        "train": {"nproc": 2, "max_restarts": 3, "micro_batch": 1, "global_batch": 256},
     }))
     return load_config(str(path))
 
@@ -222,7 +223,7 @@ def test_a_local_run_folder_or_a_credential_in_the_config_is_refused(config):
 def test_bad_input_to_kiln_launch_k8s_is_one_line(tmp_path, capsys, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"run": {"dir": "s3://b/run"}, "data": {"output": "s3://b/data"}}))
+    path.write_text(yaml.safe_dump(K8S_CONFIG))
     code = main(["launch", "k8s", str(path), *argv])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
@@ -231,7 +232,7 @@ def test_bad_input_to_kiln_launch_k8s_is_one_line(tmp_path, capsys, monkeypatch,
 
 def test_the_cli_writes_the_manifest_to_a_file(tmp_path, capsys):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"run": {"dir": "s3://b/run"}, "data": {"output": "s3://b/data"}}))
+    path.write_text(yaml.safe_dump(K8S_CONFIG))
     target = tmp_path / "job.yaml"
     assert main(["launch", "k8s", str(path), "--gpus-per-node", "8", "--image", "kiln:1", "-o", str(target)]) == 0
     validate(list(yaml.safe_load_all(target.read_text())))

@@ -27,7 +27,7 @@ def config(tmp_path):
     path.write_text(yaml.safe_dump({
         "run": {"name": "Big Run", "dir": "s3://bucket/runs/big"},
         "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/big"},
-        "train": {"nproc": 2, "launcher": "local"},
+        "train": {"nproc": 2, "launcher": "local", "micro_batch": 1, "global_batch": 256},
     }))
     return path
 
@@ -237,6 +237,7 @@ def test_the_cli_prints_the_script_or_writes_it_executable(tmp_path, config, cap
     (["--gpus-per-node", "8", "--time", "1 day"], "--time: '1 day' is not a SLURM time limit"),
     (["--gpus-per-node", "8", "-o", "missing/job.sbatch"], "-o missing/job.sbatch: folder missing does not exist"),
     (["--gpus-per-node", "8", "train.stpes=5"], "did you mean 'train.steps'"),
+    (["--nodes", "3", "--gpus-per-node", "8", "train.global_batch=32"], "3 node(s) x 8 rank(s): train.global_batch=32"),
 ])
 def test_bad_input_to_kiln_launch_slurm_is_one_line(tmp_path, config, capsys, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
