@@ -141,7 +141,7 @@ def test_the_ray_variant_joins_every_node_to_the_head_with_the_jobs_token_in_pri
     job.write_text(render_sbatch(load_config(str(config)), SlurmOptions(nodes=2, gpus_per_node=4, ray=True)))
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record), "SLURM_JOB_ID": "123458",
            "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-[a-b]"}
-    ray_folders = set(Path("/tmp").glob("kiln-ray-*"))
+    ray_folders = set(Path("/tmp").glob("kiln-slurm-*"))
     proc = subprocess.run(["bash", str(job)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -156,7 +156,7 @@ def test_the_ray_variant_joins_every_node_to_the_head_with_the_jobs_token_in_pri
     assert token not in proc.stdout + proc.stderr
     kiln_args = (record / "kiln-args").read_text().split()
     assert kiln_args[0] == "run" and f"cluster.address=10.20.0.11:{port}" in kiln_args and "train.nodes=2" in kiln_args
-    assert set(Path("/tmp").glob("kiln-ray-*")) == ray_folders, "the token and Ray's folders outlive the job"
+    assert set(Path("/tmp").glob("kiln-slurm-*")) == ray_folders, "the token and Ray's folders outlive the job"
 
 
 def test_the_script_asks_for_whole_nodes_logs_per_job_requeue_and_an_early_signal(config):

@@ -128,12 +128,12 @@ def test_a_job_sbatch_refuses_is_one_line(slurm, prepared):
 def test_the_ray_variant_runs_the_pipeline_to_its_eval_file(slurm, prepared):
     tmp, config = prepared
     run = tmp / "on-ray"
-    ray_folders = set(Path("/tmp").glob("kiln-ray-*"))
+    ray_folders = set(Path("/tmp").glob("kiln-slurm-*"))
     job_id = submit(slurm, config, tmp, "--ray", f"run.dir={run}", "train.steps=4", "train.checkpoint_every=2")
     info = slurm.wait_for_job(job_id)
     log = job_log(tmp, job_id)
     assert info["JobState"] == "COMPLETED", log
     assert (run / "eval" / "step-00000004.json").exists(), log
     assert sorted(row["step"] for row in RunRecords(str(run)).metrics()) == [1, 2, 3, 4]
-    assert set(Path("/tmp").glob("kiln-ray-*")) == ray_folders, "the job left its Ray folder (and token) behind"
+    assert set(Path("/tmp").glob("kiln-slurm-*")) == ray_folders, "the job left its Ray folder (and token) behind"
     assert slurm.wait_for_no_job_processes() == [], "the job left processes behind"
