@@ -298,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
     stop.install()
     rc = run_training(TrainJob.load(args[0]), stop)
+    if rc == REQUEUE_EXIT_CODE and os.environ.get("TORCHELASTIC_RUN_ID"):
+        # torchrun's agent takes any non-zero exit for a failure and terminates the other ranks mid-exit;
+        # its launcher reads the stop from the run's preemption event instead.
+        rc = 0
     if dist.is_initialized():  # this entry point owns the process group: close it before the interpreter exits
         dist.destroy_process_group()
     return rc
