@@ -1,7 +1,6 @@
 """Interruptions never change the result: after SIGTERM (what SLURM and Kubernetes send before
 preemption) or a rank killed outright, training continues from the last committed checkpoint and
 the loss curve equals an uninterrupted run's, bit for bit."""
-import json
 import os
 import signal
 import subprocess
@@ -9,6 +8,8 @@ import sys
 import time
 
 import pytest
+
+from ops.records import RunRecords
 
 pytestmark = pytest.mark.slow
 
@@ -21,16 +22,15 @@ def kiln_cmd(*args):
 
 def curve(run_dir):
     """Loss per step; a step re-run after a crash is logged again, and its last row wins."""
-    rows = [json.loads(line) for line in (run_dir / "metrics" / "train.jsonl").read_text().splitlines()]
-    return {row["step"]: row["loss"] for row in rows}
+    return {row["step"]: row["loss"] for row in RunRecords(str(run_dir)).metrics()}
 
 
 def wait_for_step(run_dir, step, proc, timeout_s=300):
     deadline = time.monotonic() + timeout_s
-    path = run_dir / "metrics" / "train.jsonl"
+    records = RunRecords(str(run_dir))
     while time.monotonic() < deadline:
         assert proc.poll() is None, "training ended before it could be interrupted"
-        if path.exists() and any(json.loads(line)["step"] >= step for line in path.read_text().splitlines() if line.strip()):
+        if any(row["step"] >= step for row in records.metrics()):
             return
         time.sleep(0.2)
     raise AssertionError(f"step {step} not reached")
@@ -73,7 +73,7 @@ def preempt_after_step(path, cwd, run, step):
 
 
 def events(run):
-    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    return RunRecords(str(run)).events()
 
 
 def test_sigterm_saves_exits_75_and_the_rerun_continues_the_same_curve(setup):
@@ -95,7 +95,7 @@ def test_a_killed_rank_is_restarted_from_the_last_checkpoint_with_the_same_curve
     run = tmp / "crash"
     proc = start_training(path, tmp, f"run.dir={run}", "train.max_restarts=1")
     wait_for_step(run, 8, proc)
-    victim = json.loads((run / "heartbeats" / "rank-00001.json").read_text())["pid"]
+    victim = next(beat["pid"] for beat in RunRecords(str(run)).heartbeats() if beat["rank"] == 1)
     os.kill(victim, signal.SIGKILL)
     rc, stderr = finish(proc)
     assert rc == 0, stderr
