@@ -2,12 +2,17 @@
 "rank 3 on host b failed with exit code -9; restart 1 of 3 from step 400".
 
 Events are written by ranks (start, resume, checkpoint, preemption, finish, failure) and by
-launchers (restart, failure), which may add rank, host, exit_code, attempt, max_restarts and
-step.  Each kind has a sentence; any other kind is written as its name and fields.
+launchers (restart, failure), which may add rank, host, exit_code, attempt, max_restarts, step
+and the ``failures`` they saw (``ops.rank_failure``).  Each kind has a sentence; any other kind
+is written as its name and fields.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from ops.rank_failure import RankFailure
 
 # Fields every event carries (or that say nothing to a reader); left out of the generic form.
 BOOKKEEPING = {"time", "event", "pid", "config_hash"}
@@ -70,20 +75,29 @@ def _resume(e: dict[str, Any]) -> str:
     return text
 
 
+def _failed_ranks(e: dict[str, Any]) -> str:
+    """What a launcher knows of the ranks that failed: its ``failures`` list, else the event's own rank."""
+    failures = e.get("failures")
+    if isinstance(failures, list) and failures:
+        return ", ".join(RankFailure.model_validate(f).describe() for f in failures)
+    return f"{_who(e)} failed{_exit(e)}"
+
+
 def _restart(e: dict[str, Any]) -> str:
-    return f"{_who(e)} failed{_exit(e)}; {_restart_of(e)}"
+    return f"{_failed_ranks(e)}; {_restart_of(e)}"
 
 
 def _failure(e: dict[str, Any]) -> str:
-    text = f"{_who(e) if e.get('rank') is not None else 'training'} failed{_exit(e)}"
-    if e.get("step") is not None:
-        text += f" at step {e['step']}"
-    attempts = e.get("attempts") or e.get("attempt")
-    if attempts is not None and e.get("rank") is None:
-        text += f" after {_count(attempts, 'attempt')}"
-    if e.get("error"):
-        text += f": {e['error']}"
-    return text
+    if e.get("rank") is not None:  # a rank's own report
+        text = f"{_who(e)} failed{_exit(e)}"
+        text += f" at step {e['step']}" if e.get("step") is not None else ""
+        return text + (f": {e['error']}" if e.get("error") else "")
+    text = f"training failed{_exit(e)}"  # a launcher's final word
+    if e.get("attempts") is not None:
+        text += f" after {_count(e['attempts'], 'attempt')}"
+    if e.get("failures"):
+        text += f": {_failed_ranks(e)}"
+    return text + (f": {e['error']}" if e.get("error") else "")
 
 
 def _checkpoint(e: dict[str, Any]) -> str:
@@ -126,5 +140,5 @@ def sentence(e: dict[str, Any]) -> str:
         return generic_sentence(e)
     try:
         return describe(e)
-    except (TypeError, ValueError, KeyError, AttributeError):
+    except (TypeError, ValueError, KeyError, AttributeError, ValidationError):
         return generic_sentence(e)

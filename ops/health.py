@@ -173,11 +173,15 @@ def run_state(events: list[dict[str, Any]], ranks: list[RankHealth]) -> RunState
 
 
 def failures_by_rank(events: list[dict[str, Any]]) -> dict[int, float]:
-    """Rank → time of the newest failure event that names it."""
+    """Rank → time of the newest failure or restart event that names it (itself or in its ``failures``)."""
     out: dict[int, float] = {}
     for e in events:
-        if e.get("event") == "failure" and isinstance(e.get("rank"), int):
-            out[e["rank"]] = max(out.get(e["rank"], 0.0), float(e.get("time", 0.0)))
+        if e.get("event") not in ("failure", "restart"):
+            continue
+        named = [e.get("rank")] + [f.get("rank") for f in e.get("failures") or [] if isinstance(f, dict)]
+        for rank in named:
+            if isinstance(rank, int):
+                out[rank] = max(out.get(rank, 0.0), float(e.get("time", 0.0)))
     return out
 
 

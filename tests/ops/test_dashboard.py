@@ -53,7 +53,8 @@ def test_a_frozen_rank_is_unresponsive_and_its_peers_wait(runs):
 def test_a_restarting_run_says_which_rank_failed_and_which_restart_this_is(runs):
     events = CHECKPOINTED + [
         ("failure", 5, {"rank": 1, "host": "node-1", "error": "RuntimeError: connection reset"}),
-        ("restart", 4, {"rank": 1, "host": "node-1", "exit_code": -9, "attempt": 1, "max_restarts": 3, "step": 20}),
+        ("restart", 4, {"launcher": "torchrun", "exit_code": 1, "attempt": 1, "max_restarts": 3, "step": 20,
+                        "failures": [{"rank": 1, "host": "node-1", "exit_code": -9, "pid": 1001}]}),
     ]
     text = frame(runs.make(events=events, beats=[runs.beat(0, age=6.0, idle=6.0)]), runs.now)
     assert "restarting" in text

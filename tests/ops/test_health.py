@@ -77,10 +77,11 @@ def test_a_running_run_with_no_rank_stepping_is_stalled_and_one_without_beats_is
     assert run_state([], []) == "starting"
 
 
-def test_failures_are_attributed_to_the_rank_they_name():
+def test_failures_are_attributed_to_the_ranks_they_name():
     events = [{"event": "failure", "rank": 1, "time": 5.0}, {"event": "failure", "time": 6.0},
-              {"event": "failure", "rank": 1, "time": 7.0}]
-    assert failures_by_rank(events) == {1: 7.0}
+              {"event": "failure", "rank": 1, "time": 7.0},
+              {"event": "restart", "time": 8.0, "failures": [{"rank": 2, "host": "a", "exit_code": -9}]}]
+    assert failures_by_rank(events) == {1: 7.0, 2: 8.0}
 
 
 def test_throughput_and_eta_use_only_the_current_attempt():
