@@ -38,6 +38,8 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
     s = int(round(seconds))
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if s < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
     if s < 3600:

@@ -39,7 +39,7 @@ def test_a_straggler_is_flagged_with_the_step_time_spread(runs):
     beats = [runs.beat(0), runs.beat(1), runs.beat(2, step_time=0.6), runs.beat(3, step_time=2.0)]
     text = frame(runs.make(events=STARTED, beats=beats), runs.now)
     assert "straggler" in rank_line(text, 3) and "straggler" not in rank_line(text, 0)
-    assert "min 0.5s · median 0.6s · max 2.0s" in text  # median of 0.5, 0.5, 0.6, 2.0 is 0.55
+    assert "min 500ms · median 550ms · max 2.0s" in text
     assert "stragglers: rank 3" in text
     assert "running" in text
 
