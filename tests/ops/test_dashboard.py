@@ -1,5 +1,8 @@
 """The dashboard frame on recorded runs: what a person sees for each kind of trouble, at 80 and 140 columns."""
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -105,3 +108,15 @@ def test_status_summary_has_the_facts_without_charts(runs):
     text = console.export_text()
     assert "running" in text and "node-1" in text and "training started on 4 ranks" in text
     assert "┤" not in text
+
+
+def test_kiln_monitor_once_prints_one_frame_and_a_url_without_a_run_is_an_error(runs, tmp_path):
+    run = runs.make(events=STARTED, beats=[runs.beat(0), runs.beat(1)])
+    env = {**os.environ, "COLUMNS": "100", "LINES": "40"}
+    shown = subprocess.run([sys.executable, "-m", "launch.cli", "monitor", run, "--once"], capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "ranks" in shown.stdout and "loss" in shown.stdout and "training started on 4 ranks" in shown.stdout
+    missing = subprocess.run([sys.executable, "-m", "launch.cli", "monitor", str(tmp_path / "none"), "--once"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.startswith("kiln: error: ")

@@ -101,3 +101,23 @@ def test_kiln_status_of_a_url_without_a_run_is_a_one_line_error(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("kiln: error: ") and "no Kiln run" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_refresh_fetches_no_bytes_when_nothing_changed_and_only_the_new_bytes_after(runs, monkeypatch):
+    run = runs.make(events=STARTED, beats=[runs.beat(0), runs.beat(1)])
+    watcher = RunWatcher(run)
+    watcher.refresh(now=runs.now)
+    fs = watcher.metrics.fs  # every follower of a local run shares this file system object
+    ranges, whole = [], []
+    cat_ranges, cat = fs.cat_ranges, fs.cat
+    monkeypatch.setattr(fs, "cat_ranges", lambda paths, starts, ends, **kw: ranges.append(list(zip(starts, ends)))
+                        or cat_ranges(paths, starts, ends, **kw))
+    monkeypatch.setattr(fs, "cat", lambda paths, **kw: whole.append(list(paths)) or cat(paths, **kw))
+    watcher.refresh(now=runs.now)
+    assert ranges == [] and whole == []
+    records = RunRecords(run)
+    records.log_metrics(runs.row(41))
+    records.close()
+    assert watcher.refresh(now=runs.now).status.step == 41
+    ((start, end),) = ranges[0]  # one range of one file
+    assert start > 0 and end - start < 300 and whole == []  # the new row, not the file again
