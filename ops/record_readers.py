@@ -39,7 +39,8 @@ def _by_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r.get("time", 0.0) if isinstance(r.get("time"), (int, float)) else 0.0)
 
 
-def _listing(fs, path: str) -> list[dict[str, Any]]:
+def fresh_listing(fs, path: str) -> list[dict[str, Any]]:
+    """Entries directly under ``path`` as the store has them now (empty when it does not exist)."""
     fs.invalidate_cache(path)  # object-store clients cache listings; a follower needs the current one
     try:
         return storage.with_retries(lambda: fs.ls(path, detail=True))
@@ -82,13 +83,13 @@ class StreamFollower:
                     self.legacy = None  # a run of the segment era: never look again
             self.legacy_checked = True
         partitions = {e["name"].rstrip("/"): partition_start(e["name"].rstrip("/").rsplit("/", 1)[-1])
-                      for e in _listing(self.fs, self.root) if e.get("type") == "directory"}
+                      for e in fresh_listing(self.fs, self.root) if e.get("type") == "directory"}
         partitions = {p: start for p, start in partitions.items() if start is not None}
         newest = max(partitions.values(), default=0.0)
         for path, start in sorted(partitions.items()):
             if path in self.listed and start < newest - RELIST_WINDOW_S:
                 continue
-            for entry in _listing(self.fs, path):
+            for entry in fresh_listing(self.fs, path):
                 if entry.get("type") == "file" and entry["name"].endswith(".jsonl"):
                     sizes[entry["name"]] = int(entry.get("size") or 0)
             self.listed.add(path)
@@ -111,7 +112,7 @@ class ChangedFiles:
     def changed(self) -> dict[str, bytes]:
         """Base name → content of each new or rewritten object (one vanished while read is left out)."""
         fresh = {}
-        for entry in _listing(self.fs, self.root):
+        for entry in fresh_listing(self.fs, self.root):
             path = entry["name"]
             if entry.get("type") == "file" and path.endswith(self.suffix) and self.seen.get(path) != _version(entry):
                 fresh[path] = _version(entry)

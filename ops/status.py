@@ -27,7 +27,7 @@ from ops.health import (
     failures_by_rank, recent_throughput, run_state,
 )
 from ops.record_layout import EVENTS_STREAM, HEARTBEATS_DIR, METRICS_STREAM
-from ops.record_readers import ChangedFiles, StreamFollower
+from ops.record_readers import ChangedFiles, StreamFollower, fresh_listing
 
 SCHEMA_VERSION = 1
 RECENT_EVENTS = 8
@@ -157,18 +157,19 @@ class CheckpointFollower:
     def __init__(self, run_url: str, options: dict | None = None):
         self.root = storage.join(run_url, CHECKPOINTS_DIR)
         self.options = options
+        self.fs, self.path = storage.filesystem(self.root, options)
         self.committed: set[int] = set()
 
     def checkpoints(self) -> list[CheckpointStatus]:
-        steps = sorted(s for s in (parse_step(n) for n in storage.list_names(self.root, self.options)) if s is not None)
+        names = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fresh_listing(self.fs, self.path)}
+        steps = sorted(s for s in (parse_step(n) for n in names) if s is not None)
         for step in steps:
             marker = storage.join(self.root, step_name(step), COMMITTED)
             if step not in self.committed and storage.exists(marker, self.options):
                 self.committed.add(step)
-        latest_url = storage.join(self.root, LATEST)
         latest = None
-        if steps and storage.exists(latest_url, self.options):
-            latest = parse_step(storage.read_text(latest_url, self.options).strip())
+        if steps and LATEST in names:
+            latest = parse_step(storage.read_text(storage.join(self.root, LATEST), self.options).strip())
         return [CheckpointStatus(step=s, state="committed" if s in self.committed else "incomplete", latest=s == latest)
                 for s in steps]
 

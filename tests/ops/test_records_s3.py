@@ -7,6 +7,7 @@ import collections
 import subprocess
 import sys
 import threading
+import uuid
 
 import pytest
 
@@ -81,7 +82,7 @@ def counted_s3(monkeypatch):
 
 def test_concurrent_writers_lose_no_row_and_put_bytes_stay_linear(counted_s3):
     bucket, counter = counted_s3
-    run = f"{bucket}/runs/big"
+    run = f"{bucket}/{uuid.uuid4().hex}/big"  # moto keeps every server's objects in one process-wide store
     script = WRITER.format(rows=ROWS, events=EVENTS_PER_WRITER)
     writers = [subprocess.Popen([sys.executable, "-c", script, run, role], stderr=subprocess.PIPE)
                for role in ("rank0", "rank1", "launcher")]
@@ -107,7 +108,7 @@ def test_concurrent_writers_lose_no_row_and_put_bytes_stay_linear(counted_s3):
     final_size = sum(o["size"] for o in objects.values())
     segments = [p for p in objects if "/metrics/train/" in p]
     assert len(segments) > 1  # rows went out in many small objects, not one rewritten object
-    record_puts = {path: n for path, n in counter.puts.items() if path.startswith("/kiln-test/runs/big/")}
+    record_puts = {path: n for path, n in counter.puts.items() if path.startswith(f"/{root}/")}
     assert set(record_puts) == {f"/{p}" for p in objects}
     assert max(record_puts.values()) == 1  # no object was ever rewritten
     put_bytes = sum(counter.bytes[p] for p in record_puts)

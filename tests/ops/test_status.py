@@ -2,9 +2,11 @@
 import json
 import subprocess
 import sys
+import uuid
 
 import pytest
 
+from ops import storage
 from ops.records import RunRecords
 from ops.status import RunStatus, RunWatcher, run_status, status_exit_code
 
@@ -36,12 +38,12 @@ def test_status_summarises_metrics_heartbeats_checkpoints_and_events(runs):
 
 @pytest.mark.slow
 def test_status_reads_the_same_records_from_object_storage(s3_bucket, runs):
-    runs.root = f"{s3_bucket}/runs"
+    runs.root = f"{s3_bucket}/{uuid.uuid4().hex}"  # moto keeps every server's objects in one process-wide store
     check_summary(runs)
 
 
-def test_a_refresh_reads_only_what_changed_and_sees_new_rows_events_and_beats(runs):
-    run = runs.make(events=STARTED, beats=[runs.beat(0), runs.beat(1)])
+def check_refresh_sees_what_changed(runs):
+    run = runs.make(events=STARTED, beats=[runs.beat(0), runs.beat(1)], checkpoints={20: True})
     watcher = RunWatcher(run)
     first = watcher.refresh(now=runs.now)
     assert len(first.series.step) == 40
@@ -52,9 +54,22 @@ def test_a_refresh_reads_only_what_changed_and_sees_new_rows_events_and_beats(ru
     beat = runs.beat(1, step=41, age=0.1)
     records.heartbeat(beat.pop("rank"), beat.pop("step"), **beat)
     records.close()
+    storage.write_text(storage.join(run, "checkpoints/step-00000041/COMMITTED"), "")
+    storage.write_text(storage.join(run, "checkpoints/latest"), "step-00000041")
     later = watcher.refresh(now=runs.now).status
     assert later.step == 41 and later.ranks[1].step == 41
     assert later.recent_events[-1].sentence == "checkpoint saved at step 41 (5.2k tokens)"
+    assert later.last_checkpoint.step == 41 and later.last_checkpoint.latest
+
+
+def test_a_refresh_sees_new_rows_events_beats_and_checkpoints(runs):
+    check_refresh_sees_what_changed(runs)
+
+
+@pytest.mark.slow
+def test_a_refresh_sees_what_changed_on_object_storage_despite_listing_caches(s3_bucket, runs):
+    runs.root = f"{s3_bucket}/{uuid.uuid4().hex}"  # moto keeps every server's objects in one process-wide store
+    check_refresh_sees_what_changed(runs)
 
 
 def test_evaluation_results_show_held_out_numbers_and_any_tasks(runs):
