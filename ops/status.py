@@ -225,7 +225,7 @@ class RunWatcher:
     def _status(self, now: float, checkpoints: list[CheckpointStatus]) -> RunStatus:
         last_lifecycle = next((e for e in reversed(self.events) if e.get("event") in LIFECYCLE), None)
         over = last_lifecycle is not None and LIFECYCLE[last_lifecycle["event"]] in TERMINAL_STATES
-        report = assess_ranks(list(self.beats.values()), now, run_over=over, failures=failures_by_rank(self.events))
+        report = assess_ranks(self._current_beats(), now, run_over=over, failures=failures_by_rank(self.events))
         state = run_state(self.events, report.ranks)
         last = self.recent_rows[-1] if self.recent_rows else {}
         pace = recent_throughput(list(self.recent_rows))
@@ -258,6 +258,11 @@ class RunWatcher:
                            for e in self.events[-RECENT_EVENTS:]],
             updated_at=now,
         )
+
+    def _current_beats(self) -> list[Heartbeat]:
+        """Beats of the ranks of the latest attempt: a run resumed on fewer ranks leaves the files of the others."""
+        worlds = [e["world_size"] for e in self.events if e.get("event") == "start" and isinstance(e.get("world_size"), int)]
+        return [b for b in self.beats.values() if not worlds or b.rank < worlds[-1]]
 
     def _total_steps(self) -> int | None:
         starts = [e["steps"] for e in self.events if e.get("event") == "start" and isinstance(e.get("steps"), int)]

@@ -72,6 +72,13 @@ def test_a_refresh_sees_what_changed_on_object_storage_despite_listing_caches(s3
     check_refresh_sees_what_changed(runs)
 
 
+def test_ranks_of_an_earlier_larger_attempt_are_not_counted_after_a_resume_on_fewer(runs):
+    events = STARTED + [("start", 10, {"world_size": 1, "steps": 100}), ("resume", 9, {"step": 20, "world_size": 1})]
+    run = runs.make(events=events, beats=[runs.beat(0), runs.beat(1, age=500.0)])
+    status = run_status(run, now=runs.now)
+    assert [r.rank for r in status.ranks] == [0] and status_exit_code(status) == 0
+
+
 def test_evaluation_results_show_held_out_numbers_and_any_tasks(runs):
     run = runs.make(events=STARTED, evals=[
         {"step": 20, "loss": 4.0, "perplexity": 54.6},
