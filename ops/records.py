@@ -19,7 +19,7 @@ from ops.record_layout import EVENTS_STREAM, HEARTBEATS_DIR, METRICS_STREAM, hea
 from ops.record_readers import ChangedFiles, StreamFollower
 from ops.record_writer import RecordWriter, existing_writer, writer_for
 
-LOCAL_FLUSH_EVERY_S = 1.0  # an append to a local file is cheap
+LOCAL_FLUSH_EVERY_S = 0.05  # an append to a local file is cheap: rows show up about as soon as written
 OBJECT_FLUSH_EVERY_S = 5.0  # each flush is one PUT
 
 
