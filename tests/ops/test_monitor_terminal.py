@@ -26,16 +26,16 @@ def kiln(*args, cwd):
 
 
 class Terminal:
-    """A tmux server of its own (private socket) running one command in a WIDTH × HEIGHT pane."""
+    """A tmux server of its own (a socket in the test's folder) running one command in a WIDTH × HEIGHT pane."""
 
     def __init__(self, cwd, *command):
-        self.socket = f"kiln-test-{uuid.uuid4().hex[:8]}"
+        self.socket = str(cwd / f"tmux-{uuid.uuid4().hex[:8]}.sock")
         env = {k: v for k, v in os.environ.items() if k != "TMUX"}
-        subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", str(WIDTH),
+        subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", str(WIDTH),
                         "-y", str(HEIGHT), "-c", str(cwd), *command], check=True, env=env)
 
     def tmux(self, *args) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], check=True, capture_output=True, text=True).stdout
+        return subprocess.run(["tmux", "-S", self.socket, *args], check=True, capture_output=True, text=True).stdout
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "t")
@@ -52,7 +52,9 @@ class Terminal:
             time.sleep(0.3)
 
     def close(self):
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True)
+        if os.path.exists(self.socket):
+            os.remove(self.socket)
 
 
 def shown_step(screen: str) -> int | None:
