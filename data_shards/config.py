@@ -60,6 +60,33 @@ class SourceConfig(_Strict):
     text_field: str | None = None
 
 
+ShuffleMode = Literal["auto", "global", "block"]
+DEFAULT_BLOCK_SHARDS = 8
+DEFAULT_CACHE_LIMIT_GB = 32.0
+
+
+class ReadConfig(_Strict):
+    """How training reads prepared data (the reading keys of the ``data:`` section).
+
+    ``shuffle``: ``global`` draws each window from the whole corpus; ``block`` draws each span of
+    the order from ``block_shards`` shards per source, so a node streaming from object storage
+    needs about two blocks at a time; ``auto`` is block for data on object storage, else global.
+    ``cache_limit_gb`` bounds the node's cache of shards fetched from object storage.
+    """
+
+    shuffle: ShuffleMode = "auto"
+    block_shards: int = Field(default=DEFAULT_BLOCK_SHARDS, ge=1)
+    cache_limit_gb: float = Field(default=DEFAULT_CACHE_LIMIT_GB, gt=0)
+
+    def shuffle_mode(self, on_object_storage: bool) -> str:
+        if self.shuffle != "auto":
+            return self.shuffle
+        return "block" if on_object_storage else "global"
+
+
+READ_KEYS = frozenset(ReadConfig.model_fields)
+
+
 class DataConfig(_Strict):
     inputs: list[str] = []
     val_inputs: list[str] = []
@@ -83,6 +110,10 @@ class DataConfig(_Strict):
     partition_mb: float = Field(default=512, gt=0)
     # Upper bound on prepare tasks in flight (back-pressure); None = twice the cluster CPUs.
     max_inflight: int | None = Field(default=None, ge=1)
+    # How training reads the data (see ReadConfig); prepare ignores these.
+    shuffle: ShuffleMode = "auto"
+    block_shards: int = Field(default=DEFAULT_BLOCK_SHARDS, ge=1)
+    cache_limit_gb: float = Field(default=DEFAULT_CACHE_LIMIT_GB, gt=0)
 
     @field_validator("filters", mode="before")
     @classmethod
@@ -91,6 +122,9 @@ class DataConfig(_Strict):
         if isinstance(value, list):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
+
+    def reading(self) -> ReadConfig:
+        return ReadConfig(**self.model_dump(include=set(READ_KEYS)))
 
     def train_sources(self) -> list[SourceConfig]:
         """Every training source, ``inputs`` first as the source named "default"."""

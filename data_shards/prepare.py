@@ -16,7 +16,7 @@ from collections import deque
 import ray
 
 from data_shards import dedup
-from data_shards.config import DataConfig
+from data_shards.config import READ_KEYS, DataConfig
 from data_shards.errors import DataError
 from data_shards.filters import wants_dedup
 from data_shards.inputs import Partition, partitions_for
@@ -154,7 +154,7 @@ def _tokenize_task(partition: Partition, job: TokenizeJob, drop: frozenset, coun
 
 
 def _config_hash(data: DataConfig, seed: int, tokenizer: Tokenizer) -> str:
-    relevant = data.model_dump(exclude={"output", "max_inflight", "tokenizer", "tokenizer_threads", "tokenizer_sample_mb"})
+    relevant = data.model_dump(exclude={"output", "max_inflight", "tokenizer", "tokenizer_threads", "tokenizer_sample_mb", *READ_KEYS})
     return _settings_hash({"data": relevant, "seed": seed, "tokenizer": tokenizer.sha256})[:16]
 
 

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from cluster.connect import ray_session
 from cluster.eval import eval_url, evaluate_run
+from data_shards.config import READ_KEYS
 from data_shards.prepare import is_prepared, prepare
 from launch.accelerator import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
@@ -25,7 +26,7 @@ PREPARED_WITH = "prepared-with.json"
 
 def prepared_with(cfg: KilnConfig) -> dict:
     """What committed data was made from: the data section and the seed."""
-    return {"data": cfg.data.model_dump(mode="json"), "seed": cfg.run.seed}
+    return {"data": cfg.data.model_dump(mode="json", exclude=set(READ_KEYS)), "seed": cfg.run.seed}
 
 
 def prepared_for(cfg: KilnConfig) -> bool:
@@ -56,6 +57,7 @@ def train_job(cfg: KilnConfig) -> TrainJob:
     return TrainJob(
         run_dir=cfg.run_url,
         data_url=cfg.data_url,
+        read=cfg.data.reading(),
         seed=cfg.run.seed,
         storage_options=cfg.storage.options,
         config_hash=cfg.training_hash(),
