@@ -164,6 +164,8 @@ class GlobalBatchLoader:
         self._files = ShardFiles()
         try:
             self._index_documents(storage_options)
+            if self.store.bounded:
+                self._check_cache_room(read)
         except BaseException:
             self.close()
             raise
@@ -203,6 +205,21 @@ class GlobalBatchLoader:
             lo, hi = shard_docs[i]
             self._doc_offset[lo:hi] = offsets
         self._paths = np.empty(len(self.manifest.shards), dtype=object)
+
+    def _check_cache_room(self, read: ReadConfig) -> None:
+        """With a shuffle that bounds what a node reads at once, the cache must hold that much."""
+        need = 0
+        for reader in self.sources:
+            at_once = self.shuffle.shards_at_once(len(reader.shard_ids))
+            if at_once is None:
+                return
+            need += at_once * max(self.manifest.shards[i].bytes for i in reader.shard_ids.tolist())
+        if need > read.cache_limit_gb * 1e9:
+            raise DataError(
+                f"data.cache_limit_gb={read.cache_limit_gb:g} is too small for data.shuffle={self.shuffle.name} with "
+                f"data.block_shards={read.block_shards}: a node holds up to {need / 1e9:.3g} GB of shards at once; "
+                f"raise it or lower data.block_shards"
+            )
 
     def _lengths_from_shard(self, i: int) -> np.ndarray:
         path = self.store.acquire(i)

@@ -45,6 +45,10 @@ class Shuffle(ABC):
         """Everything besides data, seed and seq_len that the order depends on (loader state, cache key)."""
         return self.name
 
+    def shards_at_once(self, shards: int) -> int | None:
+        """The most of a source's ``shards`` that a node reads at one time; None when any span may read them all."""
+        return None
+
     @abstractmethod
     def build(self, layout: SourceLayout, seed: int, source: str, epoch: int, seq_len: int) -> dict[str, np.ndarray]:
         """The epoch's arrays, named as in :attr:`arrays`."""

@@ -93,6 +93,11 @@ class BlockShuffle(Shuffle):
     def key(self) -> str:
         return f"block-{self.block_shards}"
 
+    def shards_at_once(self, shards: int) -> int:
+        """Two blocks around a boundary, and one shard more for the window that crosses into the block
+        after (it reads one or two of that block's documents unless documents are far shorter than a window)."""
+        return min(shards, 2 * self.block_shards + 1)
+
     def blocks(self, layout: SourceLayout) -> int:
         return -(-layout.shards // self.block_shards)
 

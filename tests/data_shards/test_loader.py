@@ -257,3 +257,20 @@ def test_damaged_index_file_is_a_data_error_naming_it(indexed):
     open(path, "wb").write(bytes(raw))
     with pytest.raises(DataError, match="shard-00002.lengths.npy is damaged"):
         GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)
+
+
+def test_resuming_with_another_shuffle_is_a_data_error(dataset):
+    url, _ = dataset
+    state = GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4, read=reading("block")).state_dict()
+    assert state["shuffle"] == f"block-{BLOCK_SHARDS}"
+    with pytest.raises(DataError, match="data.shuffle 'block-2' there, 'global' now"):
+        GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4, read=reading("global")).load_state_dict(state)
+    with pytest.raises(DataError, match="'block-2' there, 'block-3' now"):
+        other = ReadConfig(shuffle="block", block_shards=3)
+        GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4, read=other).load_state_dict(state)
+
+
+def test_data_on_a_local_filesystem_is_shuffled_globally_unless_asked(dataset):
+    url, _ = dataset
+    assert GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4).state_dict()["shuffle"] == "global"
+    assert ReadConfig().shuffle_mode(on_object_storage=True) == "block"

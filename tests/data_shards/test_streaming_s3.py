@@ -215,3 +215,10 @@ def test_a_two_rank_run_from_s3_within_its_cache_limit_has_the_loss_curve_of_a_r
             assert len(sampler.seen) > 4  # more shards passed through the cache than it holds
     assert len(curves["s3"]) == steps
     assert curves["s3"] == curves["local"]
+
+
+def test_a_cache_too_small_for_two_blocks_is_refused_naming_the_keys(copies):
+    _, remote, largest = copies
+    read = ReadConfig(shuffle="block", block_shards=4, cache_limit_gb=5 * largest / 1e9)
+    with pytest.raises(DataError, match=r"data.cache_limit_gb=.* is too small for data.shuffle=block with data.block_shards=4"):
+        GlobalBatchLoader(remote, "train", seed=4, seq_len=SEQ, global_batch=2, read=read)
