@@ -9,7 +9,7 @@ from rich.table import Table
 from cluster.connect import ray_session
 from cluster.eval import eval_url, evaluate_run
 from data_shards.config import READ_KEYS
-from data_shards.prepare import is_prepared, prepare
+from data_shards.prepare import check_output, is_prepared, prepare
 from launch.accelerator import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
 from launch.local import external_rank_environment, launch_local
@@ -42,6 +42,7 @@ def prepared_for(cfg: KilnConfig) -> bool:
 
 def prepare_stage(cfg: KilnConfig, progress: bool = True) -> dict:
     use_cpu_accelerator_without_cuda()
+    check_output(cfg.data_url, cfg.storage.options)  # before a Ray cluster starts for nothing
     with ray_session(cfg.cluster):
         summary = prepare(cfg.data, cfg.run.seed, cfg.storage.options, progress=progress)
     storage.write_json(storage.join(cfg.data_url, PREPARED_WITH), prepared_with(cfg), cfg.storage.options)
