@@ -73,7 +73,7 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
             "files": [(p.files, p.sizes) for p in train_parts],
             "seed": seed,
             "vocab_size": data.vocab_size,
-            "sample_mb": data.tokenizer_sample_mb,
+            "sample_mb": data.tokenizer_sample_bytes() / MIB,
             "threads": data.tokenizer_threads,
             "filters": [f.model_dump() for f in data.filters],
             "text_field": data.text_field,
@@ -85,7 +85,7 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
         if meta.get("settings") == settings:
             return Tokenizer.load(data.output, storage_options)
     total = sum(p.bytes for p in train_parts) or 1
-    budget = data.tokenizer_sample_mb * MIB
+    budget = data.tokenizer_sample_bytes()
     task = ray.remote(num_cpus=1)(sample_partition)
     phase = show.phase("sampling for the tokenizer", len(train_parts))
     refs = [
