@@ -63,7 +63,8 @@ def filesystem_for(url: str, key: str, storage_options: dict | None = None):
     try:
         return storage.filesystem(url, storage_options)
     except ValueError as exc:
-        raise DataError(f"{key}: {url} has an unknown scheme ({exc}); use a local path or a URL such as s3://bucket/path") from None
+        raise DataError(f"{key}: {url} has an unknown scheme ({exc}); use a local path or a URL such as "
+                        f"s3://bucket/path") from None
     except ImportError as exc:
         raise DataError(f"{key}: {url} needs a package that is not installed ({exc})") from None
 

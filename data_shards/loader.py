@@ -38,7 +38,8 @@ class SourceReader:
         self.name, self.seed, self.seq_len, self.shuffle = name, seed, seq_len, shuffle
         self.shard_ids = np.asarray(shard_ids, dtype=np.int64)
         self.first_doc = first_doc
-        doc_shard = np.concatenate([np.full(len(n), s, dtype=np.int32) for s, n in enumerate(lengths)] or [np.zeros(0, np.int32)])
+        doc_shard = np.concatenate([np.full(len(n), s, dtype=np.int32) for s, n in enumerate(lengths)]
+                                   or [np.zeros(0, np.int32)])
         self.layout = SourceLayout(np.concatenate(lengths or [np.zeros(0, np.int64)]), doc_shard, len(shard_ids))
         self.total_tokens = int(self.layout.doc_lengths.sum())
         self.samples_per_epoch = sample_order.samples_per_epoch(self.total_tokens, seq_len)
@@ -86,7 +87,8 @@ class SourceReader:
         for e in np.unique(epochs).tolist():
             ep = self.epoch(e)
             sel = np.flatnonzero(epochs == e)
-            rows, _, docs, begins, takes = sample_order.batch_pieces(ep.order, ep.starts, ep.windows(within[sel]), self.seq_len)
+            windows = ep.windows(within[sel])
+            rows, _, docs, begins, takes = sample_order.batch_pieces(ep.order, ep.starts, windows, self.seq_len)
             parts.append((sel[rows], docs + self.first_doc, begins, takes))
         return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
 
@@ -304,7 +306,8 @@ class GlobalBatchLoader:
             for i in np.unique(plan.shard).tolist():
                 self._open(i)
             starts = self._doc_offset[plan.doc] + plan.begin
-            plan.paths, plan.starts, plan.stops = self._paths[plan.shard].tolist(), starts.tolist(), (starts + plan.size).tolist()
+            plan.paths, plan.starts = self._paths[plan.shard].tolist(), starts.tolist()
+            plan.stops = (starts + plan.size).tolist()
         return plan
 
     def _read_held(self, plan: _ReadPlan, first_row: int, end_row: int, out: memoryview) -> None:

@@ -164,7 +164,8 @@ def _tokenize_task(partition: Partition, job: TokenizeJob, drop: frozenset, coun
 
 
 def _config_hash(data: DataConfig, seed: int, tokenizer: Tokenizer) -> str:
-    relevant = data.model_dump(exclude={"output", "max_inflight", "tokenizer", "tokenizer_threads", "tokenizer_sample_mb", *READ_KEYS})
+    ignored = {"output", "max_inflight", "tokenizer", "tokenizer_threads", "tokenizer_sample_mb", *READ_KEYS}
+    relevant = data.model_dump(exclude=ignored)
     return _settings_hash({"data": relevant, "seed": seed, "tokenizer": tokenizer.sha256})[:16]
 
 

@@ -298,7 +298,8 @@ def _fetch_into(url: str, storage_options: dict | None, part: str, size: int) ->
             except FileNotFoundError:
                 raise DataError(f"shard {url} named by the manifest is missing") from None
             if len(data) != end - start:
-                raise DataError(f"shard {url} is damaged: it is shorter than the manifest's {size:,} bytes (re-run `kiln prepare`)")
+                raise DataError(f"shard {url} is damaged: it is shorter than the manifest's {size:,} bytes "
+                                "(re-run `kiln prepare`)")
             out.write(data)
             digest.update(data)
     return digest.hexdigest()

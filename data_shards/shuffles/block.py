@@ -32,7 +32,8 @@ def shard_blocks(shards: int, block_shards: int, seed: int, source: str, epoch: 
     return blocks
 
 
-def block_doc_order(layout: SourceLayout, block_shards: int, seed: int, source: str, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def block_doc_order(layout: SourceLayout, block_shards: int, seed: int, source: str,
+                    epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Documents in stream order (block by block, shuffled within each) and each one's block."""
     doc_block = shard_blocks(layout.shards, block_shards, seed, source, epoch)[layout.doc_shard]
     keys = sample_order.rng_for(seed, source, epoch, "documents").random(len(doc_block))
@@ -104,7 +105,8 @@ class BlockShuffle(Shuffle):
     def build(self, layout: SourceLayout, seed: int, source: str, epoch: int, seq_len: int) -> dict[str, np.ndarray]:
         order, ordered_blocks = block_doc_order(layout, self.block_shards, seed, source, epoch)
         starts = sample_order.doc_starts(layout.doc_lengths, order)
-        return {"order": order, "starts": starts, "bounds": window_bounds(starts, ordered_blocks, self.blocks(layout), seq_len)}
+        bounds = window_bounds(starts, ordered_blocks, self.blocks(layout), seq_len)
+        return {"order": order, "starts": starts, "bounds": bounds}
 
     def open(self, arrays: Mapping[str, np.ndarray], seed: int, source: str, epoch: int) -> EpochOrder:
         return BlockEpoch(arrays["order"], arrays["starts"], arrays["bounds"], seed, source, epoch)

@@ -92,8 +92,8 @@ def test_global_sequence_is_independent_of_data_parallel_world(dataset, mode):
     url, _ = dataset
     one = read_all(GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, read=reading(mode)), 5)
     for world in (2, 4):
-        ranks = [GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, dp_rank=r, dp_world=world, read=reading(mode))
-                 for r in range(world)]
+        ranks = [GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, dp_rank=r, dp_world=world,
+                                   read=reading(mode)) for r in range(world)]
         batches = [np.concatenate([rk.next_batch() for rk in ranks]) for _ in range(5)]
         assert np.array_equal(np.concatenate(batches), one)
         assert all(rk.consumed_samples == 40 for rk in ranks)
@@ -148,7 +148,8 @@ def test_blended_sources_follow_weights_and_count_per_source(tmp_path, kit, mode
     web = kit.random_docs(1, 40, 500)
     code = kit.random_docs(2, 40, 500)
     url = str(tmp_path / "data")
-    kit.write_split(url, "train", {"web": [web[:15], web[15:]], "code": [code[:25], code[25:]]}, weights={"web": 3.0, "code": 1.0})
+    kit.write_split(url, "train", {"web": [web[:15], web[15:]], "code": [code[:25], code[25:]]},
+                    weights={"web": 3.0, "code": 1.0})
     loader = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, read=reading(mode))
     batch = np.concatenate([loader.next_batch() for _ in range(5)])
     state = loader.state_dict()

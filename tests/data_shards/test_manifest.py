@@ -28,7 +28,10 @@ def test_a_written_manifest_loads(written):
     assert len(load_manifest(written, "train").shards) == 2
 
 
-@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "a/../../b.arrow", "s3://other/x.arrow", "", "./x", "a\\..\\b"])
+ESCAPES = ["../../etc/passwd", "/etc/passwd", "a/../../b.arrow", "s3://other/x.arrow", "", "./x", "a\\..\\b"]
+
+
+@pytest.mark.parametrize("bad", ESCAPES)
 @pytest.mark.parametrize("field", ["path", "index"])
 def test_shard_paths_that_leave_the_split_folder_are_rejected_naming_the_manifest(written, bad, field):
     def change(raw):

@@ -1,5 +1,4 @@
 """`kiln prepare` on bad inputs and outputs: one line naming the file or URL, exit 2, nothing committed."""
-import gzip
 import json
 import os
 import subprocess
@@ -18,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def kiln_prepare(tmp_path: Path, data: dict, env: dict | None = None) -> subprocess.CompletedProcess:
     tree = {"run": {"name": "t", "dir": str(tmp_path / "run")},
-            "data": {"output": str(tmp_path / "data"), "vocab_size": 300, "tokenizer_sample_mb": 1, "tokenizer_threads": 1, **data},
+            "data": {"output": str(tmp_path / "data"), "vocab_size": 300, "tokenizer_sample_mb": 1, "tokenizer_threads": 1,
+                     **data},
             "cluster": {"num_cpus": 1}}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tree))
@@ -57,6 +57,7 @@ def test_an_output_url_with_an_unknown_scheme_is_one_line(tmp_path, kit):
 def test_an_s3_output_without_a_reachable_store_is_one_line(tmp_path, kit):
     good = kit.write_jsonl_gz(tmp_path / "in" / "good.jsonl.gz", [{"text": "some text"}])
     nobody = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
-    env = {"AWS_ENDPOINT_URL": nobody, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {"AWS_ENDPOINT_URL": nobody, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+           "AWS_DEFAULT_REGION": "us-east-1"}
     line = one_error_line(kiln_prepare(tmp_path, {"inputs": [str(good)], "output": "s3://kiln-nowhere/data"}, env))
     assert "data.output: cannot reach s3://kiln-nowhere/data" in line and "AWS_ENDPOINT_URL" in line

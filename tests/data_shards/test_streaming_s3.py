@@ -26,7 +26,8 @@ import json, sys
 import numpy as np
 from data_shards.config import ReadConfig
 from data_shards.loader import GlobalBatchLoader
-url, rank, world, read, out, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
+url, rank, world, read, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+batches = int(sys.argv[6])
 loader = GlobalBatchLoader(url, "train", seed=4, seq_len=16, global_batch=4, dp_rank=rank, dp_world=world,
                            read=ReadConfig.model_validate_json(read))
 np.save(out, np.stack([loader.next_batch() for _ in range(batches)]))
@@ -41,7 +42,8 @@ def copies(s3_bucket, tmp_path, kit):
     """One split, on local disk and in the bucket: (local url, s3 url, largest shard in bytes)."""
     docs = kit.random_docs(3, SHARDS * 20, 500, min_len=20, max_len=120)
     local = str(tmp_path / "local")
-    manifest = kit.write_split(local, "train", {"default": [docs[i * 20 : (i + 1) * 20] for i in range(SHARDS)]}, with_index=True)
+    shards = [docs[i * 20 : (i + 1) * 20] for i in range(SHARDS)]
+    manifest = kit.write_split(local, "train", {"default": shards}, with_index=True)
     storage.upload_dir(local, f"{s3_bucket}/data")
     return local, f"{s3_bucket}/data", max(s.bytes for s in manifest.shards)
 
@@ -220,5 +222,5 @@ def test_a_two_rank_run_from_s3_within_its_cache_limit_has_the_loss_curve_of_a_r
 def test_a_cache_too_small_for_two_blocks_is_refused_naming_the_keys(copies):
     _, remote, largest = copies
     read = ReadConfig(shuffle="block", block_shards=4, cache_limit_gb=5 * largest / 1e9)
-    with pytest.raises(DataError, match=r"data.cache_limit_gb=.* is too small for data.shuffle=block with data.block_shards=4"):
+    with pytest.raises(DataError, match=r"cache_limit_gb=.* is too small for data.shuffle=block with data.block_shards=4"):
         GlobalBatchLoader(remote, "train", seed=4, seq_len=SEQ, global_batch=2, read=read)

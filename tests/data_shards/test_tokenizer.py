@@ -64,7 +64,8 @@ def documents(tmp_path, kit) -> list[str]:
     folder = kit.corpus_dir(tmp_path)
     with gzip.open(folder / "train-01.jsonl.gz", "rt", encoding="utf-8") as f:
         docs = [json.loads(row)["text"] for row in f]
-    return docs + ["", "\n", "\n\nblank lines\n\n\n", "no newline at all", "trailing\n", "\r\nwindows\r\nlines\r\n", "é\n\t\n😀"]
+    return docs + ["", "\n", "\n\nblank lines\n\n\n", "no newline at all", "trailing\n", "\r\nwindows\r\nlines\r\n",
+                   "é\n\t\n😀"]
 
 
 def test_batches_encode_line_by_line_to_exactly_the_ids_of_whole_documents(lines, tmp_path, kit):
