@@ -218,7 +218,7 @@ def cmd_generate(args) -> int:
 def cmd_plan(args) -> int:
     from launch.planning import print_plan
 
-    print_plan(_config(args), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu)
+    print_plan(_config(args), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, gpus_per_node=args.gpus_per_node)
     return 0
 
 
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--gpu", choices=["a100", "h100", "h200"], default="h100")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node, for the object-store traffic of the data")
     return parser
 
 

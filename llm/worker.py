@@ -142,6 +142,7 @@ class Trainer:
         self.loader = GlobalBatchLoader(
             job.data_url, "train", job.seed, job.model.seq_len, self.cfg.global_batch,
             dp_rank=self.engine.dp_rank, dp_world=self.engine.dp_world, storage_options=job.storage_options,
+            read=job.read,
         )
         self.flops_token = flops_per_token(job.model, self.vocab_size)
         self.peak = device_peak_tflops(self.cfg.peak_tflops) if self.precision == "bf16" or self.cfg.peak_tflops else None
