@@ -307,12 +307,11 @@ def s3_copy(data_url: str, args) -> tuple[object, str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from launch.local import free_port
     from ops import storage
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)  # binds a free port itself
     server.start()
+    _, port = server.get_host_and_port()
     os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1")
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="bench")

@@ -1,6 +1,7 @@
 """`kiln prepare` on bad inputs and outputs: one line naming the file or URL, exit 2, nothing committed."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.local import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,10 @@ def test_an_output_url_with_an_unknown_scheme_is_one_line(tmp_path, kit):
 
 def test_an_s3_output_without_a_reachable_store_is_one_line(tmp_path, kit):
     good = kit.write_jsonl_gz(tmp_path / "in" / "good.jsonl.gz", [{"text": "some text"}])
-    nobody = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
-    env = {"AWS_ENDPOINT_URL": nobody, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    line = one_error_line(kiln_prepare(tmp_path, {"inputs": [str(good)], "output": "s3://kiln-nowhere/data"}, env))
+    with socket.socket() as held:  # bound but not listening: connections to it are refused
+        held.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{held.getsockname()[1]}"
+        env = {"AWS_ENDPOINT_URL": nobody, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        line = one_error_line(kiln_prepare(tmp_path, {"inputs": [str(good)], "output": "s3://kiln-nowhere/data"}, env))
     assert "data.output: cannot reach s3://kiln-nowhere/data" in line and "AWS_ENDPOINT_URL" in line

@@ -175,13 +175,14 @@ def test_a_shard_damaged_in_the_bucket_is_a_data_error_naming_it(copies):
 
 
 def train(job, tmp_path: Path, cache: Path, name: str) -> subprocess.Popen:
-    from launch.local import rank_environment, torchrun_command
+    from llm.devices import rank_environment
 
     job_path = tmp_path / f"{name}.json"
     job.save(str(job_path))
     env = {**rank_environment(2), "KILN_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(torchrun_command(str(job_path), 2), env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "llm.worker", str(job_path)]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_a_two_rank_run_from_s3_within_its_cache_limit_has_the_loss_curve_of_a_run_from_a_local_copy(copies, tmp_path):
