@@ -179,7 +179,7 @@ def test_resuming_on_changed_data_is_a_clear_failure(ranks, token_data, tmp_path
     job = ranks.job(tmp_path / "run", str(data), steps=2, checkpoint_every=1)
     run_ok(ranks, job, tmp_path)
     manifest = storage.read_json(str(data / "train" / "manifest.json"))
-    manifest["tokenizer_sha256"] = "another-tokenizer"  # the data a checkpoint was trained on is gone
+    manifest["tokenizer_sha256"] = "0" * 64  # the data a checkpoint was trained on is gone
     storage.write_json(str(data / "train" / "manifest.json"), manifest)
     proc = ranks.torchrun(job.model_copy(update={"train": job.train.model_copy(update={"steps": 4})}), tmp_path)
     assert proc.returncode != 0
