@@ -81,6 +81,8 @@ class Ranks:
 
     model = TINY_MODEL
     errors = staticmethod(rank_errors)
+    env = staticmethod(rank_env)
+    repo = REPO
 
     @staticmethod
     def job(run_dir, data_url, seed=7, model=None, storage_options=None, **train) -> TrainJob:
@@ -103,8 +105,10 @@ class Ranks:
         return proc
 
     @staticmethod
-    def spawn(job: TrainJob, tmp_path: Path, nproc: int = 2) -> list[subprocess.Popen]:
-        """Ranks as plain processes (no torchrun), so a test can signal one and read each exit code."""
+    def spawn(job: TrainJob, tmp_path: Path, nproc: int = 2,
+              env_of_rank: list[dict[str, str]] | None = None) -> list[subprocess.Popen]:
+        """Ranks as plain processes (no torchrun), so a test can signal one, read each exit code, or give
+        each rank variables of its own (``env_of_rank``)."""
         job_path = tmp_path / f"job-{free_port()}.json"
         job.save(str(job_path))
         port = str(free_port())
@@ -112,7 +116,7 @@ class Ranks:
         for rank in range(nproc):
             env = rank_env()
             env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **(env_of_rank[rank] if env_of_rank else {}))
             procs.append(subprocess.Popen([sys.executable, "-m", "llm.worker", str(job_path)], env=env, cwd=REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         return procs
