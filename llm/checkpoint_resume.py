@@ -94,31 +94,28 @@ def _converted(run_url: str, record: CheckpointRecord, options: dict | None, poi
 
 def _prepare(run_url: str, step: int, layout: ParallelLayout, options: dict | None) -> tuple[ResumePoint | None, list[str]]:
     """Collective: this step checked by every rank; the point and every rank's problems."""
+    point, problems = None, []
     try:
         record = checkpoint.read_commit(run_url, step, options)
-    except (CheckpointError, ValueError) as error:
-        record, problems = None, [str(error)]
-    point = None
-    if record is not None:
+    except (CheckpointError, FileNotFoundError) as error:
+        problems = [str(error)]
+    else:
         point = ResumePoint(record=record, route=deepspeed_files.reshape_route(record, layout))
-        host_leader = point.route is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0
         if point.route is None:
             problems = _as_saved(run_url, record, layout, options, point)
-        elif host_leader:
+        elif int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one rank per host converts
             problems = _converted(run_url, record, options, point)
-        else:
-            problems = []
-    mine = (socket.gethostname(), point is not None and point.scratch is not None and point.route is not None,
-            point.load_dir if point is not None else "", problems)
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
+    host = socket.gethostname()
+    converted = point.load_dir if point is not None and point.route is not None and point.scratch else None
+    reports: list = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, (host, converted, problems))
     if point is not None and point.route is not None and point.scratch is None:
-        leaders = [d for host, leader, d, _ in everyone if leader and host == mine[0]]
-        if not leaders:
-            raise CheckpointError(f"no rank on host {mine[0]} converted {checkpoint.step_url(run_url, step)} "
+        on_this_host = [folder for h, folder, _ in reports if h == host and folder]
+        if not on_this_host:
+            raise CheckpointError(f"no rank on host {host} converted {checkpoint.step_url(run_url, step)} "
                                   "(the rank with LOCAL_RANK=0 does)")
-        point.load_dir = leaders[0]
-    return point, [p for *_, problems in everyone for p in problems]
+        point.load_dir = on_this_host[0]
+    return point, list(dict.fromkeys(p for _, _, rank_problems in reports for p in rank_problems))
 
 
 def find(run_url: str, layout: ParallelLayout, storage_options: dict | None = None) -> ResumePoint | None:
