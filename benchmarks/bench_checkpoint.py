@@ -27,7 +27,7 @@ if not torch.cuda.is_available():
 import numpy as np  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from launch.local import external_rank_environment, free_port  # noqa: E402
+from launch.launchers.external import external_rank_environment  # noqa: E402
 from llm.checkpoint_record import CheckpointRecord, DataPosition, RngState  # noqa: E402
 from llm.checkpoint_save import CheckpointSaver  # noqa: E402
 from llm.config import ModelConfig, TrainConfig  # noqa: E402
@@ -36,27 +36,27 @@ from llm.layout import ParallelLayout  # noqa: E402
 from llm.worker import init_distributed  # noqa: E402
 
 
+MOTO = """
+import time
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+time.sleep(1e9)
+"""
+
+
 def start_moto() -> tuple[subprocess.Popen, str]:
-    """A moto S3 server in a process of its own (so its work does not share this process's GIL)."""
+    """A moto S3 server in a process of its own (so its work does not share this process's GIL), on a
+    port it binds itself; returns the process and a bucket URL."""
     import boto3
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-c", MOTO], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    endpoint = f"http://127.0.0.1:{int(proc.stdout.readline())}"
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1")
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket="kiln-bench")
-            return proc, "s3://kiln-bench"
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.2)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="kiln-bench")
+    return proc, "s3://kiln-bench"
 
 
 class Bench:

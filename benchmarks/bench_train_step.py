@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
 
 import torch.distributed as dist  # noqa: E402
 
-from launch.local import external_rank_environment  # noqa: E402
+from launch.launchers.external import external_rank_environment  # noqa: E402
 from llm.config import ModelConfig, TrainConfig  # noqa: E402
 from llm.engine import build_engine, param_groups  # noqa: E402
 from llm.layout import ParallelLayout  # noqa: E402

@@ -1,56 +1,157 @@
-"""The Ray launcher: ``train.nproc`` ranks as Ray Train workers, each running the same per-rank loop.
+"""Ray Train ranks: ``train.nodes × train.nproc`` workers, each running the same per-rank loop.
 
 Ray Train places the workers, sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT
 and the torch process group; ``llm.worker.run_training`` then builds its DeepSpeed
-engine on that group.  A failed attempt is retried up to ``train.max_restarts`` times
-and resumes from the last committed checkpoint, exactly as under the local launcher.
+engine on that group.  A failed worker makes Ray Train restart the whole group, up to
+``train.max_restarts`` times (``FailureConfig``), and the ranks resume from the last
+committed checkpoint; a callback on Ray Train's controller records each failure and
+restart as a run event.
+
+Ranks run in threads of Ray's worker processes, where Python cannot install signal
+handlers: a stop request reaches them through a small actor that every rank polls.
 """
 from __future__ import annotations
 
 import os
-import tempfile
-import time
+import threading
+from typing import Any
 
-import torch
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+import pyarrow.fs
+import ray
+from ray.train import FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from llm.checkpoint import latest_committed_step
+from llm.devices import configure_this_process
+from llm.exit_codes import REQUEUE_EXIT_CODE
 from llm.job import TrainJob
-from llm.worker import REQUEUE_EXIT_CODE
+from ops import storage
+from ops.rank_failure import RankFailure
 from ops.records import RunRecords
 
+STOP_POLL_S = 0.5
 
-def _rank_main(config: dict) -> None:
+
+@ray.remote(num_cpus=0)
+class StopFlag:
+    """The driver's stop request, where every rank can see it."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def requested(self) -> str | None:
+        return self.reason
+
+
+def _watch_stop_flag(flag, stop, done: threading.Event) -> None:
+    while not done.wait(STOP_POLL_S):
+        try:
+            reason = ray.get(flag.requested.remote(), timeout=30)
+        except Exception:  # the driver is gone: Ray Train tears the ranks down itself
+            return
+        if reason:
+            stop.request(reason)
+            return
+
+
+def _rank_main(config: dict[str, Any]) -> None:
     """Body of one Ray Train worker: the per-rank loop; a non-zero exit is a failure Ray Train retries."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        torch.set_num_threads(int(config["threads_per_rank"]))
-    from llm.worker import run_training
+    job = TrainJob.model_validate(config["job"])
+    configure_this_process(job.train.nproc)
+    from llm.worker import StopRequest, run_training
 
-    rc = run_training(TrainJob.model_validate(config["job"]))
+    stop = StopRequest(stop_file="")
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch_stop_flag, args=(config["stop_flag"], stop, done), daemon=True)
+    watcher.start()
+    try:
+        rc = run_training(job, stop)
+    finally:
+        done.set()
     if rc not in (0, REQUEUE_EXIT_CODE):
         raise RuntimeError(f"rank exited with code {rc}")
 
 
-def launch_ray(job: TrainJob) -> int:
-    """Run the job's ranks on the connected Ray cluster; return 0, or 75 when the ranks saved for a preemption."""
-    use_gpu = torch.cuda.is_available()
-    nproc = job.train.nproc
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="kiln-ray-train-") as results:
+def _failures(job: TrainJob, worker_errors: dict[int, Exception]) -> list[RankFailure]:
+    """Failed ranks with the host their last heartbeat names (an actor killed outright says nothing itself)."""
+    beats = {b.get("rank"): b for b in RunRecords(job.run_dir, job.storage_options).heartbeats()}
+    failures = []
+    for rank, error in sorted(worker_errors.items()):
+        beat = beats.get(rank, {})
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        failures.append(RankFailure(rank=rank, host=str(beat.get("host", "unknown")), pid=beat.get("pid"),
+                                    error=first_line[:300]))
+    return failures
+
+
+class RecordRestarts(UserCallback):
+    """Runs on Ray Train's controller: each failure it will recover from becomes a ``restart`` event."""
+
+    def __init__(self, job: TrainJob):
+        self.job = job
+        self.failures_seen = 0
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        self.failures_seen += 1
+        max_restarts = self.job.train.max_restarts
+        if self.failures_seen > max_restarts:
+            return  # the launcher records the final failure
+        RunRecords(self.job.run_dir, self.job.storage_options).event(
+            "restart", launcher="ray", attempt=self.failures_seen, max_restarts=max_restarts,
+            failures=[f.model_dump(exclude_none=True) for f in _failures(self.job, worker_exceptions)],
+            step=latest_committed_step(self.job.run_dir, self.job.storage_options) or 0,
+        )
+
+
+def _train_storage(job: TrainJob) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """Where Ray Train keeps its own run state: beside the run's records, on the run's storage."""
+    url = storage.join(job.run_dir, "ray-train")
+    if storage.is_local(url):
+        return os.path.abspath(storage.filesystem(url)[1]), None
+    fs, path = storage.filesystem(url, job.storage_options)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+class RayTrainRun:
+    """One launch of a job's ranks on the connected Ray cluster."""
+
+    def __init__(self, job: TrainJob):
+        self.job = job
+        self.stop_flag = StopFlag.remote()
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_flag.request.remote(reason)  # returns at once; ranks see it within STOP_POLL_S
+
+    def fit(self) -> list[RankFailure]:
+        """Train to the end (or to a stop); returns the ranks that failed for good, if any."""
+        train = self.job.train
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0  # the cluster's hardware, not the driver's
+        path, filesystem = _train_storage(self.job)
         trainer = TorchTrainer(
             _rank_main,
-            train_loop_config={
-                "job": job.model_dump(mode="json"),
-                "threads_per_rank": max(1, (os.cpu_count() or 1) // nproc),
-            },
-            scaling_config=ScalingConfig(num_workers=nproc, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+            train_loop_config={"job": self.job.model_dump(mode="json"), "stop_flag": self.stop_flag},
+            scaling_config=ScalingConfig(
+                num_workers=train.world_size,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": 1},
+                placement_strategy="SPREAD" if train.nodes > 1 else "PACK",
+            ),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             run_config=RunConfig(
-                name="kiln",
-                storage_path=results,
-                failure_config=FailureConfig(max_failures=job.train.max_restarts),
+                name=os.path.basename(self.job.run_dir.rstrip("/")) or "kiln",
+                storage_path=path,
+                storage_filesystem=filesystem,
+                failure_config=FailureConfig(max_failures=train.max_restarts),
+                callbacks=[RecordRestarts(self.job)],
             ),
         )
-        trainer.fit()
-    return REQUEUE_EXIT_CODE if RunRecords(job.run_dir, job.storage_options).preempted_since(started) else 0
+        try:
+            trainer.fit()
+        except ray.train.WorkerGroupError as e:
+            return _failures(self.job, e.worker_failures)
+        except ray.train.ControllerError as e:
+            return [RankFailure(host="ray-train-controller", error=str(e.controller_failure).strip()[:300])]
+        return []

@@ -45,6 +45,74 @@ def cmd_run(args) -> int:
     return run_stages(_config(args))
 
 
+def _address(args) -> str:
+    import os
+
+    from launch.config import ConfigError
+
+    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or ""
+    if not address:
+        raise ConfigError("--address is required: the Ray dashboard URL, e.g. http://HEAD:8265")
+    return address
+
+
+def _follow(jobs, job_id: str) -> int:
+    from cluster.submit import exit_code
+
+    try:
+        info = jobs.follow(job_id)
+    except KeyboardInterrupt:
+        print(f"kiln: detached; job {job_id} keeps running. Reattach with: "
+              f"kiln jobs logs {job_id} --address {jobs.address} --follow", file=sys.stderr)
+        return 130
+    print(f"kiln: job {job_id} {info.status.value.lower()}", file=sys.stderr)
+    return exit_code(info)
+
+
+def cmd_submit(args) -> int:
+    from launch.submission import submit
+
+    jobs, job_id = submit(_config(args), _address(args))
+    print(job_id)
+    print(f"kiln: submitted {job_id} to {jobs.address}; follow it with: "
+          f"kiln jobs logs {job_id} --address {jobs.address} --follow", file=sys.stderr)
+    return _follow(jobs, job_id) if args.follow else 0
+
+
+def cmd_jobs(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.submit import Jobs
+
+    jobs = Jobs.connect(_address(args))
+    if args.jobs_command == "list":
+        table = Table(title=f"jobs · {jobs.address}")
+        for col in ("job id", "status", "run", "entrypoint"):
+            table.add_column(col)
+        for info in sorted(jobs.list_jobs(), key=lambda j: j.start_time or 0):
+            table.add_row(info.submission_id or info.job_id or "—", info.status.value,
+                          (info.metadata or {}).get("kiln.run", "—"), info.entrypoint)
+        Console().print(table)
+        return 0
+    if not args.job_id:
+        from launch.config import ConfigError
+
+        raise ConfigError(f"kiln jobs {args.jobs_command} needs a JOB_ID (see `kiln jobs list --address {jobs.address}`)")
+    if args.jobs_command == "status":
+        info = jobs.details(args.job_id)
+        print(f"{args.job_id}: {info.status.value}" + (f" — {info.message}" if info.message else ""))
+        return 0
+    if args.jobs_command == "logs":
+        if args.follow:
+            return _follow(jobs, args.job_id)
+        sys.stdout.write(jobs.logs(args.job_id))
+        return 0
+    stopped = jobs.stop(args.job_id)
+    print(f"{args.job_id}: {'stop requested: its ranks save, then it ends' if stopped else 'not running'}")
+    return 0
+
+
 def cmd_monitor(args) -> int:
     from ops.dashboard import monitor
 
@@ -149,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(add("eval", cmd_eval, "held-out loss, perplexity and bits per byte of a checkpoint"))
     _with_config(add("run", cmd_run, "prepare → train → eval, skipping stages whose output is committed"))
 
+    p = add("submit", cmd_submit, "submit `kiln run` of a config to a Ray cluster through its Jobs API")
+    _with_config(p)
+    p.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs and exit with its outcome")
+
+    p = add("jobs", cmd_jobs, "list, inspect, follow and stop jobs on a Ray cluster")
+    p.add_argument("jobs_command", choices=["list", "status", "logs", "stop"])
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+
     p = add("monitor", cmd_monitor, "live dashboard over a run's records")
     p.add_argument("run_url")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
@@ -195,10 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is meant for the user as is (missing files and URLs included)."""
+    from cluster.submit import JobsError
     from data_shards.errors import DataError
     from launch.config import ConfigError
 
-    return (ConfigError, DataError, FileNotFoundError)
+    return (ConfigError, DataError, FileNotFoundError, JobsError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cluster.config import ClusterConfig, EvalConfig
 from data_shards.config import DataConfig
 from llm.config import ModelConfig, TrainConfig
+from llm.job import TrainJob
 
 
 class ConfigError(Exception):
@@ -52,6 +53,18 @@ class KilnConfig(BaseModel):
     @property
     def data_url(self) -> str:
         return self.data.output
+
+    def train_job(self) -> TrainJob:
+        """What every rank of this config's training needs."""
+        return TrainJob(
+            run_dir=self.run_url,
+            data_url=self.data_url,
+            seed=self.run.seed,
+            storage_options=self.storage.options,
+            config_hash=self.training_hash(),
+            model=self.model,
+            train=self.train,
+        )
 
     def to_yaml(self) -> str:
         resolved = self.model_dump(mode="json")

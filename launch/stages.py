@@ -1,8 +1,6 @@
 """The four stages as commands see them: prepare, train, eval, and run (all three, skipping finished ones)."""
 from __future__ import annotations
 
-import os
-
 from rich.console import Console
 from rich.table import Table
 
@@ -11,10 +9,9 @@ from cluster.eval import eval_url, evaluate_run
 from data_shards.prepare import is_prepared, prepare
 from launch.accelerator import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
-from launch.local import external_rank_environment, launch_local
+from launch.launchers import launcher_for
+from launch.launchers.base import run_job
 from llm.checkpoint import latest_committed_step
-from llm.job import TrainJob
-from llm.worker import run_training
 from ops import storage
 
 console = Console(stderr=True)
@@ -52,33 +49,13 @@ def _summary_line(summary: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, (int, float, str)))
 
 
-def train_job(cfg: KilnConfig) -> TrainJob:
-    return TrainJob(
-        run_dir=cfg.run_url,
-        data_url=cfg.data_url,
-        seed=cfg.run.seed,
-        storage_options=cfg.storage.options,
-        config_hash=cfg.training_hash(),
-        model=cfg.model,
-        train=cfg.train,
-    )
-
-
 def train_stage(cfg: KilnConfig) -> int:
     use_cpu_accelerator_without_cuda()
     if not is_prepared(cfg.data_url, cfg.storage.options):
         raise ConfigError(f"data.output: no committed data at {cfg.data_url} — run `kiln prepare` with this config first")
     storage.write_text(storage.join(cfg.run_url, "config.yaml"), cfg.to_yaml(), cfg.storage.options)
-    job = train_job(cfg)
-    if cfg.train.launcher == "local":
-        return launch_local(job)
-    if cfg.train.launcher == "ray":
-        from cluster.ray_train import launch_ray
-
-        with ray_session(cfg.cluster):
-            return launch_ray(job)
-    os.environ.update(external_rank_environment(dict(os.environ)))
-    return run_training(job)
+    with launcher_for(cfg) as launcher:
+        return run_job(launcher)
 
 
 def eval_stage(cfg: KilnConfig) -> dict:

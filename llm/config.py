@@ -69,7 +69,8 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
     zero_stage: int = Field(default=2, ge=0, le=3)
     pipeline_stages: int = Field(default=1, ge=1)
-    nproc: int = Field(default=2, ge=1, description="ranks per node started by the local launcher")
+    nodes: int = Field(default=1, ge=1, description="nodes the ranks run on; world size = nodes x nproc")
+    nproc: int = Field(default=2, ge=1, description="ranks per node, under every launcher")
     launcher: Literal["local", "ray", "none"] = "local"
     checkpoint_every: int = Field(default=50, ge=1)
     checkpoint_at_end: bool = Field(default=True, description="also save after the last step (benchmarks turn it off)")
@@ -100,3 +101,7 @@ class TrainConfig(BaseModel):
                 f"train.global_batch={self.global_batch} must be a multiple of train.micro_batch={self.micro_batch}"
             )
         return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc

@@ -5,9 +5,9 @@ MASTER_ADDR and MASTER_PORT.  Each rank builds the DeepSpeed engine, reads its
 slice of every global batch, resumes from the latest committed checkpoint, and
 writes run records (rank 0: metrics and events; every rank: a heartbeat).
 
-SIGTERM and SIGUSR1 only raise a flag.  At the next step boundary the ranks agree
-(an all-reduce of the flag), save a checkpoint together and exit with
-REQUEUE_EXIT_CODE, which launchers read as "requeue me".
+SIGTERM, SIGUSR1 and SIGUSR2 (or a launcher's stop request) only raise a flag.  At the
+next step boundary the ranks agree (an all-reduce of the flag), save a checkpoint
+together and exit with REQUEUE_EXIT_CODE, which launchers read as "requeue me".
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import random
 import resource
 import signal
 import sys
-import threading
 import time
 import traceback
 
@@ -27,32 +26,51 @@ import torch.distributed as dist
 from data_shards.errors import DataError
 from llm import checkpoint_resume
 from llm.checkpoint_record import CheckpointRecord, DataPosition, RngState, distinct_states
+from llm.devices import die_with_parent
+from llm.exit_codes import REQUEUE_EXIT_CODE
 from llm.flops import device_peak_tflops, flops_per_token, throughput
 from llm.job import TrainJob
 from llm.layout import ParallelLayout
 from llm.schedule import lr_at
 from ops.records import RunRecords
 
-REQUEUE_EXIT_CODE = 75
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_FILE_ENV = "KILN_STOP_FILE"
 
 
 class StopRequest:
-    """Set by SIGTERM/SIGUSR1; acted on only at a step boundary, once all ranks agree."""
+    """A request to save and stop, acted on only at a step boundary once all ranks agree.
 
-    def __init__(self):
-        self.requested = False
-        self.signal_name: str | None = None
+    It comes from a signal (SIGTERM, SIGUSR1 or SIGUSR2, where the handlers are installed),
+    from a launcher through :meth:`request` (Ray Train ranks run in threads, where Python
+    cannot install signal handlers), or from a file named by ``KILN_STOP_FILE`` that the
+    local launcher creates when it is asked to stop (torchrun forwards no USR1/USR2).
+    """
+
+    def __init__(self, stop_file: str | None = None):
+        self.reason: str | None = None
+        self.stop_file = stop_file if stop_file is not None else os.environ.get(STOP_FILE_ENV)
+
+    @property
+    def requested(self) -> bool:
+        if self.reason is None and self.stop_file and os.path.exists(self.stop_file):
+            with open(self.stop_file, encoding="utf-8") as f:
+                self.request(f.read().strip() or "stop file")
+        return self.reason is not None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
 
     def install(self) -> None:
-        """Install the handlers where Python allows it: in the main thread (Ray Train runs ranks in a thread)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        """Handle the stop signals in this process (call from the main thread)."""
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame) -> None:
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.request(signal.Signals(signum).name)
 
     def agreed(self, device: torch.device) -> bool:
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
@@ -215,7 +233,7 @@ class Trainer:
             self.save()
         self.saver.wait()
         received: list[str | None] = [None] * self.world
-        dist.all_gather_object(received, stop.signal_name)
+        dist.all_gather_object(received, stop.reason)
         if self.rank == 0:
             signals = {str(rank): name for rank, name in enumerate(received) if name}
             self.records.event("preemption", step=self.step, signals=signals, exit_code=REQUEUE_EXIT_CODE)
@@ -234,10 +252,12 @@ def drain_collectives() -> None:
     dist.barrier()
 
 
-def run_training(job: TrainJob) -> int:
-    """Train one rank of ``job`` to ``train.steps``; 0 when done, REQUEUE_EXIT_CODE after a preemption save."""
-    stop = StopRequest()
-    stop.install()
+def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
+    """Train one rank of ``job`` to ``train.steps``; 0 when done, REQUEUE_EXIT_CODE after a preemption save.
+
+    ``stop`` is how this rank learns of a stop request; by default only the stop file is watched.
+    """
+    stop = stop or StopRequest()
     records = RunRecords(job.run_dir, job.storage_options)
     try:
         trainer = Trainer(job)
@@ -259,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m llm.worker JOB_JSON", file=sys.stderr)
         return 2
-    rc = run_training(TrainJob.load(args[0]))
+    die_with_parent()
+    stop = StopRequest()
+    stop.install()
+    rc = run_training(TrainJob.load(args[0]), stop)
     if dist.is_initialized():  # this entry point owns the process group: close it before the interpreter exits
         dist.destroy_process_group()
     return rc

@@ -11,11 +11,9 @@ def s3_bucket(monkeypatch):
     import fsspec
     from moto.server import ThreadedMotoServer
 
-    from launch.local import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)  # the server binds a free port itself
     server.start()
+    _, port = server.get_host_and_port()
     endpoint = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

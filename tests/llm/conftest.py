@@ -1,10 +1,13 @@
 """Fixtures for the training layer: a tiny real-text token dataset and a way to run ranks."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -13,7 +16,6 @@ import torch
 from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manifest
 from data_shards.shard_format import ShardWriter, token_dtype
 from data_shards.tokenizer import train_tokenizer
-from launch.local import free_port
 from llm.config import ModelConfig, TrainConfig
 from llm.job import TrainJob
 
@@ -96,7 +98,7 @@ class Ranks:
 
     @staticmethod
     def torchrun(job: TrainJob, tmp_path: Path, nproc: int = 2, timeout: int = 420) -> subprocess.CompletedProcess:
-        job_path = tmp_path / f"job-{free_port()}.json"
+        job_path = tmp_path / f"job-{uuid.uuid4().hex}.json"
         job.save(str(job_path))
         # --standalone: torchrun binds its own rendezvous port, so concurrent test runs cannot collide on one.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
@@ -105,21 +107,36 @@ class Ranks:
         return proc
 
     @staticmethod
-    def spawn(job: TrainJob, tmp_path: Path, nproc: int = 2,
-              env_of_rank: list[dict[str, str]] | None = None) -> list[subprocess.Popen]:
+    @contextlib.contextmanager
+    def spawned(job: TrainJob, tmp_path: Path, nproc: int = 2,
+                env_of_rank: list[dict[str, str]] | None = None) -> Iterator[list[subprocess.Popen]]:
         """Ranks as plain processes (no torchrun), so a test can signal one, read each exit code, or give
-        each rank variables of its own (``env_of_rank``)."""
-        job_path = tmp_path / f"job-{free_port()}.json"
+        each rank variables of its own (``env_of_rank``).
+
+        The rendezvous store lives in this process, on a port it bound itself, as torchrun's agent
+        hosts it for its ranks; every rank left running when the block ends is killed.
+        """
+        import torch.distributed as dist
+
+        job_path = tmp_path / f"job-{uuid.uuid4().hex}.json"
         job.save(str(job_path))
-        port = str(free_port())
+        store = dist.TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False)
         procs = []
-        for rank in range(nproc):
-            env = rank_env()
-            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **(env_of_rank[rank] if env_of_rank else {}))
-            procs.append(subprocess.Popen([sys.executable, "-m", "llm.worker", str(job_path)], env=env, cwd=REPO,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        return procs
+        try:
+            for rank in range(nproc):
+                env = rank_env()
+                env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True",
+                           **(env_of_rank[rank] if env_of_rank else {}))
+                procs.append(subprocess.Popen([sys.executable, "-m", "llm.worker", str(job_path)], env=env, cwd=REPO,
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            yield procs
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+            del store
 
 
     @staticmethod

@@ -102,14 +102,8 @@ def test_on_s3_each_rank_downloads_only_the_model_states_and_its_own_optimizer_p
     straight = RunRecords(run_url).metrics()
 
     counts.clear()
-    procs = ranks.spawn(job, tmp_path, env_of_rank=[{"AWS_ACCESS_KEY_ID": f"rank-{r}"} for r in range(2)])
-    try:
+    with ranks.spawned(job, tmp_path, env_of_rank=[{"AWS_ACCESS_KEY_ID": f"rank-{r}"} for r in range(2)]) as procs:
         outputs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(out[-3000:] for out in outputs)
     again = RunRecords(run_url).metrics()[3:]
     assert [(r["step"], r["loss"]) for r in again] == [(3, straight[2]["loss"])]

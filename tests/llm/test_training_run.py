@@ -82,8 +82,7 @@ def test_a_finished_run_is_not_retrained(ranks, token_data, tmp_path):
 def test_signal_to_one_rank_makes_all_ranks_save_and_exit_for_requeue(ranks, token_data, tmp_path):
     job = ranks.job(tmp_path / "run", token_data, steps=400, checkpoint_every=1000, log_every=1)
     records = RunRecords(job.run_dir)
-    procs = ranks.spawn(job, tmp_path)
-    try:
+    with ranks.spawned(job, tmp_path) as procs:
         deadline = time.monotonic() + 300
         while not any(b["rank"] == 1 and b["step"] >= 2 for b in records.heartbeats()):
             assert time.monotonic() < deadline, "ranks never reached step 2"
@@ -91,11 +90,6 @@ def test_signal_to_one_rank_makes_all_ranks_save_and_exit_for_requeue(ranks, tok
             time.sleep(0.2)
         procs[1].send_signal(signal.SIGUSR1)
         outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     codes = [p.returncode for p in procs]
     assert codes == [REQUEUE_EXIT_CODE, REQUEUE_EXIT_CODE], "\n----\n".join(out[-3000:] for out in outputs)
     preempted = [e for e in records.events() if e["event"] == "preemption"]

@@ -1,0 +1,61 @@
+"""Ray token authentication: where a client finds the cluster's token, and making a new one.
+
+Ray's Jobs API runs arbitrary code for whoever can reach it, so every Ray cluster Kiln
+starts or renders runs with ``RAY_AUTH_MODE=token``.  Clients look for the token where
+Ray's own clients do: ``RAY_AUTH_TOKEN``, then the file ``RAY_AUTH_TOKEN_PATH`` names,
+then ``~/.ray/auth_token``.  The token is sent only as an HTTP header; it is never
+printed, logged, or put into configs, job metadata or run records.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+TOKEN_ENV = "RAY_AUTH_TOKEN"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def default_token_path() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def token_locations(environ: dict[str, str] | None = None) -> list[str]:
+    """Where :func:`find_token` looks, in order, as a user would write them."""
+    env = os.environ if environ is None else environ
+    path = env.get(TOKEN_PATH_ENV)
+    return [
+        f"${TOKEN_ENV}",
+        f"${TOKEN_PATH_ENV}" + (f" ({path})" if path else " (unset)"),
+        str(default_token_path()),
+    ]
+
+
+def find_token(environ: dict[str, str] | None = None) -> str | None:
+    """The cluster token a Ray client would use, or None."""
+    env = os.environ if environ is None else environ
+    if env.get(TOKEN_ENV, "").strip():
+        return env[TOKEN_ENV].strip()
+    for path in (env.get(TOKEN_PATH_ENV), default_token_path()):
+        if path and os.path.isfile(path):
+            token = Path(path).read_text(encoding="utf-8").strip()
+            if token:
+                return token
+    return None
+
+
+def auth_headers(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The HTTP header that authenticates to a token-protected Ray dashboard (empty without a token)."""
+    token = find_token(environ)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def write_new_token(path: str | os.PathLike) -> Path:
+    """A new random token (256 bits, as Ray makes them) in a file only its owner can read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secrets.token_hex(32))
+    return path

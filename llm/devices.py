@@ -1,0 +1,49 @@
+"""Setup of rank processes, the one place every launcher takes it from: accelerator, threads,
+and tying a process's life to its parent's.
+
+A rank runs on CUDA when the machine it runs on has a GPU, else on DeepSpeed's CPU
+accelerator over gloo.  CPU ranks share the machine's cores evenly, so ranks on one
+node do not oversubscribe it with one full thread pool each.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def cpu_threads_per_rank(ranks_per_node: int, cpus: int | None = None) -> int:
+    """Threads each of ``ranks_per_node`` CPU ranks may use on a machine with ``cpus`` cores."""
+    return max(1, (cpus or os.cpu_count() or 1) // max(1, ranks_per_node))
+
+
+def rank_environment(ranks_per_node: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for rank processes started on this machine (torchrun, srun)."""
+    import torch
+
+    env = dict(os.environ if base is None else base)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(ranks_per_node)))
+    # DeepSpeed's own deprecated torch calls would otherwise warn once per rank.
+    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    return env
+
+
+def configure_this_process(ranks_per_node: int) -> None:
+    """The same setup for a rank that runs inside an existing process (a Ray Train worker)."""
+    import torch
+
+    os.environ.update(rank_environment(ranks_per_node))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send this process ``sig`` when its parent dies, so a launcher killed outright
+    never leaves torchrun or ranks running on their own (SIGTERM makes ranks save and stop)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig))
