@@ -110,8 +110,9 @@ class TrainEngine:
     grad_accum: int
     micro_batch: int
     device: torch.device
-    # Called right before each optimizer step: the checkpoint saver holds the step there while a
-    # snapshot still reads the live weights and optimizer state.
+    # Called right before each optimizer step (before the whole batch when pipelined: DeepSpeed's
+    # schedule steps inside it): the checkpoint saver holds training there while a snapshot still
+    # reads the live weights and optimizer state.
     before_optimizer_step: Callable[[], None] = _no_hold
 
     def set_lr(self, lr: float) -> None:
