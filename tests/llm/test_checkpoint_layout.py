@@ -55,6 +55,15 @@ def test_missing_latest_after_a_commit_uses_the_newest_committed(tmp_path):
         assert checkpoint.latest_committed_step(str(tmp_path)) == 6
 
 
+def test_a_resume_tries_the_step_latest_names_then_older_committed_ones_newest_first(tmp_path):
+    for step in (2, 4, 6):
+        make_step(tmp_path, step)
+    make_step(tmp_path, 3, committed=False)
+    point_latest(tmp_path, "step-00000004\n")
+    assert checkpoint.resume_candidates(str(tmp_path)) == [4, 2]
+    assert checkpoint.resume_candidates(str(tmp_path / "empty")) == []
+
+
 def test_prune_keeps_the_newest_k_and_never_touches_newer_partial_saves():
     assert checkpoint.steps_to_prune([1, 2, 3, 4, 5], [1, 2, 3, 4], keep=2) == [1, 2]
     assert checkpoint.steps_to_prune([1, 2, 3], [1, 3], keep=3) == [2]  # abandoned partial save
@@ -142,3 +151,16 @@ def test_an_unreadable_record_is_one_line_naming_the_file(tmp_path):
     make_step(tmp_path, 4)
     with pytest.raises(CheckpointError, match="step-00000004/COMMITTED is not a checkpoint record: tokens: Field required"):
         checkpoint.read_commit(str(tmp_path), 4)
+
+
+def test_reading_weights_checks_every_listed_file_first_and_names_a_damaged_one(tmp_path):
+    import hashlib
+
+    url = checkpoint.step_url(str(tmp_path), 4)
+    data = b"weights"
+    storage.write_bytes(storage.join(url, "mp_rank_00_model_states.pt"), data + b"!")  # not what was written
+    entry = FileEntry(path="mp_rank_00_model_states.pt", bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rank=0)
+    saved = record(step=4).model_copy(update={"files": [entry]})
+    storage.write_text(storage.join(url, checkpoint.COMMITTED), saved.model_dump_json())
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt is 8 bytes; the record lists 7$"):
+        checkpoint.load_model_state(str(tmp_path), 4)
