@@ -12,12 +12,13 @@ STDLIB_CORPUS := .smoke/stdlib-corpus
 # per-user cache that another DeepSpeed version would overwrite.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-# torch is pinned first so that no bare `torch` requirement can pull a CUDA build onto a CPU machine.
+# torch is pinned first so that no bare `torch` requirement can pull a CUDA build onto a CPU machine,
+# and pinned again beside the extras so that none of them (lm-eval, accelerate, peft) can move it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test]" torch==2.13.0
 	touch $(STAMP)
 
 install: $(STAMP)

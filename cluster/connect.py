@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from typing import Iterator
 
 import ray
@@ -14,23 +16,30 @@ from cluster.config import ClusterConfig
 def ray_session(cluster: ClusterConfig) -> Iterator[None]:
     """Use the Ray instance already up, else join ``cluster.address`` / ``RAY_ADDRESS``, else start one locally.
 
-    Only a Ray started here is shut down here.
+    Only a Ray started here is shut down here, and its session folder (logs, sockets, spilled
+    objects) lives in a private temporary folder removed with it.
     """
     if ray.is_initialized():
         yield
         return
     address = cluster.address or os.environ.get("RAY_ADDRESS")
+    temp_dir = None
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        # Short and private: Ray's unix sockets live under it, and their paths must stay under 108 bytes.
+        temp_dir = tempfile.mkdtemp(prefix="kiln-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
         ray.init(
             num_cpus=cluster.num_cpus or os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,
             _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
             configure_logging=False,
         )
     try:
         yield
     finally:
         ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)

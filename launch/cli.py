@@ -32,10 +32,32 @@ def cmd_train(args) -> int:
     return train_stage(_config(args))
 
 
+def _eval_config(args: argparse.Namespace):
+    """The config file given, or the resolved config a run saved when given its RUN_URL."""
+    import os
+
+    from launch.config import load_config
+    from ops import storage
+
+    saved = storage.join(args.config, "config.yaml")
+    if not os.path.isfile(args.config) and storage.exists(saved):
+        return load_config(saved, args.overrides)
+    return load_config(args.config, args.overrides)
+
+
 def cmd_eval(args) -> int:
     from launch.stages import eval_stage
 
-    eval_stage(_config(args))
+    eval_stage(_eval_config(args), follow=args.follow)
+    return 0
+
+
+def cmd_eval_make_cloze(args) -> int:
+    from llm.cloze import write_cloze
+
+    count = write_cloze(args.data_url, args.out, args.n, args.context_tokens, args.continuation_tokens, args.choices,
+                        args.seed)
+    print(f"wrote {count} cloze examples to {args.out}")
     return 0
 
 
@@ -214,7 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _with_config(add("prepare", cmd_prepare, "train the tokenizer and write token shards + manifests"))
     _with_config(add("train", cmd_train, "pretrain with DeepSpeed ranks, resuming from the latest checkpoint"))
-    _with_config(add("eval", cmd_eval, "held-out loss, perplexity and bits per byte of a checkpoint"))
+    p = add("eval", cmd_eval, "evaluate checkpoints on the held-out split and the eval.tasks")
+    _with_config(p)
+    p.add_argument("--follow", action="store_true",
+                   help="keep watching the run: evaluate each newly committed checkpoint until the run finishes")
+    p.epilog = ("CONFIG may also be a RUN_URL (its saved config.yaml is used).  "
+                "kiln eval make-cloze DATA_URL OUT.jsonl [--n N] builds a cloze task from held-out documents.")
     _with_config(add("run", cmd_run, "prepare → train → eval, skipping stages whose output is committed"))
 
     p = add("submit", cmd_submit, "submit `kiln run` of a config to a Ray cluster through its Jobs API")
@@ -272,6 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_make_cloze_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln eval make-cloze",
+                                description="a multiple-choice cloze task (JSONL) from a prepared dataset's val documents")
+    p.set_defaults(func=cmd_eval_make_cloze)
+    p.add_argument("data_url", help="prepared data (DATA_URL)")
+    p.add_argument("out", help="task file to write (local path or URL)")
+    p.add_argument("--n", type=int, default=200, help="examples")
+    p.add_argument("--context-tokens", type=int, default=48)
+    p.add_argument("--continuation-tokens", type=int, default=8, help="length of every choice, in tokens")
+    p.add_argument("--choices", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is meant for the user as is (missing files and URLs included)."""
     from cluster.submit import JobsError
@@ -282,7 +323,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["eval", "make-cloze"]:  # a subcommand of eval, whose first argument is otherwise a CONFIG
+        args = build_make_cloze_parser().parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
     except KeyboardInterrupt:

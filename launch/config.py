@@ -8,8 +8,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
-from typing import Any
+import types
+import typing
+from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,6 +19,7 @@ from cluster.config import ClusterConfig, EvalConfig
 from data_shards.config import DataConfig
 from llm.config import ModelConfig, TrainConfig
 from llm.job import TrainJob
+from ops import storage
 
 
 class ConfigError(Exception):
@@ -105,29 +107,48 @@ def apply_override(tree: dict, override: str, source: str = "command line") -> N
     node[parts[-1]] = value
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names valid at ``loc`` (the location of an unknown key's parent)."""
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any]:
+    """Follow ``loc`` through sections, lists and tagged unions (such as ``eval.tasks`` entries).
+
+    Returns the key path as a user writes it (union tags left out) and the type reached
+    (None where ``loc`` leaves the typed tree).
+    """
+    shown: list[str] = []
     current: Any = model
     for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = field.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        if typing.get_origin(current) is Annotated:
+            current = typing.get_args(current)[0]
+        if typing.get_origin(current) is list and isinstance(part, int):
+            current = typing.get_args(current)[0]
+            shown.append(str(part))
+            continue
+        if typing.get_origin(current) is Annotated:
+            current = typing.get_args(current)[0]
+        if typing.get_origin(current) in (Union, types.UnionType):
+            tagged = [m for m in typing.get_args(current) if isinstance(m, type) and issubclass(m, BaseModel)
+                      and "type" in m.model_fields and part in typing.get_args(m.model_fields["type"].annotation)]
+            # pydantic names the union member it tried (a tag, or a type such as "list[int]"): not a key
+            current = tagged[0] if tagged else None
+            continue
+        shown.append(str(part))
+        if isinstance(current, type) and issubclass(current, BaseModel) and str(part) in current.model_fields:
+            current = current.model_fields[str(part)].annotation
+        else:
+            current = None
+    return shown, current
 
 
 def _describe(err: dict, source: str) -> str:
     loc = tuple(err["loc"])
-    dotted = ".".join(str(p) for p in loc)
+    shown, _ = _walk(KilnConfig, loc)
+    dotted = ".".join(shown)
     if err["type"] == "extra_forbidden":
-        valid = _fields_at(KilnConfig, loc[:-1])
+        parent_shown, parent = _walk(KilnConfig, loc[:-1])
+        valid = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        parent = ".".join(str(p) for p in loc[:-1])
-        hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
+        parent_key = ".".join(parent_shown)
+        prefix = parent_key + "." if parent_key else ""
+        hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
         return f"{source}: unknown key '{dotted}' — {hint}"
     if err["type"] == "missing":
         return f"{source}: required key '{dotted}' is missing"
@@ -139,12 +160,11 @@ def _describe(err: dict, source: str) -> str:
 
 
 def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnConfig:
-    """Read ``path``, apply dotted overrides, validate. Raises ConfigError with one line."""
-    if not os.path.exists(path):
+    """Read ``path`` (a local file or a URL), apply dotted overrides, validate. Raises ConfigError with one line."""
+    if not storage.exists(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            tree = yaml.safe_load(f) or {}
+        tree = yaml.safe_load(storage.read_text(path)) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -156,4 +176,7 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnC
     try:
         return KilnConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_describe(e.errors()[0], path)) from None
+        errors = e.errors()
+        # A misspelled key also leaves the right one missing: name the misspelling.
+        first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
+        raise ConfigError(_describe(first, path)) from None

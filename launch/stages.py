@@ -1,14 +1,17 @@
 """The four stages as commands see them: prepare, train, eval, and run (all three, skipping finished ones)."""
 from __future__ import annotations
 
+from functools import partial
+
 from rich.console import Console
-from rich.table import Table
 
 from cluster.connect import ray_session
-from cluster.eval import eval_url, evaluate_run
+from cluster.eval import (EvalReport, already_evaluated, build_tasks, eval_url, evaluate_steps, follow_run, plan_step,
+                          plan_steps)
 from data_shards.prepare import is_prepared, prepare
 from launch.accelerator import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
+from launch.eval_display import EvalProgress, print_eval_table
 from launch.launchers import launcher_for
 from launch.launchers.base import run_job
 from llm.checkpoint import latest_committed_step
@@ -58,29 +61,22 @@ def train_stage(cfg: KilnConfig) -> int:
         return run_job(launcher)
 
 
-def eval_stage(cfg: KilnConfig) -> dict:
+def eval_stage(cfg: KilnConfig, follow: bool = False) -> list[EvalReport]:
+    """Evaluate the checkpoints ``eval.steps`` names, or with ``follow`` every new one until the run finishes.
+
+    Steps and task files are checked before Ray starts, so a bad one costs nothing and writes nothing.
+    """
     use_cpu_accelerator_without_cuda()
-    with ray_session(cfg.cluster):
-        result = evaluate_run(cfg.run_url, cfg.data_url, cfg.model, cfg.eval, cfg.storage.options)
-    print_eval_table(result, cfg.run_url)
-    return result
-
-
-def print_eval_table(result: dict, run_url: str) -> None:
-    table = Table(title=f"held-out evaluation · {run_url} · step {result['step']}")
-    table.add_column("model")
-    table.add_column("loss (nats/token)", justify="right")
-    table.add_column("perplexity", justify="right")
-    table.add_column("bits per byte", justify="right")
-    table.add_row("kiln", f"{result['loss']:.4f}", f"{result['perplexity']:.2f}", f"{result['bits_per_byte']:.4f}")
-    table.add_row(
-        "unigram baseline",
-        f"{result['unigram_loss']:.4f}",
-        f"{result['unigram_perplexity']:.2f}",
-        f"{result['unigram_bits_per_byte']:.4f}",
-    )
-    table.caption = f"{result['tokens']:,} target tokens over {result['val_shards']} val shard(s)"
-    Console().print(table)
+    options = cfg.storage.options
+    steps = [] if follow else plan_steps(cfg.run_url, cfg.eval, options)
+    tasks = build_tasks(cfg.eval, cfg.data_url, options)
+    plans = [plan_step(cfg.run_url, step, tasks, cfg.eval.slice_size, options) for step in steps]
+    show = partial(print_eval_table, run_url=cfg.run_url)
+    with ray_session(cfg.cluster), EvalProgress() as progress:
+        if follow:
+            console.print(f"eval: following {cfg.run_url}: each committed checkpoint is evaluated until the run finishes")
+            return follow_run(cfg.run_url, tasks, cfg.eval, options, progress.update, show)
+        return evaluate_steps(cfg.run_url, plans, tasks, cfg.eval, options, progress.update, show)
 
 
 def run_stages(cfg: KilnConfig, progress: bool = True) -> int:
@@ -99,9 +95,10 @@ def run_stages(cfg: KilnConfig, progress: bool = True) -> int:
             return rc
         done = latest_committed_step(cfg.run_url, options)
     evaluated = eval_url(cfg.run_url, done)
-    if cfg.eval.step is None and storage.exists(evaluated, options):
-        console.print(f"eval: skipped — {evaluated} exists")
-        print_eval_table(storage.read_json(evaluated, options), cfg.run_url)
+    tasks = [entry.name for entry in cfg.eval.task_entries()]
+    if cfg.eval.steps == "latest" and already_evaluated(cfg.run_url, done, tasks, options):
+        console.print(f"eval: skipped — {evaluated} holds every task's result")
+        print_eval_table(EvalReport.from_json(storage.read_json(evaluated, options)), cfg.run_url)
     else:
         eval_stage(cfg)
     return 0

@@ -3,6 +3,8 @@
     OUT_DIR/config.json             LlamaConfig
     OUT_DIR/model.safetensors       fp32 weights in Hugging Face names
     OUT_DIR/generation_config.json
+    OUT_DIR/tokenizer.json          a fast tokenizer that encodes exactly as the run's sentencepiece
+                                    model (loads with neither sentencepiece nor protobuf installed)
     OUT_DIR/tokenizer.model         the run's sentencepiece model, plus tokenizer_config.json
                                     and special_tokens_map.json
 
@@ -24,6 +26,7 @@ import torch
 
 from llm.checkpoint import load_model_state, read_commit
 from llm.config import ModelConfig
+from llm.hf_tokenizer import tokenizer_json
 
 _BLOCK_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -140,18 +143,22 @@ def _write_tokenizer(out_dir: str, model_bytes: bytes, seq_len: int) -> tuple[in
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
         f.write(model_bytes)
+    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tokenizer_json(model_bytes), f, ensure_ascii=False)
     special = {}
     for role, piece_id in (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()),
                            ("pad_token", sp.pad_id())):
         if piece_id >= 0:
             special[role] = sp.id_to_piece(piece_id)
     _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
+    # The generic fast class reads tokenizer.json as written; split_special_tokens keeps "</s>" in
+    # text as plain characters, as sentencepiece encodes it.
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-        "tokenizer_class": "LlamaTokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": False,
         "add_eos_token": False,
-        "add_prefix_space": False,
-        "legacy": False,
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
         "model_max_length": seq_len,
         **special,
     })

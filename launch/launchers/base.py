@@ -68,6 +68,11 @@ class Launcher(ABC):
         """Ask the running ranks to save at the next step and stop.  Called from a signal handler:
         it must return at once."""
 
+    def session(self) -> contextlib.AbstractContextManager:
+        """What every attempt runs inside (a connection to a cluster); entered before the stop signals'
+        handlers are installed, so a client library that installs its own cannot replace them."""
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         """Release what the launcher made (temporary folders); called once, after the last attempt."""
 
@@ -111,16 +116,18 @@ def run_job(launcher: Launcher) -> int:
     records = RunRecords(job.run_dir, job.storage_options)
     max_restarts = job.train.max_restarts
     attempt = 0
-    with StopSignals(launcher).installed() as stop:
+    with launcher.session(), StopSignals(launcher).installed() as stop:
         while True:
             started = time.time()
             progress = follow_training(job) if launcher.shows_progress else contextlib.nullcontext()
             with progress:
                 result = launcher.run_attempt(attempt)
+            if result.exit_code == REQUEUE_EXIT_CODE or records.preempted_since(started):
+                return REQUEUE_EXIT_CODE  # the ranks saved on a stop request
             if result.exit_code == 0:
                 return 0
-            if stop.reason is not None or result.exit_code == REQUEUE_EXIT_CODE or records.preempted_since(started):
-                return REQUEUE_EXIT_CODE
+            if stop.reason is not None:
+                return REQUEUE_EXIT_CODE  # stopped while failing: resume from the last committed checkpoint
             failures = [f.model_dump(exclude_none=True) for f in result.failures]
             if not launcher.restarts_failed_attempts or attempt >= max_restarts:
                 records.event("failure", launcher=launcher.name, exit_code=result.exit_code, failures=failures,

@@ -21,12 +21,15 @@ class RayTrainLauncher(Launcher):
     def from_config(cls, cfg) -> "RayTrainLauncher":
         return cls(cfg.train_job(), cfg.cluster)
 
+    def session(self):
+        """Connected before run_job installs its stop handlers: ray.init installs a SIGTERM handler of its own."""
+        return ray_session(self.cluster)
+
     def run_attempt(self, attempt: int) -> AttemptResult:
         from cluster.ray_train import RayTrainRun
 
-        with ray_session(self.cluster):
-            self.run = RayTrainRun(self.job)
-            failures = self.run.fit()
+        self.run = RayTrainRun(self.job)
+        failures = self.run.fit()
         return AttemptResult(exit_code=1 if failures else 0, failures=failures)
 
     def request_stop(self, reason: str) -> None:

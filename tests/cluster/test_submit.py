@@ -15,7 +15,8 @@ from ops.records import RunRecords
 
 pytestmark = pytest.mark.slow
 
-STEPS = 90
+# Long enough that a stop sent once a step is logged lands mid-run even with a CLI's start-up in between.
+STEPS = 400
 
 
 def kiln(*args, env=None, cwd=None, timeout=900):
@@ -55,7 +56,7 @@ def setup(tmp_path_factory, tiny_config):
     """Prepared data, a Ray Train config, and the uninterrupted curve (Ray Train equals torchrun bit for bit)."""
     tmp = tmp_path_factory.mktemp("submit")
     path = tiny_config(tmp, seed=11, run={"dir": str(tmp / "straight")},
-                       train={"steps": STEPS, "checkpoint_every": 30, "launcher": "ray", "warmup_steps": 5},
+                       train={"steps": STEPS, "checkpoint_every": 100, "launcher": "ray", "warmup_steps": 5},
                        eval={"max_windows_per_shard": 4})
     prepared = kiln("prepare", str(path), cwd=tmp)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
@@ -111,7 +112,7 @@ def test_a_killed_ray_train_worker_is_restarted_and_the_curve_is_unchanged(setup
                              f"cluster.address={ray_head.gcs_address}", "train.max_restarts=2"],
                             env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for_step(run, 35, alive=lambda: proc.poll() is None)  # past the checkpoint at step 30
+        wait_for_step(run, 105, alive=lambda: proc.poll() is None)  # past the checkpoint at step 100
         victim = next(b for b in RunRecords(str(run)).heartbeats() if b["rank"] == 1)["pid"]
         os.kill(victim, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=900)
@@ -122,7 +123,7 @@ def test_a_killed_ray_train_worker_is_restarted_and_the_curve_is_unchanged(setup
     assert proc.returncode == 0, stderr.decode()[-3000:]
     [restart] = [e for e in RunRecords(str(run)).events() if e["event"] == "restart"]
     assert restart["launcher"] == "ray" and restart["attempt"] == 1 and restart["max_restarts"] == 2
-    assert restart["step"] >= 30
+    assert restart["step"] >= 100
     killed = [f for f in restart["failures"] if f["rank"] == 1]
     assert killed and killed[0]["pid"] == victim, restart["failures"]
     assert curve(run) == reference
@@ -172,7 +173,8 @@ def test_a_stop_signal_to_the_ray_train_driver_saves_and_exits_75(setup, ray_hea
             proc.wait()
     assert proc.returncode == 75, stderr.decode()[-3000:]
     [preemption] = [e for e in RunRecords(str(run)).events() if e["event"] == "preemption"]
-    assert preemption["signals"] == {"0": "SIGUSR2", "1": "SIGUSR2"}
+    # the ranks that had seen the request when they agreed name it; the others followed them
+    assert preemption["signals"] and set(preemption["signals"].values()) == {"SIGUSR2"}
     assert latest_committed_step(str(run)) == preemption["step"]
 
 

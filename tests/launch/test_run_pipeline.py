@@ -47,7 +47,8 @@ def test_run_writes_data_checkpoint_metrics_and_eval(tiny_run):
     result = json.loads((run / "eval" / "step-00000006.json").read_text())
     assert result["step"] == 6 and result["tokens"] > 0
     assert result["loss"] > 0 and result["unigram_loss"] > 0
-    assert "held-out evaluation" in first.stdout and "unigram baseline" in first.stdout
+    assert result["tasks"]["heldout"]["loss"] == result["loss"]
+    assert "evaluation" in first.stdout and "unigram baseline" in first.stdout
 
 
 def test_second_run_skips_every_stage_and_changes_nothing(tiny_run):
