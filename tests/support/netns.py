@@ -26,17 +26,19 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
 PREFIX = "kmh"  # namespaces kmh<pid>-<i>, bridge kmh<pid>, host-side veths kmh<pid>v<i>
 TEST_RANGE = ipaddress.ip_network("10.77.0.0/16")
 NETNS_ETC = Path("/etc/netns")
-CLAIM_LOCK = "/tmp/kiln-netns.lock"
-OWNED = re.compile(rf"^{PREFIX}(\d+)(?:-\d+|v\d+)?$")
+CLAIM_LOCK = "/run/kiln-netns.lock"  # kept, like iptables' /run/xtables.lock
+OWNED = re.compile(rf"^{PREFIX}(\d+)(?:-\w+|[vp]\d+)?$")  # bridge, namespaces and hosts folders, veth ends
 
 
 class NamespacesUnavailable(RuntimeError):
@@ -86,24 +88,31 @@ def free_subnet() -> ipaddress.IPv4Network:
     raise RuntimeError(f"no free /24 left in {TEST_RANGE}")
 
 
-def sweep_abandoned() -> None:
-    """Remove namespaces, links and hosts files of test sessions whose process is gone."""
-    def abandoned(name: str) -> bool:
-        match = OWNED.match(name)
-        return bool(match) and not psutil.pid_exists(int(match.group(1)))
+def _owner(name: str) -> int | None:
+    """The id of the process that made the namespace, link or hosts folder ``name``, if this module made it."""
+    match = OWNED.match(name)
+    return int(match.group(1)) if match else None
 
+
+def remove_everything_of(owned: Callable[[int], bool]) -> None:
+    """Kill the processes in, and delete, every namespace, link and hosts folder whose maker ``owned`` picks."""
     for name in _ip("netns", "list").stdout.split():
-        if abandoned(name):
+        if (pid := _owner(name)) is not None and owned(pid):
             _kill_every_process(name)
-            _ip("netns", "del", name, check=False)
+            _ip("netns", "del", name, check=False)  # takes its end of each veth pair with it
     for line in _ip("-o", "link", "show").stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
-        if abandoned(name):
+        if (pid := _owner(name)) is not None and owned(pid):
             _ip("link", "del", name, check=False)
     if NETNS_ETC.is_dir():
         for folder in NETNS_ETC.iterdir():
-            if abandoned(folder.name):
+            if (pid := _owner(folder.name)) is not None and owned(pid):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_abandoned() -> None:
+    """Remove what test sessions whose process is gone left behind (killed before they could clean up)."""
+    remove_everything_of(lambda pid: not psutil.pid_exists(pid))
 
 
 def _pids_in(netns: str) -> list[int]:
@@ -151,6 +160,10 @@ class Host:
         _kill_every_process(self.netns)
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 class Hosts:
     """``n`` hosts on a bridge; a context manager that removes everything it made."""
 
@@ -159,11 +172,15 @@ class Hosts:
         self.bridge = self.tag
         self.hosts: list[Host] = []
         self.bridge_address = ""
-        self._made_bridge = False
         self.n = n
+        self._sigterm_installed = False
 
     def create(self) -> "Hosts":
         atexit.register(self.remove)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            # A SIGTERM would end this process on the spot; as an interrupt it lets pytest run every teardown.
+            signal.signal(signal.SIGTERM, _interrupt)
+            self._sigterm_installed = True
         try:
             with open(CLAIM_LOCK, "a") as lock:  # one session at a time picks a subnet and claims it with its bridge
                 fcntl.flock(lock, fcntl.LOCK_EX)
@@ -172,7 +189,6 @@ class Hosts:
                 addresses = [str(a) for a in subnet.hosts()]
                 self.bridge_address = addresses[0]
                 _ip("link", "add", self.bridge, "type", "bridge")
-                self._made_bridge = True
                 _ip("addr", "add", f"{self.bridge_address}/{subnet.prefixlen}", "dev", self.bridge)
                 _ip("link", "set", self.bridge, "up")
             self.hosts = [Host(name=f"host{i}", netns=f"{self.tag}-{i}", address=addresses[i + 1])
@@ -202,19 +218,14 @@ class Hosts:
         (folder / "hosts").write_text("\n".join(lines) + "\n")
 
     def remove(self) -> None:
-        """Kill every process of every host, then delete namespaces, veths, bridge and hosts files."""
-        for host in self.hosts:
-            if host.netns in _ip("netns", "list").stdout.split():
-                _kill_every_process(host.netns)
-                _ip("netns", "del", host.netns, check=False)  # takes its end of the veth pair with it
-            shutil.rmtree(NETNS_ETC / host.netns, ignore_errors=True)
-        for i in range(len(self.hosts)):
-            _ip("link", "del", f"{self.tag}v{i}", check=False)
-        if self._made_bridge:
-            _ip("link", "del", self.bridge, check=False)
-            self._made_bridge = False
+        """Kill every process of every host, then delete namespaces, veths, bridge and hosts files
+        (whatever part of them was made)."""
+        remove_everything_of(lambda pid: pid == os.getpid())
         self.hosts = []
         atexit.unregister(self.remove)
+        if self._sigterm_installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._sigterm_installed = False
 
     def __enter__(self) -> "Hosts":
         return self.create()
