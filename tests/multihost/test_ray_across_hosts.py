@@ -69,12 +69,16 @@ def start_ray(host, args, env, log_path):
                           env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def alive_nodes(cluster_env, dashboard_url) -> int:
-    listed = subprocess.run(["ray", "list", "nodes", "--address", dashboard_url, "--format", "json"],
-                            env=cluster_env, capture_output=True, text=True, timeout=120)
-    if listed.returncode != 0:
-        return 0
-    return sum(1 for node in json.loads(listed.stdout) if node.get("state") == "ALIVE")
+def ray_list(what, env, dashboard_url, *filters) -> list[dict]:
+    """``ray list WHAT`` through the dashboard's state API; empty while the dashboard cannot answer."""
+    listed = subprocess.run(["ray", "list", what, "--address", dashboard_url, "--format", "json", "--limit", "10000",
+                             *[arg for f in filters for arg in ("--filter", f)]],
+                            env=env, capture_output=True, text=True, timeout=120)
+    return json.loads(listed.stdout) if listed.returncode == 0 else []
+
+
+def alive_nodes(env, dashboard_url) -> int:
+    return sum(1 for node in ray_list("nodes", env, dashboard_url) if node["state"] == "ALIVE")
 
 
 @pytest.fixture(scope="module")
@@ -129,19 +133,29 @@ def submitted(cluster, ray_cluster, tiny_config, tmp_path_factory):
     path = tiny_config(tmp, seed=17, run={"dir": f"{bucket}/ray-run"}, data={"output": f"{bucket}/ray-data"},
                        train={"steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "warmup_steps": 5,
                               "launcher": "ray", "nodes": 2, "nproc": 1},
-                       eval={"max_windows_per_shard": 4})
+                       # Six slices of one window: each of the cluster's three eval workers (one per CPU,
+                       # so one on host1) is sent two before any answer comes back.
+                       eval={"max_windows_per_shard": 6, "slice_size": 1})
     corpus_on_the_bucket(path, bucket)
     done = subprocess.run(kiln("submit", str(path), "--address", ray_cluster.dashboard_url, "--follow"),
                           env=ray_cluster.client_env, capture_output=True, text=True, timeout=1200)
     return path, f"{bucket}/ray-run", done
 
 
-def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates(submitted):
+def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates_on_both(cluster, ray_cluster,
+                                                                                         submitted):
     _, run, done = submitted
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(curve(run)) == list(range(1, STEPS + 1))
     assert sorted(b["host"] for b in RunRecords(run).heartbeats()) == ["host0", "host1"]
     assert storage.read_json(eval_url(run, STEPS))["step"] == STEPS
+
+    env, url = ray_cluster.client_env, ray_cluster.dashboard_url
+    node_host = {node["node_id"]: {h.address: h.name for h in cluster.hosts.hosts}[node["node_ip"]]
+                 for node in ray_list("nodes", env, url)}
+    eval_workers = ray_list("actors", env, url, "class_name=EvalWorker")
+    assert len(eval_workers) == 3
+    assert sorted(node_host[actor["node_id"]] for actor in eval_workers) == ["host0", "host0", "host1"]
 
 
 def test_a_client_without_the_token_is_refused(ray_cluster, submitted, tmp_path):
