@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kiln-installed
 SHARED_CORPUS := ../shared/corpus/python-docs
 STDLIB_CORPUS := .smoke/stdlib-corpus
 
-.PHONY: install smoke test test-fast bench clean
+.PHONY: install system-packages smoke test test-fast bench clean
 
 # DeepSpeed JIT-builds a small CPU op; keep the build with this venv's DeepSpeed, not in a
 # per-user cache that another DeepSpeed version would overwrite.
@@ -23,13 +23,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian packages some tests need (Slurm, ...), listed in .ci/apt-packages: the missing ones are
+# installed when run as root, otherwise named.
+system-packages:
+	@.ci/install-apt-packages
+
 smoke: $(STAMP)
 	@if [ -d "$(SHARED_CORPUS)" ]; then corpus="$(SHARED_CORPUS)"; \
 	else $(BIN)/python -m launch.corpus "$(STDLIB_CORPUS)"; corpus="$(STDLIB_CORPUS)"; fi; \
 	echo "smoke corpus: $$corpus"; \
 	$(BIN)/kiln run configs/smoke.yaml "data.inputs=[$$corpus/train-*.jsonl.gz]" "data.val_inputs=[$$corpus/val-*.jsonl.gz]"
 
-test: $(STAMP)
+test: system-packages $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -220,9 +220,40 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_launch_slurm(args) -> int:
+    from launch.cluster_jobs import launch_slurm
+    from launch.render.options import SlurmOptions, validated
+
+    options = validated(
+        SlurmOptions, nodes=args.nodes, gpus_per_node=args.gpus_per_node, partition=args.partition, time=args.time,
+        account=args.account, qos=args.qos, signal=args.signal, signal_lead=args.signal_lead, ray=args.ray,
+    )
+    launch_slurm(_config(args), options, args.output, args.submit)
+    return 0
+
+
+def cmd_launch_k8s(args) -> int:
+    from launch.cluster_jobs import launch_k8s
+    from launch.render.options import KubernetesOptions, validated
+
+    options = validated(
+        KubernetesOptions, nodes=args.nodes, gpus_per_node=args.gpus_per_node, image=args.image,
+        namespace=args.namespace, secret=args.secret, cpus_per_node=args.cpus_per_node,
+        memory_per_node=args.memory_per_node,
+    )
+    launch_k8s(_config(args), options, args.output)
+    return 0
+
+
 def _with_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="dotted overrides, e.g. train.steps=50")
+
+
+def _with_job_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, help="machines (default 1)")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs per node, one rank each; 0: CPU ranks, train.nproc per node")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of printing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,6 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
 
+    launch = add("launch", None, "render a cluster job for this config").add_subparsers(
+        dest="launch_command", required=True, metavar="SCHEDULER"
+    )
+    p = add("slurm", cmd_launch_slurm, "an sbatch script: one task per node, requeued when preempted", parent=launch)
+    _with_config(p)
+    _with_job_shape(p)
+    p.add_argument("--partition")
+    p.add_argument("--time", help="time limit in SLURM's formats (minutes, HH:MM:SS, D-HH:MM, ...)")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--signal", help="preemption signal sent to the batch shell (default USR2; NCCL may use USR1)")
+    p.add_argument("--signal-lead", type=int, metavar="SECONDS", help="seconds before the time limit (default 120)")
+    p.add_argument("--ray", action="store_true", help="start a token-authenticated Ray cluster and `kiln run` on it")
+    p.add_argument("--submit", action="store_true", help="submit with sbatch and print the job id")
+    p = add("k8s", cmd_launch_k8s, "a KubeRay RayJob plus the ConfigMap with the resolved config", parent=launch)
+    _with_config(p)
+    _with_job_shape(p)
+    p.add_argument("--image", help="container image with Kiln installed (see Dockerfile)")
+    p.add_argument("--namespace")
+    p.add_argument("--secret", help="Secret whose keys become the pods' environment (e.g. AWS credentials)")
+    p.add_argument("--cpus-per-node", type=int, help="CPUs of each worker pod (default 8)")
+    p.add_argument("--memory-per-node", help="memory of each worker pod (default 64Gi)")
+
     p = add("plan", cmd_plan, "parameters, memory per GPU and time to train.steps")
     _with_config(p)
     p.add_argument("--gpus", type=int, default=8)
@@ -322,12 +376,25 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, FileNotFoundError, JobsError)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; dotted overrides may also follow the options (argparse alone cannot take
+    positionals after them)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["eval", "make-cloze"]:  # a subcommand of eval, whose first argument is otherwise a CONFIG
         args = build_make_cloze_parser().parse_args(argv[2:])
     else:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
     try:
         code = args.func(args)
     except KeyboardInterrupt:

@@ -1,0 +1,60 @@
+"""Kubernetes: a KubeRay RayJob (ray.io/v1) that runs `kiln run` on a Ray cluster of GPU pods, plus the
+ConfigMap holding the resolved config it runs."""
+from __future__ import annotations
+
+import re
+from importlib.metadata import version
+
+import yaml
+
+from launch.config import ConfigError, KilnConfig
+from launch.render.job_config import job_config, job_name
+from launch.render.options import KubernetesOptions
+from launch.render.policy import manifest_violations
+from launch.render.templates import render_template
+
+CONFIG_MOUNT = "/etc/kiln"
+POD_UID = 1000  # the unprivileged user of the image (see Dockerfile)
+HEAD_CPUS = 4
+HEAD_MEMORY = "16Gi"
+CREDENTIAL_KEY = re.compile(r"secret|password|token|credential|private|(^|_)key$", re.IGNORECASE)
+
+
+def _check_storage(cfg: KilnConfig) -> None:
+    """Pods share no folder and a retried job starts on fresh pods: the run and its data live on object storage,
+    and credentials come from a Secret, never from the config (which a ConfigMap carries in plain text)."""
+    for key, url in (("run.dir", cfg.run_url), ("data.output", cfg.data_url)):
+        if "://" not in url:
+            raise ConfigError(
+                f"{key}: {url!r} is a local path; on Kubernetes give an object-store URL (s3://bucket/...), "
+                "so that every pod and every retry of the job sees the same files"
+            )
+    for key in cfg.storage.options:
+        if CREDENTIAL_KEY.search(key):
+            raise ConfigError(
+                f"storage.options.{key} looks like a credential: keep it out of the config and put it in a "
+                "Kubernetes Secret passed with --secret NAME (its keys become environment variables)"
+            )
+
+
+def render_rayjob(cfg: KilnConfig, options: KubernetesOptions) -> str:
+    """A ConfigMap and a RayJob as one multi-document YAML, checked against Kiln's manifest policy."""
+    _check_storage(cfg)
+    job = job_config(cfg, options, launcher="ray")
+    text = render_template(
+        "rayjob.yaml.j2",
+        o=options,
+        run_name=job.run.name,
+        name=job_name(job),
+        config_yaml=job.to_yaml(),
+        config_mount=CONFIG_MOUNT,
+        backoff_limit=job.train.max_restarts,
+        ray_version=version("ray"),
+        uid=POD_UID,
+        head_cpus=HEAD_CPUS,
+        head_memory=HEAD_MEMORY,
+    )
+    violations = manifest_violations(list(yaml.safe_load_all(text)), options.gpus_per_node)
+    if violations:
+        raise RuntimeError(f"rendered manifest breaks Kiln's policy: {'; '.join(violations)}")
+    return text

@@ -1,0 +1,139 @@
+"""Rendered sbatch scripts run on a real one-node Slurm: they train, requeue themselves when preempted and
+resume on the same loss curve, and the --ray variant runs the whole pipeline on a token-authenticated Ray."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ops.checkpoints import list_checkpoints
+from ops.records import RunRecords
+
+pytestmark = pytest.mark.slow
+
+STEPS = 40
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def job_environment(slurm) -> dict[str, str]:
+    """What a user's shell gives sbatch: `kiln` on PATH; the ports a job would derive from its id, made free here.
+
+    Ray on this machine stays on 127.0.0.1: `ray start` replaces a loopback --node-ip-address with the
+    host's address unless Ray's switch for clusters is off.
+    """
+    return {**slurm.env, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "KILN_MASTER_PORT": str(slurm.free_ports()),
+            "KILN_RAY_PORT": str(slurm.free_ports(2)), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def submit(slurm, config, cwd, *flags) -> str:
+    """`kiln launch slurm CONFIG --gpus-per-node 0 ... --submit` from ``cwd``; returns the job id it prints."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "launch", "slurm", str(config), "--gpus-per-node", "0", *flags, "--submit"],
+        cwd=cwd, env=job_environment(slurm), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def job_log(cwd, job_id) -> str:
+    logs = list(Path(cwd).glob(f"kiln-*-{job_id}.out"))
+    return logs[0].read_text(errors="replace")[-4000:] if logs else "(no job log)"
+
+
+def curve(run_dir) -> dict[int, float]:
+    """Loss per step; a step logged again after a restart keeps its last row."""
+    return {row["step"]: row["loss"] for row in RunRecords(str(run_dir)).metrics()}
+
+
+def wait_for_step(slurm, job_id, run_dir, step, timeout_s=600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(row["step"] >= step for row in RunRecords(str(run_dir)).metrics()):
+            return
+        assert slurm.job(job_id)["JobState"] in ("PENDING", "CONFIGURING", "RUNNING"), "the job ended before step " + str(step)
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_config):
+    """Prepared data and a config of STEPS steps, checkpointing only at the end unless stopped."""
+    tmp = tmp_path_factory.mktemp("slurm-jobs")
+    config = tiny_config(tmp, seed=11, train={"steps": STEPS, "checkpoint_every": 1000})
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "prepare", str(config)], cwd=tmp, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp, config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, prepared):
+    """A job of the rendered script that runs to the end: its job record and its loss curve."""
+    tmp, config = prepared
+    run = tmp / "straight"
+    job_id = submit(slurm, config, tmp, f"run.dir={run}")
+    info = slurm.wait_for_job(job_id)
+    assert info["JobState"] == "COMPLETED", job_log(tmp, job_id)
+    return info, run, curve(run)
+
+
+def test_the_rendered_script_trains_commits_checkpoints_and_finishes(uninterrupted, prepared):
+    info, run, reference = uninterrupted
+    tmp, _ = prepared
+    assert info["ExitCode"] == "0:0"
+    assert sorted(reference) == list(range(1, STEPS + 1))
+    committed = [entry.step for entry in list_checkpoints(str(run)) if entry.committed]
+    assert committed and committed[-1] == STEPS
+    assert f"job {info['JobId']} on" in job_log(tmp, info["JobId"])
+
+
+def test_a_preempted_job_saves_requeues_itself_and_resumes_on_the_same_curve(slurm, prepared, uninterrupted):
+    tmp, config = prepared
+    _, _, reference = uninterrupted
+    run = tmp / "preempted"
+    job_id = submit(slurm, config, tmp, f"run.dir={run}")
+    wait_for_step(slurm, job_id, run, 2)
+    slurm.run("scancel", "--batch", "--signal=USR2", job_id)
+
+    info = slurm.wait_for_job(job_id)
+    log = job_log(tmp, job_id)
+    assert info["JobState"] == "COMPLETED", log
+    assert info["Restarts"] == "1", log
+    assert "requeueing job" in log and f"job {job_id} on kiln0, start 2" in log, "one log per job id, appended to"
+    stops = [e for e in RunRecords(str(run)).events() if e["event"] == "preemption"]
+    assert len(stops) == 1, log
+    saved_at = stops[0]["step"]
+    assert 2 <= saved_at < STEPS, "the signal must land mid-run"
+    assert saved_at in [entry.step for entry in list_checkpoints(str(run)) if entry.committed]
+    resumed = curve(run)
+    assert sorted(resumed) == list(range(1, STEPS + 1)), "a step was lost"
+    assert resumed == reference
+
+
+def test_a_job_sbatch_refuses_is_one_line(slurm, prepared):
+    tmp, config = prepared
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "launch", "slurm", str(config), "--gpus-per-node", "0", "--partition", "nowhere",
+         "--submit"], cwd=tmp, env=job_environment(slurm), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("kiln: error: --submit: sbatch refused the job:")
+    assert "invalid partition specified: nowhere" in proc.stderr
+
+
+def test_the_ray_variant_runs_the_pipeline_to_its_eval_file(slurm, prepared):
+    tmp, config = prepared
+    run = tmp / "on-ray"
+    ray_folders = set(Path("/tmp").glob("kiln-slurm-*"))
+    job_id = submit(slurm, config, tmp, "--ray", f"run.dir={run}", "train.steps=4", "train.checkpoint_every=2")
+    info = slurm.wait_for_job(job_id)
+    log = job_log(tmp, job_id)
+    assert info["JobState"] == "COMPLETED", log
+    assert (run / "eval" / "step-00000004.json").exists(), log
+    assert sorted(row["step"] for row in RunRecords(str(run)).metrics()) == [1, 2, 3, 4]
+    assert set(Path("/tmp").glob("kiln-slurm-*")) == ray_folders, "the job left its Ray folder (and token) behind"
+    assert slurm.wait_for_no_job_processes() == [], "the job left processes behind"
