@@ -142,8 +142,8 @@ def submitted(cluster, ray_cluster, tiny_config, tmp_path_factory):
     return path, f"{bucket}/ray-run", done
 
 
-def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates_on_both(cluster, ray_cluster,
-                                                                                         submitted):
+def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates_on_both(
+        cluster, ray_cluster, submitted):
     _, run, done = submitted
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(curve(run)) == list(range(1, STEPS + 1))
