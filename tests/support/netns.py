@@ -5,11 +5,11 @@ end is attached to a bridge in the root namespace.  Hosts get consecutive addres
 private /24 (10.77.X.0/24, X chosen free on this machine), the bridge takes ``.1`` so that
 servers in the root namespace (an S3 server, the test itself) are reachable from every
 host, and no host has a route anywhere else.  Every command runs in a UTS namespace of its
-own with the host's name and a PID namespace of its own, and sees the host's ``/etc/hosts`` (``ip netns exec`` mounts
-``/etc/netns/NETNS/hosts`` over it).  That file maps the host's own name to 127.0.1.1, as
-Debian's installer writes it, and the other hosts' names to their addresses, as DNS would:
-a program that finds its own address through its hostname gets a loopback address, as it
-does on many real machines.
+own with the host's name, and sees the host's ``/etc/hosts``
+(``/etc/netns/NETNS/hosts`` mounted over it, where ``ip netns exec`` would look for it).
+That file maps the host's own name to 127.0.1.1, as Debian's installer writes it, and the
+other hosts' names to their addresses, as DNS would: a program that finds its own address
+through its hostname gets a loopback address, as it does on many real machines.
 
 Names carry this process's id, so test sessions running at the same time never meet, and
 a session killed before it could clean up is swept by the next one.  :meth:`Hosts.remove`
@@ -58,8 +58,8 @@ def unavailable_reason() -> str | None:
         return "network namespaces need root (ip netns add)"
     if shutil.which("ip") is None:
         return "iproute2's `ip` is not installed (see .ci/apt-packages)"
-    if shutil.which("unshare") is None:
-        return "util-linux's `unshare` is not installed"
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        return "util-linux's `unshare` and `nsenter` are not installed"
     probe = f"{PREFIX}{os.getpid()}-probe"
     made = _ip("netns", "add", probe, check=False)
     if made.returncode != 0:
@@ -142,10 +142,16 @@ class Host:
     address: str
 
     def command(self, argv: list[str]) -> list[str]:
-        """``argv`` as a command run on this host: under its hostname, seeing only its own processes (a
-        PID namespace whose first process is ``argv``; when that ends, the kernel ends the rest)."""
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--pid", "--fork", "--kill-child",
-                "--mount-proc", "--", "sh", "-c", 'hostname "$0" && exec "$@"', self.name, *argv]
+        """``argv`` as a command run on this host: in its network namespace, under its hostname, with its
+        /etc/hosts; the command replaces each wrapper in turn, so signals sent to it reach ``argv`` itself.
+
+        Not ``ip netns exec``: it mounts a fresh /sys, without the cgroup hierarchy that Slurm's slurmd needs.
+        No PID namespace: ``unshare --pid --fork`` would leave a parent between a test and ``argv`` that
+        ignores SIGTERM, and a program as a namespace's first process ignores the signals it has no
+        handler for."""
+        hosts_file = NETNS_ETC / self.netns / "hosts"
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", "unshare", "--uts", "--mount", "--",
+                "sh", "-c", f'mount --bind {hosts_file} /etc/hosts && hostname "$0" && exec "$@"', self.name, *argv]
 
     def start(self, argv: list[str], env: dict[str, str], **popen) -> subprocess.Popen:
         """Start ``argv`` on this host with exactly ``env`` (its own session, like a login on that machine)."""
