@@ -1,15 +1,20 @@
 """`kiln train` started once per host, as torchrun users start it (MASTER_ADDR/MASTER_PORT name the
-first host, NODE_RANK the host's index), trains across two hosts exactly as one host with two ranks
-does, and a run that loses a host resumes from its newest committed checkpoint when the host returns."""
+first host, NODE_RANK the host's index) or as the script of `kiln launch slurm --nodes 2` starts it
+(one slurmctld, a slurmd per host), trains across two hosts exactly as one host with two ranks does,
+and a run that loses a host resumes from its newest committed checkpoint when the host returns."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from llm.checkpoint import latest_committed_step
 from ops.records import RunRecords
+from support.slurm_cluster import SlurmCluster, SlurmNode
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +130,40 @@ def test_a_run_that_loses_a_host_resumes_from_its_last_checkpoint_when_the_host_
     [restart] = [e for e in RunRecords(run).events() if e["event"] == "restart"]
     assert restart["host"] == "host0" and restart["step"] >= CHECKPOINT_EVERY
     assert curve(run) == reference
+
+
+@pytest.fixture(scope="module")
+def slurm(cluster, tmp_path_factory):
+    """slurmctld in the root namespace on the bridge's address, a slurmd on each host."""
+    missing = [tool for tool in ("slurmctld", "slurmd", "sbatch") if shutil.which(tool) is None]
+    if missing:
+        message = f"{', '.join(missing)} not installed: run `make test` as root (it installs .ci/apt-packages)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    hosts = cluster.hosts
+    slurm = SlurmCluster(tmp_path_factory.mktemp("slurm"), [SlurmNode(h.name, h.address) for h in hosts.hosts],
+                         controller_address=hosts.bridge_address)
+    try:
+        slurm.start(node_prefix={h.name: h.command([]) for h in hosts.hosts})
+        yield slurm
+    finally:
+        slurm.stop()
+
+
+def test_the_rendered_sbatch_script_trains_across_two_hosts_with_the_one_host_curve(cluster, setup, slurm, tmp_path):
+    path, reference = setup
+    run = f"{cluster.bucket}/slurm"
+    submitted = subprocess.run(kiln("launch", "slurm", str(path), f"run.dir={run}", "train.nproc=1", "--nodes", "2",
+                                    "--gpus-per-node", "0", "--submit"),
+                               cwd=tmp_path, env=cluster.env(SLURM_CONF=str(slurm.conf)), capture_output=True,
+                               text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    info = slurm.wait_for_job(job_id)
+    logs = list(Path(tmp_path).glob(f"kiln-*-{job_id}.out"))
+    log = logs[0].read_text(errors="replace") if logs else "(no job log)"
+    assert info["JobState"] == "COMPLETED", log[-4000:] + slurm.logs()
+    assert f"the first node, host0, is reached at {cluster[0].address}" in log
+    assert curve(run) == reference
+    assert sorted(b["host"] for b in RunRecords(run).heartbeats()) == ["host0", "host1"]
