@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kiln-installed
 SHARED_CORPUS := ../shared/corpus/python-docs
 STDLIB_CORPUS := .smoke/stdlib-corpus
 
-.PHONY: install system-packages smoke test test-fast bench clean
+.PHONY: install system-packages smoke test test-fast bench bench-peers clean
 
 # DeepSpeed JIT-builds a small CPU op; keep the build with this venv's DeepSpeed, not in a
 # per-user cache that another DeepSpeed version would overwrite.
@@ -27,6 +27,20 @@ install: $(STAMP)
 # installed when run as root, otherwise named.
 system-packages:
 	@.ci/install-apt-packages
+
+# The read benchmark's peers (OLMo-core, Megatron-core, litdata, MosaicML Streaming) with Kiln, in
+# .venv-bench: their pins would downgrade packages Kiln's tests use.  torch stays the CPU wheel.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.kiln-installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	echo "torch==2.13.0" > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt -e ".[test]"
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt -e ".[bench]"
+	touch $@
+
+bench-peers: $(BENCH_VENV)/.kiln-installed
 
 smoke: $(STAMP)
 	@if [ -d "$(SHARED_CORPUS)" ]; then corpus="$(SHARED_CORPUS)"; \

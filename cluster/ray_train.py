@@ -121,11 +121,13 @@ class RecordRestarts(UserCallback):
         max_restarts = self.job.train.max_restarts
         if self.failures_seen > max_restarts:
             return  # the launcher records the final failure
-        RunRecords(self.job.run_dir, self.job.storage_options).event(
+        records = RunRecords(self.job.run_dir, self.job.storage_options)
+        records.event(
             "restart", launcher="ray", attempt=self.failures_seen, max_restarts=max_restarts,
             failures=[f.model_dump(exclude_none=True) for f in _failures(self.job, worker_exceptions)],
             step=latest_committed_step(self.job.run_dir, self.job.storage_options) or 0,
         )
+        records.flush()  # the controller may be torn down with the run
 
 
 def _train_storage(job: TrainJob) -> tuple[str, pyarrow.fs.FileSystem | None]:

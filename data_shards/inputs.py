@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -56,9 +57,36 @@ class Partition:
         return sum(self.sizes)
 
 
+def filesystem_for(url: str, key: str, storage_options: dict | None = None):
+    """``storage.filesystem`` with a URL the user wrote under config key ``key``: an unknown scheme
+    or a missing filesystem package is a DataError naming both."""
+    try:
+        return storage.filesystem(url, storage_options)
+    except ValueError as exc:
+        raise DataError(f"{key}: {url} has an unknown scheme ({exc}); use a local path or a URL such as "
+                        f"s3://bucket/path") from None
+    except ImportError as exc:
+        raise DataError(f"{key}: {url} needs a package that is not installed ({exc})") from None
+
+
+def unreachable(url: str, key: str, exc: Exception) -> DataError:
+    first = (str(exc).splitlines() or [""])[0]
+    return DataError(f"{key}: cannot reach {url} ({type(exc).__name__}: {first}); check the address, the credentials "
+                     f"(AWS_* variables, AWS_ENDPOINT_URL, storage.options) and the network")
+
+
 def expand(pattern: str, storage_options: dict | None = None) -> list[tuple[str, int]]:
     """(url, size) of every file a path, glob or URL names, sorted; DataError if none."""
-    fs, path = storage.filesystem(pattern, storage_options)
+    fs, path = filesystem_for(pattern, "data.inputs", storage_options)
+    try:
+        return _expand(fs, path, pattern)
+    except (DataError, FileNotFoundError):
+        raise
+    except Exception as exc:  # whatever the store's client raises when it cannot be reached
+        raise unreachable(pattern, "data.inputs", exc) from None
+
+
+def _expand(fs, path: str, pattern: str) -> list[tuple[str, int]]:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if any(ch in path for ch in "*?["):
         paths = sorted(storage.with_retries(lambda: fs.glob(path)))
@@ -149,6 +177,23 @@ class ReadCounts:
     missing_field: int = 0
 
 
+def _decompress_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (EOFError, gzip.BadGzipFile, zlib.error)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return (*errors, zstandard.ZstdError)
+
+
+def _whole(chunks, url: str):
+    """The items of a decompressing stream; a truncated or corrupt file is a DataError naming it."""
+    try:
+        yield from chunks
+    except _decompress_errors() as exc:
+        raise DataError(f"input {url} is truncated or corrupt ({exc}); replace it or remove it from data.inputs") from None
+
+
 def _decompressed(raw, url: str):
     name = url.lower()
     if name.endswith(".gz"):
@@ -158,8 +203,43 @@ def _decompressed(raw, url: str):
             import zstandard
         except ImportError:
             raise DataError(f"input {url}: reading .zst needs the zstandard package (pip install 'kiln-pretrain[zstd]')") from None
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), 1 << 20)
+        return io.BufferedReader(_ZstdFrames(raw, zstandard.ZstdDecompressor().decompressobj), 1 << 20)
     return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The frames of a zstd stream decompressed one after another.  Unlike zstandard's stream
+    reader, a stream that ends inside a frame (a truncated file) raises EOFError instead of ending quietly."""
+
+    def __init__(self, raw, new_frame):
+        self._raw, self._new_frame = raw, new_frame
+        self._frame = None
+        self._out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            data = self._raw.read(1 << 20)
+            if not data:
+                if self._frame is not None and not self._frame.eof:
+                    raise EOFError("the zstd stream ends inside a frame")
+                return 0
+            self._out = self._decompress(data)
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        parts = []
+        while data:
+            if self._frame is None or self._frame.eof:
+                self._frame = self._new_frame()
+            parts.append(self._frame.decompress(data))
+            data = self._frame.unused_data if self._frame.eof else b""
+        return b"".join(parts)
 
 
 def _decode(data: bytes, counts: ReadCounts) -> str:
@@ -190,9 +270,9 @@ def read_documents(
             else:
                 stream = _decompressed(raw, url)
                 if fmt == "txt":
-                    yield _decode(stream.read(), counts)
+                    yield _decode(b"".join(_whole(iter(lambda: stream.read(1 << 20), b""), url)), counts)
                     continue
-                lines = ((f"{url}:{n}", line) for n, line in enumerate(stream, start=1))
+                lines = ((f"{url}:{n}", line) for n, line in enumerate(_whole(stream, url), start=1))
             for where, line in lines:
                 if not line.strip():
                     continue

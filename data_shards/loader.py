@@ -5,49 +5,43 @@ import hashlib
 import os
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from data_shards import sample_order
+from data_shards.config import ReadConfig
 from data_shards.errors import DataError
 from data_shards.manifest import Manifest, load_manifest
-from data_shards.shard_cache import cache_dir, local_shard, shard_lengths
-from data_shards.shard_format import doc_index
+from data_shards.shard_cache import cache_dir, private_dir, shard_lengths
 from data_shards.shard_files import ShardFiles
+from data_shards.shard_format import doc_index
+from data_shards.shard_stores import ShardStore, shard_store
+from data_shards.shuffles import EpochOrder, Shuffle, SourceLayout, shuffle_for
+from ops import storage
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 PLAN_ROWS = 4096
 
 
-@dataclass
-class _Epoch:
-    order: np.ndarray
-    starts: np.ndarray
-    perm: np.ndarray
-
-
 class SourceReader:
-    """One source of a split: its documents across shards and its per-epoch sample index."""
+    """One source of a split: its documents and its per-epoch sample order.
 
-    def __init__(self, name: str, manifest: Manifest, shard_ids: list[int], seed: int, seq_len: int, storage_options):
-        self.name = name
-        self.seed = seed
-        self.seq_len = seq_len
-        self.manifest, self.shard_ids, self.storage_options = manifest, shard_ids, storage_options
-        self.dtype = np.dtype(manifest.dtype)
-        self.paths: list[str | None] = [None] * len(shard_ids)
-        self._known_offsets: dict[int, np.ndarray] = {}
-        lengths = [self._lengths(local_no) for local_no in range(len(shard_ids))]
-        self.doc_shard = np.concatenate([np.full(len(n), s, dtype=np.int32) for s, n in enumerate(lengths)] or [np.zeros(0, np.int32)])
-        self.doc_lengths = np.concatenate(lengths or [np.zeros(0, np.int64)])
-        self._first_doc = np.concatenate([[0], np.cumsum([len(n) for n in lengths])]).astype(np.int64)
-        # Byte offset of each document in its shard file, filled when the shard is first used.
-        self.doc_offset = np.full(len(self.doc_lengths), -1, dtype=np.int64)
-        for local_no, offsets in self._known_offsets.items():
-            self.doc_offset[self._first_doc[local_no] : self._first_doc[local_no + 1]] = offsets
-        self.total_tokens = int(self.doc_lengths.sum())
+    Documents are numbered across the loader's sources; this source's are
+    ``first_doc : first_doc + len(layout.doc_lengths)``.
+    """
+
+    def __init__(self, name: str, manifest: Manifest, shard_ids: list[int], lengths: list[np.ndarray], first_doc: int,
+                 seed: int, seq_len: int, shuffle: Shuffle):
+        self.name, self.seed, self.seq_len, self.shuffle = name, seed, seq_len, shuffle
+        self.shard_ids = np.asarray(shard_ids, dtype=np.int64)
+        self.first_doc = first_doc
+        doc_shard = np.concatenate([np.full(len(n), s, dtype=np.int32) for s, n in enumerate(lengths)]
+                                   or [np.zeros(0, np.int32)])
+        self.layout = SourceLayout(np.concatenate(lengths or [np.zeros(0, np.int64)]), doc_shard, len(shard_ids))
+        self.total_tokens = int(self.layout.doc_lengths.sum())
         self.samples_per_epoch = sample_order.samples_per_epoch(self.total_tokens, seq_len)
         if self.samples_per_epoch < 1:
             raise DataError(
@@ -55,90 +49,74 @@ class SourceReader:
                 f"fewer than seq_len+1={seq_len + 1}: add data or lower model.seq_len"
             )
         self._key = hashlib.sha256(
-            f"{INDEX_VERSION}|{manifest.fingerprint}|{name}|{seed}|{seq_len}".encode()
+            f"{INDEX_VERSION}|{manifest.fingerprint}|{name}|{seed}|{seq_len}|{shuffle.key}".encode()
         ).hexdigest()[:24]
-        self._epochs: dict[int, _Epoch] = {}
+        self._epochs: OrderedDict[int, EpochOrder] = OrderedDict()
 
-    def _lengths(self, local_no: int) -> np.ndarray:
-        """Document lengths of a shard: from its small index file when the manifest names one,
-        else from the (then fetched and verified) shard itself."""
-        i = self.shard_ids[local_no]
-        lengths = shard_lengths(self.manifest, i, self.storage_options)
-        if lengths is None:
-            self.paths[local_no] = local_shard(self.manifest, i, self.storage_options)
-            index = doc_index(self.paths[local_no], self.manifest.shard_url(i))
-            self._known_offsets[local_no] = index.file_offsets
-            lengths = index.lengths
-        return lengths
-
-    def _open_shard(self, local_no: int) -> None:
-        """Fetch and verify a shard at its first use, and place its documents' byte offsets."""
-        i = self.shard_ids[local_no]
-        if self.paths[local_no] is None:
-            self.paths[local_no] = local_shard(self.manifest, i, self.storage_options)
-        index = doc_index(self.paths[local_no], self.manifest.shard_url(i))
-        first, last = self._first_doc[local_no], self._first_doc[local_no + 1]
-        if not np.array_equal(index.lengths, self.doc_lengths[first:last]):
-            raise DataError(f"shard {self.manifest.shard_url(i)} does not match its document index")
-        self.doc_offset[first:last] = index.file_offsets
-
-    def epoch(self, e: int) -> _Epoch:
-        """Epoch ``e``'s index; the two most recently used stay loaded (a batch can span two)."""
+    def epoch(self, e: int) -> EpochOrder:
+        """Epoch ``e``'s order; the two most recently used stay loaded (a batch can span two)."""
         if e not in self._epochs:
             if len(self._epochs) >= 2:
-                self._epochs.pop(next(iter(self._epochs)))
-            self._epochs[e] = self._load_or_build(e)
+                self._epochs.popitem(last=False)
+            self._epochs[e] = self.shuffle.open(self._load_or_build(e), self.seed, self.name, e)
         return self._epochs[e]
 
-    def _load_or_build(self, e: int) -> _Epoch:
+    def _load_or_build(self, e: int) -> dict[str, np.ndarray]:
         folder = cache_dir() / "sample-index"
-        names = {part: folder / f"{self._key}-e{e:05d}-{part}.npy" for part in ("order", "starts", "perm")}
+        names = {part: folder / f"{self._key}-e{e:05d}-{part}.npy" for part in self.shuffle.arrays}
         if all(p.exists() for p in names.values()):
             try:
-                return _Epoch(*(np.load(names[p], mmap_mode="r") for p in ("order", "starts", "perm")))
+                return {part: np.load(path, mmap_mode="r") for part, path in names.items()}
             except (ValueError, OSError):
                 pass  # a damaged cache entry is rebuilt below
-        order = sample_order.epoch_doc_order(len(self.doc_lengths), self.seed, self.name, e)
-        starts = sample_order.doc_starts(self.doc_lengths, order)
-        perm = sample_order.epoch_sample_perm(self.samples_per_epoch, self.seed, self.name, e)
-        folder.mkdir(parents=True, exist_ok=True)
-        for part, array in (("order", order), ("starts", starts), ("perm", perm)):
+        arrays = self.shuffle.build(self.layout, self.seed, self.name, e, self.seq_len)
+        private_dir(folder)
+        for part, array in arrays.items():
             tmp = folder / f".{names[part].name}.{uuid.uuid4().hex}.tmp.npy"
             np.save(tmp, array)
             os.replace(tmp, names[part])
-        return _Epoch(order, starts, perm)
+        return arrays
 
     def pieces(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Where this source's ``samples`` lie in the shard files, one entry per piece (the part of a
-        window inside one document): the sample's position in ``samples``, the local shard number,
-        and the byte range in that shard.  Pieces come in sample order, each sample's in column
-        order, so copying them one after another lays the windows out row by row.  Shards get
-        fetched and verified here, at their first use."""
-        itemsize = self.dtype.itemsize
+        """Where this source's ``samples`` lie, one entry per piece (the part of a window inside one
+        document): the sample's position in ``samples``, the document (loader numbering), the first
+        token inside it and the token count.  Pieces come in sample order, each sample's in column order."""
         samples = np.asarray(samples, dtype=np.int64)
         epochs, within = np.divmod(samples, self.samples_per_epoch)
         parts = []
         for e in np.unique(epochs).tolist():
             ep = self.epoch(e)
             sel = np.flatnonzero(epochs == e)
-            rows, _, docs, begins, takes = sample_order.batch_pieces(ep.order, ep.starts, ep.perm[within[sel]], self.seq_len)
-            for local_no in np.unique(self.doc_shard[docs][self.doc_offset[docs] < 0]).tolist():
-                self._open_shard(local_no)
-            starts = self.doc_offset[docs] + begins * itemsize
-            parts.append((sel[rows], self.doc_shard[docs], starts, starts + takes * itemsize))
+            windows = ep.windows(within[sel])
+            rows, _, docs, begins, takes = sample_order.batch_pieces(ep.order, ep.starts, windows, self.seq_len)
+            parts.append((sel[rows], docs + self.first_doc, begins, takes))
         return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
 
 
 @dataclass
 class _ReadPlan:
-    """Pieces of consecutive rows, ready to copy: rows ``r`` are pieces ``row_start[r]:row_start[r+1]``."""
+    """Pieces of consecutive rows: rows ``r`` are pieces ``row_start[r]:row_start[r+1]``.
+
+    ``shard``/``doc``/``begin``/``size`` place each piece (bytes inside its document);
+    ``paths``/``starts``/``stops`` are its byte ranges, filled when every shard of the plan is at hand.
+    """
 
     first_batch: int
     batches: int
-    row_start: list[int]
-    paths: list[str]
-    starts: list[int]
-    stops: list[int]
+    row_start: np.ndarray
+    shard: np.ndarray
+    doc: np.ndarray
+    begin: np.ndarray
+    size: np.ndarray
+    paths: list[str] | None = None
+    starts: list[int] | None = None
+    stops: list[int] | None = None
+
+
+def first_uses(shards: np.ndarray) -> list[int]:
+    """Distinct shard numbers in the order of their first occurrence."""
+    unique, first = np.unique(shards, return_index=True)
+    return unique[np.argsort(first)].tolist()
 
 
 class GlobalBatchLoader:
@@ -147,6 +125,9 @@ class GlobalBatchLoader:
     Global batch ``b`` is samples ``[b*G, (b+1)*G)``; rank ``r`` of ``W`` reads the
     contiguous block ``[b*G + r*G/W, b*G + (r+1)*G/W)``.  ``consumed_samples`` counts all
     ranks together, so the state is the same on every rank and a resume may change ``W``.
+    The order is a pure function of (manifest fingerprint, seed, seq_len, blend weights,
+    shuffle mode, n).  Shards on object storage stream through the node's bounded cache:
+    the shards of each batch are held while it is read and given back after.
     """
 
     def __init__(
@@ -161,14 +142,17 @@ class GlobalBatchLoader:
         storage_options: dict | None = None,
         consumed_samples: int = 0,
         blend: dict[str, float] | None = None,
+        read: ReadConfig | None = None,
     ):
         if seq_len < 1 or global_batch < 1:
             raise DataError(f"seq_len ({seq_len}) and global_batch ({global_batch}) must be positive")
         sample_order.rank_slice(0, global_batch, dp_rank, dp_world)
+        read = read or ReadConfig()
         self.manifest = load_manifest(data_url, split, storage_options)
         self.seed, self.seq_len, self.global_batch = int(seed), int(seq_len), int(global_batch)
         self.dp_rank, self.dp_world = dp_rank, dp_world
         self.fingerprint = self.manifest.fingerprint
+        self.shuffle = shuffle_for(read.shuffle_mode(not storage.is_local(self.manifest.split_url)), read.block_shards)
         names = self.manifest.source_names()
         if not self.manifest.shards:
             raise DataError(f"{self.manifest.split_url} holds no documents: nothing to read for split {split!r}")
@@ -178,24 +162,85 @@ class GlobalBatchLoader:
             raise DataError(f"blend names unknown source(s) {unknown}; the data has {names}")
         self.source_names = [n for n in names if n in weights]
         self.weights = {n: float(weights[n]) for n in self.source_names}
-        self.sources = [
-            SourceReader(
-                n,
-                self.manifest,
-                [i for i, s in enumerate(self.manifest.shards) if s.source == n],
-                self.seed,
-                self.seq_len,
-                storage_options,
-            )
-            for n in self.source_names
-        ]
-        self._blend = sample_order.BlendIndex([self.weights[n] for n in self.source_names]) if len(self.sources) > 1 else None
-        self.dtype = self.sources[0].dtype
-        self._min_epoch_samples = min(reader.samples_per_epoch for reader in self.sources)
+        self.store: ShardStore = shard_store(self.manifest, storage_options, read)
         self._files = ShardFiles()
-        self._ahead: _ReadPlan | None = None
+        try:
+            self._index_documents(storage_options)
+            if self.store.bounded:
+                self._check_cache_room(read)
+        except BaseException:
+            self.close()
+            raise
+        self._blend = sample_order.BlendIndex([self.weights[n] for n in self.source_names]) if len(self.sources) > 1 else None
+        self.dtype = np.dtype(self.manifest.dtype)
+        self._min_epoch_samples = min(reader.samples_per_epoch for reader in self.sources)
+        self._plans: list[_ReadPlan] = []
+        self._held: set[int] = set()
         self.consumed_samples = int(consumed_samples)
         self.last_wait_s = 0.0
+
+    def _index_documents(self, storage_options) -> None:
+        """Document lengths of every shard the sources read (index files, else the shards themselves),
+        numbered across sources; byte offsets are filled as shards are first opened."""
+        self.sources: list[SourceReader] = []
+        shard_docs: dict[int, tuple[int, int]] = {}
+        self._known: dict[int, np.ndarray] = {}
+        first = 0
+        for name in self.source_names:
+            ids = [i for i, s in enumerate(self.manifest.shards) if s.source == name]
+            lengths, at = [], first
+            for i in ids:
+                n = shard_lengths(self.manifest, i, storage_options)
+                if n is None:
+                    n = self._lengths_from_shard(i)
+                shard_docs[i] = (at, at + len(n))
+                at += len(n)
+                lengths.append(n)
+            reader = SourceReader(name, self.manifest, ids, lengths, first, self.seed, self.seq_len, self.shuffle)
+            self.sources.append(reader)
+            first = at
+        self._doc_lengths = np.concatenate([r.layout.doc_lengths for r in self.sources])
+        self._doc_shard = np.concatenate([r.shard_ids[r.layout.doc_shard] for r in self.sources])
+        self._shard_docs = shard_docs
+        self._doc_offset = np.full(first, -1, dtype=np.int64)
+        for i, offsets in self._known.items():
+            lo, hi = shard_docs[i]
+            self._doc_offset[lo:hi] = offsets
+        self._paths = np.empty(len(self.manifest.shards), dtype=object)
+
+    def _check_cache_room(self, read: ReadConfig) -> None:
+        """With a shuffle that bounds what a node reads at once, the cache must hold that much."""
+        need = 0
+        for reader in self.sources:
+            at_once = self.shuffle.shards_at_once(len(reader.shard_ids))
+            if at_once is None:
+                return
+            need += at_once * max(self.manifest.shards[i].bytes for i in reader.shard_ids.tolist())
+        if need > read.cache_limit_gb * 1e9:
+            raise DataError(
+                f"data.cache_limit_gb={read.cache_limit_gb:g} is too small for data.shuffle={self.shuffle.name} with "
+                f"data.block_shards={read.block_shards}: a node holds up to {need / 1e9:.3g} GB of shards at once; "
+                f"raise it or lower data.block_shards"
+            )
+
+    def _lengths_from_shard(self, i: int) -> np.ndarray:
+        path = self.store.acquire(i)
+        try:
+            index = doc_index(path, self.manifest.shard_url(i))
+        finally:
+            self.store.release(i, wanted=True)
+        self._known[i] = index.file_offsets
+        return index.lengths
+
+    def _open(self, i: int) -> None:
+        """Acquire shard ``i`` and, at its first opening, place its documents' byte offsets."""
+        self._paths[i] = path = self.store.acquire(i)
+        lo, hi = self._shard_docs[i]
+        if hi > lo and self._doc_offset[lo] < 0:
+            index = doc_index(path, self.manifest.shard_url(i))
+            if not np.array_equal(index.lengths, self._doc_lengths[lo:hi]):
+                raise DataError(f"shard {self.manifest.shard_url(i)} does not match its document index")
+            self._doc_offset[lo:hi] = index.file_offsets
 
     def next_batch(self) -> np.ndarray:
         """This rank's rows of the next global batch, (global_batch // dp_world, seq_len + 1) in the
@@ -206,16 +251,32 @@ class GlobalBatchLoader:
                 f"consumed_samples={self.consumed_samples} is not a multiple of global_batch={self.global_batch}"
             )
         b = self.consumed_samples // self.global_batch
-        plan = self._ahead
-        if plan is None or not plan.first_batch <= b < plan.first_batch + plan.batches:
-            plan = self._ahead = self._plan_batches(b)
+        plan = self._plan_for(b)
         rows = self.global_batch // self.dp_world
         batch = np.empty((rows, self.seq_len + 1), dtype=self.dtype)
         first_row = (b - plan.first_batch) * rows
-        self._copy(plan, first_row, first_row + rows, batch)
+        flat = memoryview(batch.reshape(-1).view(np.uint8))
+        if self.store.bounded:
+            self._read_held(plan, first_row, first_row + rows, flat)
+        else:
+            lo, hi = int(plan.row_start[first_row]), int(plan.row_start[first_row + rows])
+            self._files.read(plan.paths[lo:hi], plan.starts[lo:hi], plan.stops[lo:hi], flat)
         self.consumed_samples += self.global_batch
         self.last_wait_s = time.perf_counter() - started
         return batch
+
+    def _plan_for(self, b: int) -> _ReadPlan:
+        """The plan holding batch ``b``; with a bounded store the plan after it is kept too (prefetch looks into it)."""
+        while self._plans and not self._plans[0].first_batch <= b < self._plans[0].first_batch + self._plans[0].batches:
+            if b < self._plans[0].first_batch:
+                self._plans.clear()
+            else:
+                self._plans.pop(0)
+        if not self._plans:
+            self._plans.append(self._plan_batches(b))
+        if self.store.bounded and len(self._plans) == 1:
+            self._plans.append(self._plan_batches(self._plans[0].first_batch + self._plans[0].batches))
+        return self._plans[0]
 
     def _plan_batches(self, first: int) -> _ReadPlan:
         """The pieces of this rank's rows for global batches ``first`` onwards, as many as
@@ -226,9 +287,6 @@ class GlobalBatchLoader:
             np.fromiter(sample_order.rank_slice(first + k, self.global_batch, self.dp_rank, self.dp_world), dtype=np.int64)
             for k in range(batches)
         ])
-        return self._plan(numbers, first, batches)
-
-    def _plan(self, numbers: np.ndarray, first_batch: int, batches: int) -> _ReadPlan:
         if self._blend is None:
             src, idx = np.zeros(len(numbers), dtype=np.int64), numbers
         else:
@@ -237,19 +295,45 @@ class GlobalBatchLoader:
         for d, reader in enumerate(self.sources):
             mine = np.flatnonzero(src == d)
             if len(mine):
-                r, shards, a, z = reader.pieces(idx[mine])
-                parts.append((mine[r], np.asarray(reader.paths, dtype=object)[shards], a, z))
-        rows, paths, starts, stops = (np.concatenate(column) for column in zip(*parts))
-        order = np.argsort(rows, kind="stable")  # interleaves the sources' rows; each row's pieces keep column order
-        rows, paths, starts, stops = rows[order], paths[order], starts[order], stops[order]
-        row_start = np.searchsorted(rows, np.arange(len(numbers) + 1))
-        return _ReadPlan(first_batch, batches, row_start.tolist(), paths.tolist(), starts.tolist(), stops.tolist())
+                r, docs, begins, takes = reader.pieces(idx[mine])
+                parts.append((mine[r], docs, begins, takes))
+        row, doc, begin, take = (np.concatenate(column) for column in zip(*parts))
+        order = np.argsort(row, kind="stable")  # interleaves the sources' rows; each row's pieces keep column order
+        row, doc, itemsize = row[order], doc[order], self.dtype.itemsize
+        plan = _ReadPlan(first, batches, np.searchsorted(row, np.arange(len(numbers) + 1)), self._doc_shard[doc], doc,
+                         begin[order] * itemsize, take[order] * itemsize)
+        if not self.store.bounded:  # every shard stays at hand: place the byte ranges once for the whole plan
+            for i in np.unique(plan.shard).tolist():
+                self._open(i)
+            starts = self._doc_offset[plan.doc] + plan.begin
+            plan.paths, plan.starts = self._paths[plan.shard].tolist(), starts.tolist()
+            plan.stops = (starts + plan.size).tolist()
+        return plan
 
-    def _copy(self, plan: _ReadPlan, first_row: int, end_row: int, out: np.ndarray) -> None:
-        """Read rows ``first_row:end_row`` of the plan into ``out`` (C-contiguous)."""
-        lo, hi = plan.row_start[first_row], plan.row_start[end_row]
-        flat = memoryview(out.reshape(-1).view(np.uint8))
-        self._files.read(plan.paths[lo:hi], plan.starts[lo:hi], plan.stops[lo:hi], flat)
+    def _read_held(self, plan: _ReadPlan, first_row: int, end_row: int, out: memoryview) -> None:
+        """Read rows of the plan holding just the shards they need; then give back those the next batch
+        does not read, and tell the store what comes next."""
+        lo, hi = int(plan.row_start[first_row]), int(plan.row_start[end_row])
+        need = set(np.unique(plan.shard[lo:hi]).tolist())
+        began = need - self._held
+        for i in sorted(began):
+            self._open(i)
+            self._held.add(i)
+        starts = self._doc_offset[plan.doc[lo:hi]] + plan.begin[lo:hi]
+        self._files.read(self._paths[plan.shard[lo:hi]].tolist(), starts.tolist(), (starts + plan.size[lo:hi]).tolist(), out)
+        rows = end_row - first_row
+        if end_row + rows < len(plan.row_start):
+            following = plan.shard[hi : plan.row_start[end_row + rows]]
+        else:
+            following = self._plans[1].shard[: self._plans[1].row_start[rows]] if len(self._plans) > 1 else plan.shard[:0]
+        keep = set(np.unique(following).tolist())
+        upcoming = first_uses(np.concatenate([plan.shard[hi:]] + [p.shard for p in self._plans[1:]]))
+        wanted = set(upcoming)
+        for i in sorted(self._held - keep):
+            self._files.forget(self._paths[i])
+            self.store.release(i, wanted=i in wanted)
+            self._held.discard(i)
+        self.store.upcoming(upcoming, len(began))
 
     def source_consumed(self) -> dict[str, int]:
         """Samples taken from each source so far (all ranks together)."""
@@ -264,6 +348,7 @@ class GlobalBatchLoader:
             "fingerprint": self.fingerprint,
             "seed": self.seed,
             "seq_len": self.seq_len,
+            "shuffle": self.shuffle.key,
         }
         if self._blend is not None:
             state["weights"] = dict(self.weights)
@@ -279,23 +364,34 @@ class GlobalBatchLoader:
                 raise DataError(
                     f"cannot resume: {what} since the checkpoint ({key} {state[key]!r} there, {mine!r} now)"
                 )
+        saved_shuffle = state.get("shuffle", "global")  # written before there was a choice
+        if saved_shuffle != self.shuffle.key:
+            raise DataError(
+                f"cannot resume: the sample order changed since the checkpoint (data.shuffle {saved_shuffle!r} there, "
+                f"{self.shuffle.key!r} now); set data.shuffle and data.block_shards as they were"
+            )
         if self._blend is not None and state.get("weights") != self.weights:
             raise DataError(f"cannot resume: blend weights changed ({state.get('weights')} there, {self.weights} now)")
         self.consumed_samples = int(state["consumed_samples"])
 
     def close(self) -> None:
         self._files.close()
+        self.store.close()
 
 
 def _shard_tokens(data_url: str, split: str, shard_index: int, storage_options) -> tuple[Manifest, np.ndarray]:
     manifest = load_manifest(data_url, split, storage_options)
     if not 0 <= shard_index < len(manifest.shards):
         raise DataError(f"{split} has {len(manifest.shards)} shards; index {shard_index} is out of range")
-    path = local_shard(manifest, shard_index, storage_options)
-    with pa.memory_map(path, "r") as source:
-        table = pa.ipc.open_file(source).read_all()
-    tokens = table.column("tokens").combine_chunks()
-    return manifest, np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+    store = shard_store(manifest, storage_options)
+    try:
+        with pa.memory_map(store.acquire(shard_index), "r") as source:
+            table = pa.ipc.open_file(source).read_all()
+        tokens = table.column("tokens").combine_chunks()
+        return manifest, np.asarray(tokens.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+    finally:
+        store.release(shard_index, wanted=False)
+        store.close()
 
 
 def eval_windows(data_url: str, split: str, shard_index: int, seq_len: int, storage_options=None) -> np.ndarray:

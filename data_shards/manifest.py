@@ -4,27 +4,49 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from data_shards.errors import DataError
 from ops import storage
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+HEX_DIGEST_CHARS = frozenset("0123456789abcdef")
+
+
+def _relative_file(value: str | None) -> str | None:
+    """A manifest is untrusted input: a file it names must stay inside its split folder."""
+    if value is None:
+        return value
+    parts = value.split("/")
+    if not value or value.startswith("/") or "\\" in value or "://" in value or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"must be a plain relative path inside the split folder, got {value!r}")
+    return value
+
+
+def _sha256_hex(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if len(value) != 64 or not set(value) <= HEX_DIGEST_CHARS:
+        raise ValueError(f"must be a sha256 hex digest (64 characters 0-9a-f), got {value[:80]!r}")
+    return value
 
 
 class ShardEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str  # relative to the split folder
-    bytes: int
+    bytes: int = Field(ge=0)
     sha256: str
-    docs: int
-    tokens: int
+    docs: int = Field(ge=0)
+    tokens: int = Field(ge=0)
     source: str = "default"
     # Document-length index (relative to the split folder) and its sha256; see shard_format.lengths_bytes.
     index: str | None = None
     index_sha256: str | None = None
+
+    _paths = field_validator("path", "index")(_relative_file)
+    _digests = field_validator("sha256", "index_sha256")(_sha256_hex)
 
 
 class SourceStats(BaseModel):
@@ -57,6 +79,8 @@ class Manifest(BaseModel):
     errors: dict[str, int] = {}
     # Where the split lives; set when loaded, not stored.
     split_url: str = ""
+
+    _digest = field_validator("tokenizer_sha256")(_sha256_hex)
 
     @property
     def fingerprint(self) -> str:
@@ -95,13 +119,20 @@ def load_manifest(data_url: str, split: str, storage_options: dict | None = None
     try:
         raw = storage.read_json(url, storage_options)
         manifest = Manifest.model_validate(raw)
-    except (json.JSONDecodeError, ValidationError) as exc:
-        first = str(exc).splitlines()[0]
-        raise DataError(f"{url} is not a valid Kiln manifest ({first})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{url} is not a valid Kiln manifest (not JSON: {exc.msg} at line {exc.lineno})") from None
+    except ValidationError as exc:
+        raise DataError(f"{url} is not a valid Kiln manifest ({_first_problem(exc)})") from None
     if manifest.format_version != FORMAT_VERSION:
         raise DataError(f"{url} has format version {manifest.format_version}; this Kiln reads {FORMAT_VERSION}")
     manifest.split_url = storage.join(data_url, split)
     return manifest
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "top level"
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def write_manifest(data_url: str, manifest: Manifest, storage_options: dict | None = None) -> None:

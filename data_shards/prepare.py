@@ -16,10 +16,10 @@ from collections import deque
 import ray
 
 from data_shards import dedup
-from data_shards.config import DataConfig
+from data_shards.config import READ_KEYS, DataConfig
 from data_shards.errors import DataError
 from data_shards.filters import wants_dedup
-from data_shards.inputs import Partition, partitions_for
+from data_shards.inputs import Partition, filesystem_for, partitions_for, unreachable
 from data_shards.manifest import Manifest, ShardEntry, SourceStats, load_manifest, manifest_url, write_manifest
 from data_shards.partition_work import WORK_DIR, TokenizeJob, sample_partition, tokenize_partition
 from data_shards.progress import PrepareProgress
@@ -34,6 +34,16 @@ MIB = 1 << 20
 def is_prepared(data_url: str, storage_options: dict | None = None) -> bool:
     """True when both the train and the val manifest are committed."""
     return all(storage.exists(manifest_url(data_url, split), storage_options) for split in ("train", "val"))
+
+
+def check_output(data_url: str, storage_options: dict | None = None) -> None:
+    """``data.output`` must be a URL with a known scheme whose store answers: checked before any work,
+    so a bad one is one line and nothing is written."""
+    fs, path = filesystem_for(data_url, "data.output", storage_options)
+    try:
+        storage.with_retries(lambda: fs.exists(path))
+    except Exception as exc:  # whatever the store's client raises when it cannot be reached
+        raise unreachable(data_url, "data.output", exc) from None
 
 
 def _partitions(data: DataConfig, storage_options) -> list[Partition]:
@@ -63,7 +73,7 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
             "files": [(p.files, p.sizes) for p in train_parts],
             "seed": seed,
             "vocab_size": data.vocab_size,
-            "sample_mb": data.tokenizer_sample_mb,
+            "sample_mb": data.tokenizer_sample_bytes() / MIB,
             "threads": data.tokenizer_threads,
             "filters": [f.model_dump() for f in data.filters],
             "text_field": data.text_field,
@@ -75,7 +85,7 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
         if meta.get("settings") == settings:
             return Tokenizer.load(data.output, storage_options)
     total = sum(p.bytes for p in train_parts) or 1
-    budget = data.tokenizer_sample_mb * MIB
+    budget = data.tokenizer_sample_bytes()
     task = ray.remote(num_cpus=1)(sample_partition)
     phase = show.phase("sampling for the tokenizer", len(train_parts))
     refs = [
@@ -154,7 +164,8 @@ def _tokenize_task(partition: Partition, job: TokenizeJob, drop: frozenset, coun
 
 
 def _config_hash(data: DataConfig, seed: int, tokenizer: Tokenizer) -> str:
-    relevant = data.model_dump(exclude={"output", "max_inflight", "tokenizer", "tokenizer_threads", "tokenizer_sample_mb"})
+    ignored = {"output", "max_inflight", "tokenizer", "tokenizer_threads", "tokenizer_sample_mb", *READ_KEYS}
+    relevant = data.model_dump(exclude=ignored)
     return _settings_hash({"data": relevant, "seed": seed, "tokenizer": tokenizer.sha256})[:16]
 
 
@@ -204,6 +215,7 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
     """
     started = time.perf_counter()
     options = dict(storage_options or {})
+    check_output(data.output, options)
     partitions = _partitions(data, options)
     if not ray.is_initialized():
         raise DataError("prepare needs a connected Ray cluster: call ray.init() first")

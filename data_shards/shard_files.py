@@ -39,6 +39,12 @@ class ShardFiles:
         if at != len(out):
             raise DataError(f"the pieces read fill {at} of {len(out)} bytes: the document index does not match the shards")
 
+    def forget(self, path: str) -> None:
+        """Close the file's descriptor (its shard may be evicted from a cache now)."""
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
     def close(self) -> None:
         while self._fds:
             os.close(self._fds.popitem()[1])

@@ -143,16 +143,18 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_status(args) -> int:
-    import json
+    from rich.console import Console
 
-    from ops.dashboard import print_status, run_status
+    from ops.dashboard import render_summary
+    from ops.status import run_status, status_exit_code
 
     status = run_status(args.run_url)
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(status.model_dump_json(indent=2))
     else:
-        print_status(status)
-    return 0
+        console = Console()
+        console.print(render_summary(status, console.width))
+    return status_exit_code(status)
 
 
 def cmd_data_inspect(args) -> int:
@@ -216,7 +218,7 @@ def cmd_generate(args) -> int:
 def cmd_plan(args) -> int:
     from launch.planning import print_plan
 
-    print_plan(_config(args), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu)
+    print_plan(_config(args), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, gpus_per_node=args.gpus_per_node)
     return 0
 
 
@@ -291,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
 
-    p = add("status", cmd_status, "one summary of a run's records")
+    p = add("status", cmd_status, "one summary of a run's records; exit 0 healthy or finished, 1 failed or a rank "
+            "dead, 3 stalled or a rank unresponsive")
     p.add_argument("run_url")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (schema: ops.status.RunStatus)")
 
     data = add("data", None, "inspect prepared data").add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     p = add("inspect", cmd_data_inspect, "manifest summary, per-source counts and decoded samples", parent=data)
@@ -350,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--gpu", choices=["a100", "h100", "h200"], default="h100")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node, for the object-store traffic of the data")
     return parser
 
 

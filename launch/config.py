@@ -61,6 +61,7 @@ class KilnConfig(BaseModel):
         return TrainJob(
             run_dir=self.run_url,
             data_url=self.data_url,
+            read=self.data.reading(),
             seed=self.run.seed,
             storage_options=self.storage.options,
             config_hash=self.training_hash(),

@@ -8,7 +8,8 @@ from rich.console import Console
 from cluster.connect import ray_session
 from cluster.eval import (EvalReport, already_evaluated, build_tasks, eval_url, evaluate_steps, follow_run, plan_step,
                           plan_steps)
-from data_shards.prepare import is_prepared, prepare
+from data_shards.config import READ_KEYS
+from data_shards.prepare import check_output, is_prepared, prepare
 from launch.accelerator import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
 from launch.eval_display import EvalProgress, print_eval_table
@@ -25,7 +26,7 @@ PREPARED_WITH = "prepared-with.json"
 
 def prepared_with(cfg: KilnConfig) -> dict:
     """What committed data was made from: the data section and the seed."""
-    return {"data": cfg.data.model_dump(mode="json"), "seed": cfg.run.seed}
+    return {"data": cfg.data.model_dump(mode="json", exclude=set(READ_KEYS)), "seed": cfg.run.seed}
 
 
 def prepared_for(cfg: KilnConfig) -> bool:
@@ -41,6 +42,7 @@ def prepared_for(cfg: KilnConfig) -> bool:
 
 def prepare_stage(cfg: KilnConfig, progress: bool = True) -> dict:
     use_cpu_accelerator_without_cuda()
+    check_output(cfg.data_url, cfg.storage.options)  # before a Ray cluster starts for nothing
     with ray_session(cfg.cluster):
         summary = prepare(cfg.data, cfg.run.seed, cfg.storage.options, progress=progress)
     storage.write_json(storage.join(cfg.data_url, PREPARED_WITH), prepared_with(cfg), cfg.storage.options)

@@ -15,7 +15,7 @@ import numpy as np
 
 from data_shards.errors import DataError
 from data_shards.manifest import load_manifest
-from data_shards.shard_cache import local_shard
+from data_shards.shard_stores import shard_store
 from data_shards.shard_format import read_docs
 from data_shards.tokenizer import Tokenizer
 from ops import storage
@@ -79,7 +79,15 @@ def make_cloze(docs: list[np.ndarray], tokenizer: Tokenizer, n: int, context_tok
 
 def val_documents(data_url: str, storage_options: dict | None = None) -> list[np.ndarray]:
     manifest = load_manifest(data_url, "val", storage_options)
-    return [doc for i in range(len(manifest.shards)) for doc in read_docs(local_shard(manifest, i, storage_options))]
+    store = shard_store(manifest, storage_options)
+    docs: list[np.ndarray] = []
+    try:
+        for i in range(len(manifest.shards)):
+            docs.extend(np.array(doc) for doc in read_docs(store.acquire(i)))  # copies: the cache may evict the file
+            store.release(i, wanted=False)
+    finally:
+        store.close()
+    return docs
 
 
 def write_cloze(data_url: str, out_url: str, n: int, context_tokens: int = 48, continuation_tokens: int = 8,

@@ -77,6 +77,7 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(default=3, ge=1)
     max_restarts: int = Field(default=0, ge=0)
     log_every: int = Field(default=1, ge=1)
+    heartbeat_s: float = Field(default=10.0, gt=0, description="seconds between a rank's heartbeats (kiln monitor's health)")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     peak_tflops: float | None = Field(default=None, gt=0, description="per-device peak for MFU; None uses the GPU table")

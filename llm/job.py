@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from data_shards.config import ReadConfig
 from llm.config import ModelConfig, TrainConfig
 from ops import storage
 
@@ -14,6 +15,7 @@ class TrainJob(BaseModel):
 
     run_dir: str = Field(description="RUN_URL: checkpoints, metrics, heartbeats and events go here")
     data_url: str = Field(description="DATA_URL written by `kiln prepare`")
+    read: ReadConfig = Field(default_factory=ReadConfig, description="sample order and shard cache of the data")
     seed: int
     storage_options: dict[str, Any] = Field(default_factory=dict)
     config_hash: str = Field(description="hash of what a resumed checkpoint must agree with")

@@ -31,9 +31,8 @@ from llm.exit_codes import REQUEUE_EXIT_CODE
 from llm.flops import device_peak_tflops, flops_per_token, throughput
 from llm.job import TrainJob
 from llm.schedule import lr_at
+from ops.heartbeat import HeartbeatThread
 from ops.records import RunRecords
-
-
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 STOP_FILE_ENV = "KILN_STOP_FILE"
@@ -143,6 +142,7 @@ class Trainer:
         self.loader = GlobalBatchLoader(
             job.data_url, "train", job.seed, job.model.seq_len, self.cfg.global_batch,
             dp_rank=self.engine.dp_rank, dp_world=self.engine.dp_world, storage_options=job.storage_options,
+            read=job.read,
         )
         self.flops_token = flops_per_token(job.model, self.vocab_size)
         self.peak = device_peak_tflops(self.cfg.peak_tflops) if self.precision == "bf16" or self.cfg.peak_tflops else None
@@ -193,7 +193,7 @@ class Trainer:
                                world_size=self.world,
                                config_hash_changed=state.get("kiln_config_hash") != self.job.config_hash)
 
-    def run(self, stop: StopRequest) -> int:
+    def run(self, stop: StopRequest, heartbeat: HeartbeatThread) -> int:
         if self.rank == 0:
             self.records.event(
                 "start", world_size=self.world, zero_stage=self.zero_stage,
@@ -201,7 +201,7 @@ class Trainer:
                 device=self.device.type, config_hash=self.job.config_hash,
             )
         self.resume()
-        self.records.heartbeat(self.rank, self.step, loss=None)  # alive before the first (possibly long) step
+        heartbeat.at_step(self.step)
         tokens_per_step = self.cfg.global_batch * self.job.model.seq_len
         while self.step < self.cfg.steps:
             if stop.agreed(self.device):
@@ -217,6 +217,7 @@ class Trainer:
             elapsed = time.perf_counter() - started
             self.step += 1
             self.tokens += tokens_per_step
+            heartbeat.step_done(self.step, elapsed)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 self.log(loss, lr, elapsed, data_wait, tokens_per_step)
             if self.step % self.cfg.checkpoint_every == 0 or (self.step == self.cfg.steps and self.cfg.checkpoint_at_end):
@@ -226,7 +227,6 @@ class Trainer:
         return 0
 
     def log(self, loss: float, lr: float, elapsed: float, data_wait: float, tokens_per_step: int) -> None:
-        self.records.heartbeat(self.rank, self.step, loss=loss)
         if self.rank != 0:
             return
         tflops, mfu = throughput(self.flops_token, tokens_per_step, elapsed, self.world, self.peak)
@@ -274,12 +274,16 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
     """
     stop = stop or StopRequest()
     records = RunRecords(job.run_dir, job.storage_options)
+    heartbeat = HeartbeatThread(records, int(os.environ.get("RANK", "0")), job.train.heartbeat_s)
+    heartbeat.start()
+    rc = 1
     try:
         trainer = Trainer(job)
-        rc = trainer.run(stop)
+        rc = trainer.run(stop, heartbeat)
         drain_collectives()
         return rc
     except Exception as exc:
+        rc = 1
         rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
         records.event("failure", rank=rank, error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, DataError):  # bad input: one line, no traceback
@@ -287,6 +291,9 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
         else:
             traceback.print_exc()
         return 1
+    finally:
+        heartbeat.stop(failed=rc not in (0, REQUEUE_EXIT_CODE))
+        records.close()  # the launcher reads these records (a preemption, a failure) right after the ranks exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
     stop.install()
     rc = run_training(TrainJob.load(args[0]), stop)
+    if rc == REQUEUE_EXIT_CODE and os.environ.get("TORCHELASTIC_RUN_ID"):
+        # torchrun's agent takes any non-zero exit for a failure and terminates the other ranks mid-exit;
+        # its launcher reads the stop from the run's preemption event instead.
+        rc = 0
     if dist.is_initialized():  # this entry point owns the process group: close it before the interpreter exits
         dist.destroy_process_group()
     return rc

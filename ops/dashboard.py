@@ -1,163 +1,273 @@
-"""``kiln status`` and ``kiln monitor``: a summary and a live rich dashboard built only from run records.
+"""``kiln monitor`` and ``kiln status``: draw a run's status (``ops.status``) with rich.
 
-Both read nothing but files under the run URL (any fsspec URL), so they work from
-anywhere, during or after a run, without touching the job.
+This module only draws: what the facts are is ``ops.status`` and ``ops.health``'s business.
+``render`` lays one frame out for a terminal of the given size: charts side by side on a
+wide terminal, stacked on a narrow one, shrunk or left out when the height is short.
 """
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import yaml
-from rich.console import Console, Group
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
-from ops import storage
-from ops.checkpoints import list_checkpoints
-from ops.records import RunRecords
+from ops.charts import line_chart
+from ops.event_sentences import human_count
+from ops.health import RankHealth
+from ops.status import RunStatus, RunWatcher, Snapshot
 
-SPARK = "▁▂▃▄▅▆▇█"
-STALE_HEARTBEAT_S = 120.0
-TERMINAL_EVENTS = {"finish": "finished", "failure": "failed", "preemption": "preempted"}
+WIDE = 120  # columns from which the three charts, and the bottom panels, sit side by side
+CHART_HEIGHT = 12  # lines of one chart when the height is not limited (--once, kiln status)
+MIN_CHART_HEIGHT = 8
+MAX_CHART_HEIGHT = 16
+BOTTOM_RESERVE = 10  # lines kept for checkpoints, evaluation and events below the charts
+MAX_RANK_ROWS = 16
 
-
-def bucket_means(values: list[float], width: int) -> list[float]:
-    """``values`` averaged into at most ``width`` consecutive buckets, so a long noisy curve shows its trend."""
-    if len(values) <= width:
-        return list(values)
-    edges = [round(i * len(values) / width) for i in range(width + 1)]
-    return [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:])]
-
-
-def sparkline(values: list[float], width: int = 60) -> str:
-    """Unicode sparkline of the whole curve in ``width`` cells (min at the bottom, max at the top)."""
-    values = bucket_means([v for v in values if v is not None], width)
-    if not values:
-        return ""
-    lo, hi = min(values), max(values)
-    span = hi - lo or 1.0
-    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in values)
+RUN_STYLES = {"running": "bold green", "starting": "yellow", "restarting": "bold yellow", "stalled": "bold red",
+              "failed": "bold red", "preempted": "bold magenta", "finished": "bold cyan"}
+RANK_STYLES = {"ok": "green", "waiting": "yellow", "unresponsive": "bold red", "dead": "bold white on red",
+               "exited": "dim"}
+RANK_ORDER = {"dead": 0, "unresponsive": 1, "waiting": 2, "ok": 3, "exited": 4}
 
 
-def run_state(events: list[dict], heartbeats: list[dict], now: float) -> str:
-    """finished / failed / preempted / running / stalled / not started, from the last events and heartbeats."""
-    for event in reversed(events):
-        kind = event.get("event")
-        if kind in TERMINAL_EVENTS:
-            return TERMINAL_EVENTS[kind]
-        if kind in ("start", "resume", "restart"):
-            break
-    if not events and not heartbeats:
-        return "not started"
-    newest = max((b.get("time", 0) for b in heartbeats), default=0)
-    return "running" if now - newest < STALE_HEARTBEAT_S else "stalled"
-
-
-def _total_steps(run_url: str, options: dict | None) -> int | None:
-    url = storage.join(run_url, "config.yaml")
-    if not storage.exists(url, options):
-        return None
-    config = yaml.safe_load(storage.read_text(url, options)) or {}
-    return (config.get("train") or {}).get("steps")
-
-
-def _evals(run_url: str, options: dict | None) -> list[dict]:
-    root = storage.join(run_url, "eval")
-    return [storage.read_json(storage.join(root, n), options) for n in storage.list_names(root, options) if n.endswith(".json")]
-
-
-def run_status(run_url: str, options: dict | None = None, now: float | None = None) -> dict[str, Any]:
-    now = time.time() if now is None else now
-    records = RunRecords(run_url, options)
-    metrics = records.metrics()
-    events = records.events()
-    beats = records.heartbeats()
-    checkpoints = list_checkpoints(run_url, options)
-    last = metrics[-1] if metrics else {}
-    committed = [c.step for c in checkpoints if c.committed]
-    return {
-        "run_url": run_url,
-        "state": run_state(events, beats, now),
-        "step": last.get("step"),
-        "total_steps": _total_steps(run_url, options),
-        "latest": last,
-        "loss_history": [m.get("loss") for m in metrics],
-        "ranks": [{**b, "age_s": round(now - b.get("time", now), 1)} for b in beats],
-        "latest_checkpoint": max(committed) if committed else None,
-        "checkpoints": [c.step for c in checkpoints],
-        "events": events[-8:],
-        "evals": _evals(run_url, options),
-    }
-
-
-def _fmt(value: Any, spec: str = "") -> str:
-    if value is None:
+def duration(seconds: float | None) -> str:
+    if seconds is None:
         return "—"
-    return format(value, spec) if spec else str(value)
+    s = int(round(seconds))
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def render(status: dict[str, Any]):
-    last = status["latest"]
-    progress = f"{_fmt(status['step'])}/{_fmt(status['total_steps'])}"
-    header = Table.grid(padding=(0, 2))
-    for label, value in (
-        ("state", status["state"]),
-        ("step", progress),
-        ("loss", _fmt(last.get("loss"), ".4f")),
-        ("lr", _fmt(last.get("lr"), ".2e")),
-        ("tokens/s", _fmt(last.get("tokens_per_s"), ",.0f")),
-        ("MFU", _fmt(last.get("mfu"), ".1%")),
-        ("checkpoint", _fmt(status["latest_checkpoint"])),
-    ):
-        header.add_row(label, value)
-    loss = Panel(sparkline(status["loss_history"]) or "no metrics yet", title="loss", expand=True)
+def _num(value: float | int | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
-    ranks = Table(title="ranks", expand=True)
-    for col in ("rank", "host", "pid", "step", "age s"):
-        ranks.add_column(col)
-    for r in status["ranks"]:
-        ranks.add_row(str(r.get("rank")), str(r.get("host")), str(r.get("pid")), str(r.get("step")), f"{r['age_s']:.0f}")
 
-    events = Table(title="events", expand=True)
-    events.add_column("time")
-    events.add_column("event")
-    events.add_column("detail")
-    for e in status["events"]:
-        detail = {k: v for k, v in e.items() if k not in ("time", "event", "host", "pid")}
-        events.add_row(time.strftime("%H:%M:%S", time.localtime(e.get("time", 0))), str(e.get("event")), str(detail))
+def _of(done: int | None, total: int | None, fmt=str) -> str:
+    if done is None:
+        return "—" if total is None else f"— / {fmt(total)}"
+    if not total:
+        return fmt(done)
+    return f"{fmt(done)} / {fmt(total)} ({done / total:.0%})"
 
-    parts = [Panel(header, title=status["run_url"]), loss, ranks, events]
-    if status["evals"]:
-        evals = Table(title="evaluations", expand=True)
-        for col in ("step", "loss", "ppl", "bits/byte", "unigram loss"):
-            evals.add_column(col)
-        for ev in status["evals"]:
-            evals.add_row(
-                str(ev.get("step")), _fmt(ev.get("loss"), ".4f"), _fmt(ev.get("perplexity"), ".2f"),
-                _fmt(ev.get("bits_per_byte"), ".4f"), _fmt(ev.get("unigram_loss"), ".4f"),
-            )
-        parts.append(evals)
+
+def header(status: RunStatus, width: int, error: str | None = None) -> Panel:
+    ckpt = status.last_checkpoint
+    pairs = [
+        ("state", Text(status.state, style=RUN_STYLES.get(status.state, "bold"))),
+        ("step", _of(status.step, status.total_steps)),
+        ("tokens", _of(status.tokens, status.total_tokens, human_count)),
+        ("loss", _num(status.loss, ".4f")),
+        ("lr", _num(status.lr, ".2e")),
+        ("tokens/s", _num(status.tokens_per_s, ",.0f")),
+        ("MFU", _num(status.mfu, ".1%")),
+        ("elapsed", duration(status.elapsed_s)),
+        ("ETA", duration(status.eta_s)),
+        ("checkpoint", f"step {ckpt.step}" if ckpt else "—"),
+    ]
+    per_row = 3 if width >= WIDE else 2
+    grid = Table.grid(padding=(0, 1), expand=True)
+    for _ in range(per_row):
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(no_wrap=True, ratio=1)
+    for i in range(0, len(pairs), per_row):
+        cells: list[RenderableType] = []
+        for label, value in pairs[i:i + per_row]:
+            cells += [label, value]
+        grid.add_row(*cells)
+    body: RenderableType = grid
+    if error:
+        body = Group(grid, Text(f"records not read: {error}", style="bold red"))
+    title = " · ".join(p for p in ("kiln", status.name, status.run_url) if p)
+    return Panel(body, title=title, title_align="left", box=box.ROUNDED)
+
+
+def _rank_row(r: RankHealth) -> list[RenderableType]:
+    state = Text(r.state, style=RANK_STYLES[r.state])
+    if r.straggler:
+        state.append(" straggler", style="bold yellow")
+    return [str(r.rank), r.host, _num(r.step, "d"), duration(r.step_time_s), duration(r.idle_s), duration(r.age_s), state]
+
+
+def ranks_panel(status: RunStatus, max_rows: int = MAX_RANK_ROWS) -> Panel:
+    counts: dict[str, int] = {}
+    for r in status.ranks:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    summary = " · ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: RANK_ORDER[kv[0]]))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+    for name, justify in (("rank", "right"), ("host", "left"), ("step", "right"), ("step time", "right"),
+                          ("idle", "right"), ("beat age", "right"), ("state", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    shown = sorted(status.ranks, key=lambda r: (RANK_ORDER[r.state], not r.straggler, r.rank))[:max_rows]
+    for r in shown:
+        table.add_row(*_rank_row(r))
+    lines: list[RenderableType] = [table]
+    if len(status.ranks) > len(shown):
+        lines.append(Text(f"… {len(status.ranks) - len(shown)} more ranks, all {shown[-1].state} or better", style="dim"))
+    if status.step_time:
+        spread = status.step_time
+        text = Text(f"step time min {duration(spread.min_s)} · median {duration(spread.median_s)} · "
+                    f"max {duration(spread.max_s)}")
+        if status.stragglers:
+            text.append(f" · stragglers: rank {', '.join(map(str, status.stragglers))}", style="bold yellow")
+        lines.append(text)
+    t = status.thresholds
+    lines.append(Text(f"waiting after {duration(t.waiting_after_s)} without a step · unresponsive after "
+                      f"{duration(t.unresponsive_after_s)} without a beat · dead after {duration(t.dead_after_s)}",
+                      style="dim"))
+    if not status.ranks:
+        lines = [Text("no heartbeats yet", style="dim")]
+    return Panel(Group(*lines), title=f"ranks · {summary}" if summary else "ranks", title_align="left", box=box.ROUNDED)
+
+
+def charts(snapshot: Snapshot, width: int, height: int) -> RenderableType:
+    """Loss, learning rate and throughput over steps: one row when wide; else loss above the other two."""
+    s = snapshot.series
+    specs = [("loss", s.loss), ("learning rate", s.lr), ("tokens/s", s.tokens_per_s)]
+    rows = [specs] if width >= WIDE else [specs[:1], specs[1:]]
+    out = []
+    for row in rows:
+        grid = Table.grid(expand=True)
+        for _ in row:
+            grid.add_column(ratio=1)
+        grid.add_row(*(line_chart(s.step, ys, title, width // len(row) - 1, height) for title, ys in row))
+        out.append(grid)
+    return Group(*out)
+
+
+def checkpoints_panel(status: RunStatus, last: int = 4) -> Panel:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(justify="right")
+    table.add_column()
+    for c in status.checkpoints[-last:]:
+        state = Text(c.state, style="green" if c.state == "committed" else "yellow")
+        if c.latest:
+            state.append(" · latest", style="bold")
+        table.add_row(f"step {c.step}", state)
+    body: RenderableType = table if status.checkpoints else Text("none yet", style="dim")
+    return Panel(body, title="checkpoints", title_align="left", box=box.ROUNDED)
+
+
+def eval_panel(status: RunStatus) -> Panel:
+    ev = status.last_eval
+    if ev is None:
+        return Panel(Text("no evaluation yet", style="dim"), title="evaluation", title_align="left", box=box.ROUNDED)
+    lines: list[RenderableType] = []
+    heldout = Table.grid(padding=(0, 1))
+    heldout.add_column(style="dim")
+    heldout.add_column(justify="right")
+    for key, value in ev.metrics.items():
+        heldout.add_row(key, f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.4g}")
+    lines.append(heldout)
+    if ev.tasks:
+        keys = sorted({k for t in ev.tasks.values() for k in t})
+        tasks = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        tasks.add_column("task")
+        for key in keys:
+            tasks.add_column(key, justify="right")
+        for name, values in sorted(ev.tasks.items()):
+            tasks.add_row(name, *(_cell(values.get(k)) for k in keys))
+        lines.append(tasks)
+    return Panel(Group(*lines), title=f"evaluation · step {ev.step}", title_align="left", box=box.ROUNDED)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def events_panel(status: RunStatus) -> Panel:
+    table = Table(box=None, show_header=False, expand=True, pad_edge=False)
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(ratio=1)
+    for e in status.recent_events:
+        table.add_row(time.strftime("%H:%M:%S", time.localtime(e.time)), e.sentence)
+    body: RenderableType = table if status.recent_events else Text("no events yet", style="dim")
+    return Panel(body, title="events", title_align="left", box=box.ROUNDED)
+
+
+def bottom(status: RunStatus, width: int) -> RenderableType:
+    if width < WIDE:
+        return Group(checkpoints_panel(status), eval_panel(status), events_panel(status))
+    side = Table.grid(expand=True, padding=(0, 1))
+    side.add_column(ratio=1)
+    side.add_column(ratio=2)
+    side.add_row(checkpoints_panel(status), eval_panel(status))
+    return Group(side, events_panel(status))
+
+
+def _measure(console: Console, renderable: RenderableType, width: int) -> int:
+    return len(console.render_lines(renderable, console.options.update(width=width), pad=False))
+
+
+def render(snapshot: Snapshot, width: int, height: int | None = None, error: str | None = None,
+           console: Console | None = None) -> RenderableType:
+    """One dashboard frame ``width`` columns wide; with ``height``, charts shrink (or go) to fit it."""
+    status = snapshot.status
+    top = [header(status, width, error), ranks_panel(status)]
+    chart_rows = 1 if width >= WIDE else 2
+    chart_height = CHART_HEIGHT
+    if height is not None:
+        used = sum(_measure(console or Console(width=width), part, width) for part in top)
+        chart_height = min(MAX_CHART_HEIGHT, (height - used - BOTTOM_RESERVE) // chart_rows)
+        if chart_height < MIN_CHART_HEIGHT and height - used >= chart_rows * MIN_CHART_HEIGHT:
+            chart_height = MIN_CHART_HEIGHT
+    parts = list(top)
+    if chart_height >= MIN_CHART_HEIGHT:
+        parts.append(charts(snapshot, width, chart_height))
+    parts.append(bottom(status, width))
     return Group(*parts)
 
 
-def print_status(status: dict[str, Any]) -> None:
-    Console().print(render(status))
+def render_summary(status: RunStatus, width: int) -> RenderableType:
+    """``kiln status``: the dashboard's facts without the charts."""
+    return Group(header(status, width), ranks_panel(status), bottom(status, width))
 
 
-def monitor(run_url: str, once: bool = False, interval_s: float = 2.0, options: dict | None = None) -> None:
-    """Refresh the dashboard until the run reaches a terminal state (or Ctrl-C); ``once`` prints one frame."""
+def monitor(run_url: str, once: bool = False, interval_s: float = 2.0, options: dict | None = None,
+            console: Console | None = None) -> None:
+    """Redraw the dashboard every ``interval_s`` until the run finishes or Ctrl-C; ``once``: print one frame.
+
+    The live view uses the terminal's alternate screen, so Ctrl-C (or the end) gives back the
+    terminal as it was; the final frame of a finished run is printed on the normal screen.
+    """
+    console = console or Console()
+    watcher = RunWatcher(run_url, options)
+    snapshot = watcher.refresh()  # a URL without a run is an error before anything is drawn
     if once:
-        print_status(run_status(run_url, options))
+        console.print(render(snapshot, console.width))
         return
-    with Live(render(run_status(run_url, options)), refresh_per_second=4, screen=False) as live:
-        try:
+    error = None
+    try:
+        with Live(console=console, screen=True, auto_refresh=False, vertical_overflow="crop") as live:
             while True:
-                status = run_status(run_url, options)
-                live.update(render(status))
-                if status["state"] in TERMINAL_EVENTS.values():
-                    return
+                live.update(render(snapshot, console.width, console.height, error, console), refresh=True)
+                if _watch_ends(snapshot.status):
+                    break
                 time.sleep(interval_s)
-        except KeyboardInterrupt:
-            return
+                try:
+                    snapshot, error = watcher.refresh(), None
+                except Exception as exc:  # storage hiccup: keep the last frame, say why it is stale, try again
+                    error = f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:
+        return
+    console.print(render(snapshot, console.width))
+
+
+def _watch_ends(status: RunStatus) -> bool:
+    """Finished, or failed by a launcher's final verdict; after anything else a restart or requeue may follow."""
+    if status.state == "finished":
+        return True
+    last = status.recent_events[-1] if status.recent_events else None
+    return status.state == "failed" and last is not None and last.event == "failure" and last.rank is None

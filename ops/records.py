@@ -1,12 +1,10 @@
 """Run records: metrics, heartbeats and events under a run URL.
 
-These files are the only interface between a running job and whoever watches it
-(`kiln monitor`, `kiln status`), so they are plain JSON and readable over any
-fsspec URL.
-
-    RUN_URL/metrics/train.jsonl        one object per logged step
-    RUN_URL/heartbeats/rank-00003.json last sign of life of each rank
-    RUN_URL/events.jsonl               start, restart, failure, checkpoint, preemption, finish
+These records are the only interface between a running job and whoever watches it
+(`kiln monitor`, `kiln status`), so they are plain JSON lines readable over any fsspec URL.
+Where they live is ``ops.record_layout``'s business; how rows reach storage is
+``ops.record_writer``'s (buffered, flushed as segments every few seconds and at exit);
+how they are read back incrementally is ``ops.record_readers``'s.
 """
 from __future__ import annotations
 
@@ -17,99 +15,71 @@ import time
 from typing import Any
 
 from ops import storage
+from ops.record_layout import EVENTS_STREAM, HEARTBEATS_DIR, METRICS_STREAM, heartbeat_name
+from ops.record_readers import ChangedFiles, StreamFollower
+from ops.record_writer import RecordWriter, existing_writer, writer_for
 
-METRICS_PATH = "metrics/train.jsonl"
-EVENTS_PATH = "events.jsonl"
-HEARTBEATS_DIR = "heartbeats"
-
-
-def _append_jsonl(url: str, row: dict, options: dict | None) -> None:
-    line = json.dumps(row, sort_keys=True) + "\n"
-    fs, path = storage.filesystem(url, options)
-    if storage.is_local(url):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line)
-        return
-    # Object stores cannot append: rewrite the whole object in one PUT.
-    old = storage.read_text(url, options) if storage.exists(url, options) else ""
-    storage.write_text(url, old + line, options)
+LOCAL_FLUSH_EVERY_S = 0.05  # an append to a local file is cheap: rows show up about as soon as written
+OBJECT_FLUSH_EVERY_S = 5.0  # each flush is one PUT
 
 
-def _read_jsonl(url: str, options: dict | None) -> list[dict]:
-    if not storage.exists(url, options):
-        return []
-    rows = []
-    for line in storage.read_text(url, options).splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash mid-write
-    return rows
-
-
-class MetricsFollower:
-    """Reads the metrics rows appended since the last call, from a byte offset (range reads on object stores)."""
+class MetricsFollower(StreamFollower):
+    """Metrics rows written since the last call (the local launcher's progress bar)."""
 
     def __init__(self, run_url: str, options: dict | None = None):
-        self.url = storage.join(run_url, METRICS_PATH)
-        self.options = options or {}
-        self.offset = 0
-
-    def new_rows(self) -> list[dict]:
-        fs, path = storage.filesystem(self.url, self.options)
-        try:
-            size = fs.size(path)
-        except FileNotFoundError:
-            return []
-        if size < self.offset:  # rewritten from scratch
-            self.offset = 0
-        if size == self.offset:
-            return []
-        with fs.open(path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read(size - self.offset)
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        rows = []
-        for line in complete.decode("utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        super().__init__(run_url, METRICS_STREAM, options)
 
 
 class RunRecords:
-    """Writer and reader of one run's records."""
+    """Writer and reader of one run's records.
 
-    def __init__(self, run_url: str, options: dict | None = None):
+    Writes return at once: rows wait in this process's buffer for the next flush (every
+    ``flush_every_s``; events wake it at once).  Reads see this process's own rows, since they
+    flush it first.
+    """
+
+    def __init__(self, run_url: str, options: dict | None = None, flush_every_s: float | None = None):
         self.run_url = run_url
         self.options = options or {}
+        if flush_every_s is None:
+            flush_every_s = LOCAL_FLUSH_EVERY_S if storage.is_local(run_url) else OBJECT_FLUSH_EVERY_S
+        self.flush_every_s = flush_every_s
 
     def url(self, rel: str) -> str:
         return storage.join(self.run_url, rel)
 
+    def _writer(self) -> RecordWriter:
+        return writer_for(self.run_url, self.options, self.flush_every_s)
+
     def log_metrics(self, row: dict[str, Any]) -> None:
-        row = {"time": time.time(), **row}
-        _append_jsonl(self.url(METRICS_PATH), row, self.options)
+        self._writer().append(METRICS_STREAM, {"time": time.time(), **row})
 
     def event(self, kind: str, **fields: Any) -> None:
         row = {"time": time.time(), "event": kind, "host": socket.gethostname(), "pid": os.getpid(), **fields}
-        _append_jsonl(self.url(EVENTS_PATH), row, self.options)
+        self._writer().append(EVENTS_STREAM, row, urgent=True)
 
     def heartbeat(self, rank: int, step: int, **fields: Any) -> None:
+        """Overwrite rank ``rank``'s heartbeat now (one small object; ``ops.heartbeat`` calls it off the training thread)."""
         beat = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "step": step, "time": time.time(), **fields}
-        storage.write_json(self.url(f"{HEARTBEATS_DIR}/rank-{rank:05d}.json"), beat, self.options)
+        storage.write_json(self.url(f"{HEARTBEATS_DIR}/{heartbeat_name(rank)}"), beat, self.options)
+
+    def flush(self) -> bool:
+        """Write this process's buffered rows now; False when storage refused them (they stay buffered)."""
+        writer = existing_writer(self.run_url, self.options)
+        return writer.flush() if writer is not None else True
+
+    def close(self) -> bool:
+        """Flush and stop this process's background writer (a later write starts it again)."""
+        writer = existing_writer(self.run_url, self.options)
+        return writer.close() if writer is not None else True
 
     def metrics(self) -> list[dict]:
-        return _read_jsonl(self.url(METRICS_PATH), self.options)
+        self.flush()
+        return StreamFollower(self.run_url, METRICS_STREAM, self.options).new_rows()
 
     def events(self) -> list[dict]:
-        return _read_jsonl(self.url(EVENTS_PATH), self.options)
+        self.flush()
+        return StreamFollower(self.run_url, EVENTS_STREAM, self.options).new_rows()
 
     def preempted_since(self, since: float) -> bool:
         """Whether the ranks recorded a preemption save at or after ``since`` (a launcher's start time)."""
@@ -117,10 +87,9 @@ class RunRecords:
 
     def heartbeats(self) -> list[dict]:
         beats = []
-        for name in storage.list_names(self.url(HEARTBEATS_DIR), self.options):
-            if name.startswith("rank-") and name.endswith(".json"):
-                try:
-                    beats.append(storage.read_json(self.url(f"{HEARTBEATS_DIR}/{name}"), self.options))
-                except (json.JSONDecodeError, FileNotFoundError):
-                    continue
+        for data in ChangedFiles(self.url(HEARTBEATS_DIR), self.options).changed().values():
+            try:
+                beats.append(json.loads(data))
+            except json.JSONDecodeError:
+                continue
         return sorted(beats, key=lambda b: b.get("rank", 0))

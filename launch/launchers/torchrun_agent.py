@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 
@@ -21,6 +22,10 @@ def main(argv: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     die_with_parent()
+    # A scheduler may signal every process of a job (SLURM's step signals): the ranks act on the stop
+    # signals themselves, and their default action would kill this agent and strand them.
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda *_: None)
     failures_path, torchrun_args = argv[0], argv[1:]
     try:
         run(parse_args(torchrun_args))

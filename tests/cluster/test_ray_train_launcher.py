@@ -1,9 +1,10 @@
 """Ray Train launches the same per-rank loop as torchrun: same loss curve, same committed checkpoints."""
-import json
 import subprocess
 import sys
 
 import pytest
+
+from ops.records import RunRecords
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +14,7 @@ def kiln(*args, cwd):
 
 
 def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics" / "train.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in RunRecords(str(run_dir)).metrics()]
 
 
 def test_ray_train_launcher_reproduces_the_torchrun_loss_curve(tmp_path, tiny_config):

@@ -71,7 +71,7 @@ def write_split(
     manifest = Manifest(
         split=split,
         config_hash="test",
-        tokenizer_sha256="test",
+        tokenizer_sha256=hashlib.sha256(b"test tokenizer").hexdigest(),
         vocab_size=vocab,
         bos_id=1,
         eos_id=2,

@@ -22,3 +22,10 @@ def test_filters_accept_bare_names_and_parameters():
 def test_inputs_become_the_default_source_before_named_ones():
     cfg = DataConfig(inputs=["a.jsonl"], sources=[{"name": "code", "inputs": ["b.jsonl"], "weight": 2}])
     assert [(s.name, s.weight) for s in cfg.train_sources()] == [("default", 1.0), ("code", 2.0)]
+
+
+def test_the_tokenizer_sample_grows_with_the_vocabulary_unless_given():
+    assert DataConfig(vocab_size=8000).tokenizer_sample_bytes() == 8000 * 4096
+    assert DataConfig(vocab_size=300).tokenizer_sample_bytes() == 8 << 20
+    assert DataConfig(vocab_size=32000).tokenizer_sample_bytes() == 64 << 20
+    assert DataConfig(vocab_size=32000, tokenizer_sample_mb=2).tokenizer_sample_bytes() == 2 << 20

@@ -91,3 +91,29 @@ def test_malformed_line_in_a_later_range_is_located_by_byte_offset(tmp_path):
             read(p)
     docs, counts = read(parts[2], on_error="skip")
     assert counts.malformed_lines == 1 and len(docs) == 20  # 10 lines before it, 10 that start after it
+
+
+@pytest.mark.parametrize("name", ["cut.jsonl.gz", "cut.jsonl.zst", "cut.txt.gz"])
+def test_a_truncated_compressed_input_is_a_data_error_naming_it(tmp_path, name):
+    lines = "".join(json.dumps({"text": f"document {i} " * 30}) + "\n" for i in range(300)).encode()
+    whole = gzip.compress(lines) if name.endswith(".gz") else zstandard.ZstdCompressor().compress(lines)
+    path = tmp_path / name
+    path.write_bytes(whole[: len(whole) // 2])
+    [partition] = partitions_for([("default", "train", "text", [str(path)])])
+    with pytest.raises(DataError, match=f"input {path} is truncated or corrupt"):
+        read(partition)
+
+
+def test_an_input_url_with_an_unknown_scheme_is_a_data_error():
+    with pytest.raises(DataError, match="data.inputs: nosuch://bucket/x.jsonl has an unknown scheme"):
+        partitions_for([("default", "train", "text", ["nosuch://bucket/x.jsonl"])])
+
+
+def test_a_zst_input_of_many_frames_reads_every_line(tmp_path):
+    compressor = zstandard.ZstdCompressor()
+    lines = [json.dumps({"text": f"document {i}"}) + "\n" for i in range(1000)]
+    path = tmp_path / "frames.jsonl.zst"
+    path.write_bytes(b"".join(compressor.compress("".join(lines[i : i + 70]).encode()) for i in range(0, 1000, 70)))
+    [partition] = partitions_for([("default", "train", "text", [str(path)])])
+    docs, _ = read(partition)
+    assert docs == [f"document {i}" for i in range(1000)]

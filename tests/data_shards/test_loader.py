@@ -5,10 +5,25 @@ import numpy as np
 import pytest
 
 from data_shards import sample_order as so
+from data_shards.config import ReadConfig
 from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader, eval_windows, shard_token_counts
+from data_shards.shuffles import SourceLayout
+from data_shards.shuffles import block as blocks
 
 SEQ = 16
+BLOCK_SHARDS = 2
+SHARD_CUTS = (20, 45)  # the dataset's three shards hold documents [:20], [20:45], [45:]
+
+
+@pytest.fixture(params=["global", "block"])
+def mode(request):
+    """Every order and resume test runs for both shuffle modes."""
+    return request.param
+
+
+def reading(mode):
+    return ReadConfig(shuffle=mode, block_shards=BLOCK_SHARDS)
 
 
 @pytest.fixture
@@ -18,70 +33,90 @@ def dataset(tmp_path, kit):
     return str(tmp_path / "data"), docs
 
 
-def reference_sample(docs, seed, seq_len, n, source="default"):
-    total = sum(len(d) for d in docs)
-    per_epoch = so.samples_per_epoch(total, seq_len)
+def doc_shards(count, cuts=SHARD_CUTS):
+    return np.searchsorted(np.asarray(cuts), np.arange(count), side="right").astype(np.int32)
+
+
+def reference_order(docs, seed, seq_len, epoch, mode, cuts=SHARD_CUTS, source="default"):
+    """(document order, window of each sample) of one epoch, from the pure functions alone."""
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    per_epoch = so.samples_per_epoch(int(lengths.sum()), seq_len)
+    if mode == "global":
+        return so.epoch_doc_order(len(docs), seed, source, epoch), so.epoch_sample_perm(per_epoch, seed, source, epoch)
+    layout = SourceLayout(lengths, doc_shards(len(docs), cuts), len(cuts) + 1)
+    order, ordered_blocks = blocks.block_doc_order(layout, BLOCK_SHARDS, seed, source, epoch)
+    bounds = blocks.window_bounds(so.doc_starts(lengths, order), ordered_blocks, -(-layout.shards // BLOCK_SHARDS), seq_len)
+    windows = np.concatenate([
+        bounds[k] + blocks.block_window_perm(int(bounds[k + 1] - bounds[k]), seed, source, epoch, k)
+        for k in range(len(bounds) - 1)
+    ])
+    return order, windows
+
+
+def reference_sample(docs, seed, seq_len, n, source="default", mode="global", cuts=SHARD_CUTS):
+    per_epoch = so.samples_per_epoch(sum(len(d) for d in docs), seq_len)
     epoch, j = divmod(n, per_epoch)
-    order = so.epoch_doc_order(len(docs), seed, source, epoch)
-    window = so.epoch_sample_perm(per_epoch, seed, source, epoch)[j]
-    return so.window_tokens(docs, order, int(window), seq_len)
+    order, windows = reference_order(docs, seed, seq_len, epoch, mode, cuts, source)
+    return so.window_tokens(docs, order, int(windows[j]), seq_len)
 
 
 def read_all(loader, batches):
     return np.concatenate([loader.next_batch() for _ in range(batches)])
 
 
-def test_samples_match_the_pure_order_across_epochs(dataset):
+def test_samples_match_the_pure_order_across_epochs(dataset, mode):
     url, docs = dataset
-    loader = GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=8)
+    loader = GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=8, read=reading(mode))
     per_epoch = so.samples_per_epoch(sum(len(d) for d in docs), SEQ)
     batches = (2 * per_epoch) // 8 + 2  # well into the third epoch
     got = read_all(loader, batches)
     assert got.dtype == np.dtype(loader.manifest.dtype) and got.shape == (batches * 8, SEQ + 1)
     for n in range(len(got)):
-        assert got[n].tolist() == reference_sample(docs, 5, SEQ, n).tolist()
+        assert got[n].tolist() == reference_sample(docs, 5, SEQ, n, mode=mode).tolist()
     assert loader.consumed_samples == batches * 8
 
 
-def test_an_epoch_visits_every_window_once(dataset):
+def test_an_epoch_visits_every_window_once(dataset, mode):
     url, docs = dataset
     stream_windows = set()
-    order = so.epoch_doc_order(len(docs), 5, "default", 0)
+    order, _ = reference_order(docs, 5, SEQ, 0, mode)
     per_epoch = so.samples_per_epoch(sum(len(d) for d in docs), SEQ)
     for w in range(per_epoch):
         stream_windows.add(tuple(so.window_tokens(docs, order, w, SEQ).tolist()))
-    loader = GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=1)
+    loader = GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=1, read=reading(mode))
     seen = {tuple(loader.next_batch()[0].tolist()) for _ in range(per_epoch)}
     assert seen == stream_windows
 
 
-def test_global_sequence_is_independent_of_data_parallel_world(dataset):
+def test_global_sequence_is_independent_of_data_parallel_world(dataset, mode):
     url, _ = dataset
-    one = read_all(GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8), 5)
+    one = read_all(GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, read=reading(mode)), 5)
     for world in (2, 4):
-        ranks = [GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, dp_rank=r, dp_world=world) for r in range(world)]
+        ranks = [GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, dp_rank=r, dp_world=world,
+                                   read=reading(mode)) for r in range(world)]
         batches = [np.concatenate([rk.next_batch() for rk in ranks]) for _ in range(5)]
         assert np.array_equal(np.concatenate(batches), one)
         assert all(rk.consumed_samples == 40 for rk in ranks)
 
 
-def test_two_ranks_then_one_rank_equals_one_rank_throughout(dataset):
+def test_two_ranks_then_one_rank_equals_one_rank_throughout(dataset, mode):
     url, _ = dataset
-    reference = read_all(GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4), 10)
-    ranks = [GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, dp_rank=r, dp_world=2) for r in range(2)]
+    reference = read_all(GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, read=reading(mode)), 10)
+    ranks = [GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, dp_rank=r, dp_world=2, read=reading(mode))
+             for r in range(2)]
     first = [np.concatenate([rk.next_batch() for rk in ranks]) for _ in range(4)]
     state = ranks[0].state_dict()
     assert state == ranks[1].state_dict()
-    resumed = GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4)
+    resumed = GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, read=reading(mode))
     resumed.load_state_dict(state)
     rest = [resumed.next_batch() for _ in range(6)]
     assert np.array_equal(np.concatenate(first + rest), reference)
 
 
-def test_consumed_samples_argument_starts_mid_sequence(dataset):
+def test_consumed_samples_argument_starts_mid_sequence(dataset, mode):
     url, _ = dataset
-    reference = read_all(GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4), 3)
-    late = GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, consumed_samples=8)
+    reference = read_all(GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, read=reading(mode)), 3)
+    late = GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, consumed_samples=8, read=reading(mode))
     assert np.array_equal(late.next_batch(), reference[8:12])
 
 
@@ -98,34 +133,37 @@ def test_resume_with_changed_data_seed_or_seq_len_is_a_data_error(dataset, tmp_p
         GlobalBatchLoader(other, "train", seed=1, seq_len=SEQ, global_batch=4).load_state_dict(state)
 
 
-def test_same_inputs_give_identical_batches_and_a_new_seed_does_not(dataset):
+def test_same_inputs_give_identical_batches_and_a_new_seed_does_not(dataset, mode):
     url, _ = dataset
-    a = read_all(GlobalBatchLoader(url, "train", seed=4, seq_len=SEQ, global_batch=4), 3)
-    b = read_all(GlobalBatchLoader(url, "train", seed=4, seq_len=SEQ, global_batch=4), 3)  # cached index
-    c = read_all(GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=4), 3)
+    a = read_all(GlobalBatchLoader(url, "train", seed=4, seq_len=SEQ, global_batch=4, read=reading(mode)), 3)
+    b = read_all(GlobalBatchLoader(url, "train", seed=4, seq_len=SEQ, global_batch=4, read=reading(mode)), 3)  # cached index
+    c = read_all(GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=4, read=reading(mode)), 3)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
-    assert any(n.endswith("-perm.npy") for n in os.listdir(os.path.join(os.environ["KILN_CACHE_DIR"], "sample-index")))
+    kept = {"global": "-perm.npy", "block": "-bounds.npy"}[mode]
+    assert any(n.endswith(kept) for n in os.listdir(os.path.join(os.environ["KILN_CACHE_DIR"], "sample-index")))
 
 
-def test_blended_sources_follow_weights_and_count_per_source(tmp_path, kit):
+def test_blended_sources_follow_weights_and_count_per_source(tmp_path, kit, mode):
     web = kit.random_docs(1, 40, 500)
     code = kit.random_docs(2, 40, 500)
     url = str(tmp_path / "data")
-    kit.write_split(url, "train", {"web": [web], "code": [code]}, weights={"web": 3.0, "code": 1.0})
-    loader = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8)
+    kit.write_split(url, "train", {"web": [web[:15], web[15:]], "code": [code[:25], code[25:]]},
+                    weights={"web": 3.0, "code": 1.0})
+    loader = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, read=reading(mode))
     batch = np.concatenate([loader.next_batch() for _ in range(5)])
     state = loader.state_dict()
     assert state["source_consumed"] == {"code": 10, "web": 30}
     assert state["weights"] == {"code": 1.0, "web": 3.0}
-    web_samples = {tuple(reference_sample(web, 0, SEQ, j, "web").tolist()) for j in range(30)}
-    code_samples = {tuple(reference_sample(code, 0, SEQ, j, "code").tolist()) for j in range(10)}
+    web_samples = {tuple(reference_sample(web, 0, SEQ, j, "web", mode, (15,)).tolist()) for j in range(30)}
+    code_samples = {tuple(reference_sample(code, 0, SEQ, j, "code", mode, (25,)).tolist()) for j in range(10)}
     assert {tuple(r.tolist()) for r in batch} == web_samples | code_samples
-    resumed = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, dp_rank=1, dp_world=2)
+    resumed = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, dp_rank=1, dp_world=2, read=reading(mode))
     resumed.load_state_dict(state)
     assert np.array_equal(resumed.next_batch(), loader.next_batch()[4:])
     with pytest.raises(DataError, match="blend weights changed"):
-        GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, blend={"web": 1.0, "code": 1.0}).load_state_dict(state)
+        GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, blend={"web": 1.0, "code": 1.0},
+                          read=reading(mode)).load_state_dict(state)
 
 
 def flip_a_byte_of_shard_1(url: str) -> None:
@@ -196,9 +234,10 @@ def indexed(tmp_path, kit):
     return url, docs
 
 
-def test_index_files_give_the_same_order_as_reading_the_shards(dataset, indexed):
-    plain = read_all(GlobalBatchLoader(dataset[0], "train", seed=5, seq_len=SEQ, global_batch=8), 6)
-    assert np.array_equal(read_all(GlobalBatchLoader(indexed[0], "train", seed=5, seq_len=SEQ, global_batch=8), 6), plain)
+def test_index_files_give_the_same_order_as_reading_the_shards(dataset, indexed, mode):
+    plain = read_all(GlobalBatchLoader(dataset[0], "train", seed=5, seq_len=SEQ, global_batch=8, read=reading(mode)), 6)
+    from_index = GlobalBatchLoader(indexed[0], "train", seed=5, seq_len=SEQ, global_batch=8, read=reading(mode))
+    assert np.array_equal(read_all(from_index, 6), plain)
 
 
 def test_with_index_files_shards_are_fetched_and_verified_only_when_first_read(indexed):
@@ -219,3 +258,20 @@ def test_damaged_index_file_is_a_data_error_naming_it(indexed):
     open(path, "wb").write(bytes(raw))
     with pytest.raises(DataError, match="shard-00002.lengths.npy is damaged"):
         GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)
+
+
+def test_resuming_with_another_shuffle_is_a_data_error(dataset):
+    url, _ = dataset
+    state = GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4, read=reading("block")).state_dict()
+    assert state["shuffle"] == f"block-{BLOCK_SHARDS}"
+    with pytest.raises(DataError, match="data.shuffle 'block-2' there, 'global' now"):
+        GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4, read=reading("global")).load_state_dict(state)
+    with pytest.raises(DataError, match="'block-2' there, 'block-3' now"):
+        other = ReadConfig(shuffle="block", block_shards=3)
+        GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4, read=other).load_state_dict(state)
+
+
+def test_data_on_a_local_filesystem_is_shuffled_globally_unless_asked(dataset):
+    url, _ = dataset
+    assert GlobalBatchLoader(url, "train", seed=1, seq_len=SEQ, global_batch=4).state_dict()["shuffle"] == "global"
+    assert ReadConfig().shuffle_mode(on_object_storage=True) == "block"

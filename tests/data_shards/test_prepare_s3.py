@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import ray
 
-from data_shards.config import DataConfig
+from data_shards.config import DataConfig, ReadConfig
 from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader, eval_windows
 from data_shards.manifest import load_manifest
@@ -50,10 +50,13 @@ def test_prepare_reads_and_writes_s3_and_matches_a_local_prepare(s3_ray, kit, tm
     for split in ("train", "val"):
         a, b = load_manifest(remote.output, split), load_manifest(local.output, split)
         assert [(s.sha256, s.tokens) for s in a.shards] == [(s.sha256, s.tokens) for s in b.shards]
-    from_s3 = GlobalBatchLoader(remote.output, "train", seed=2, seq_len=64, global_batch=4)
-    from_disk = GlobalBatchLoader(local.output, "train", seed=2, seq_len=64, global_batch=4)
-    for _ in range(3):
-        assert np.array_equal(from_s3.next_batch(), from_disk.next_batch())
+    for mode in ("global", "block"):
+        read = ReadConfig(shuffle=mode, block_shards=2)
+        from_s3 = GlobalBatchLoader(remote.output, "train", seed=2, seq_len=64, global_batch=4, read=read)
+        from_disk = GlobalBatchLoader(local.output, "train", seed=2, seq_len=64, global_batch=4, read=read)
+        for _ in range(3):
+            assert np.array_equal(from_s3.next_batch(), from_disk.next_batch())
+        from_s3.close()
     assert np.array_equal(eval_windows(remote.output, "val", 0, 64), eval_windows(local.output, "val", 0, 64))
 
 
@@ -68,7 +71,8 @@ def test_damaged_s3_shard_is_a_data_error_naming_it(s3_ray, kit, tmp_path):
     raw = bytearray(storage.read_bytes(url))
     raw[len(raw) // 3] ^= 0x10
     storage.write_bytes(url, bytes(raw))
-    loader = GlobalBatchLoader(cfg.output, "train", seed=0, seq_len=64, global_batch=4)  # reads index files only
+    loader = GlobalBatchLoader(cfg.output, "train", seed=0, seq_len=64, global_batch=4,
+                               read=ReadConfig(shuffle="global"))  # reads index files only
     with pytest.raises(DataError, match=f"shard {url} is damaged"):
         for _ in range(loader.sources[0].samples_per_epoch // 4 + 1):
             loader.next_batch()

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ops.records import RunRecords
+
 pytestmark = pytest.mark.slow
 
 
@@ -42,7 +44,7 @@ def test_run_writes_data_checkpoint_metrics_and_eval(tiny_run):
     assert (run / "checkpoints" / "step-00000006" / "COMMITTED").exists()
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["steps"] == 6 and saved["run"]["dir"] == str(run)
-    steps = [json.loads(line)["step"] for line in (run / "metrics" / "train.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in RunRecords(str(run)).metrics()]
     assert steps == [1, 2, 3, 4, 5, 6]
     result = json.loads((run / "eval" / "step-00000006.json").read_text())
     assert result["step"] == 6 and result["tokens"] > 0
@@ -66,7 +68,7 @@ def test_more_steps_resume_from_the_committed_checkpoint(tiny_run):
     more = kiln("train", str(path), "train.steps=8", cwd=tmp)
     assert more.returncode == 0, more.stderr
     run = tmp / "run"
-    steps = [json.loads(line)["step"] for line in (run / "metrics" / "train.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in RunRecords(str(run)).metrics()]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000008"
     kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
