@@ -1,7 +1,8 @@
 """A Ray cluster across two hosts, as an operator starts one: the head on host0 bound to its address
 with token authentication on, a worker on host1 joining it.  `kiln submit` from outside both hosts
 runs prepare, Ray Train with a rank on each host, and evaluation; a client without the token is
-refused; and a run that loses host1 finishes on host0 with the uninterrupted loss curve."""
+refused; and a run that loses host1 shows host1's ranks lost in `kiln status` while it is gone, then
+finishes on host0 with the uninterrupted loss curve."""
 import json
 import os
 import shutil
@@ -166,13 +167,21 @@ def test_a_client_without_the_token_is_refused(ray_cluster, submitted, tmp_path)
     assert refused.stderr.count("\n") == 1 and "requires a token" in refused.stderr
 
 
+def host_lost(run_url, host) -> bool:
+    """Whether `kiln status --json` shows every rank of ``host`` unresponsive or dead, and exits non-zero for it."""
+    shown = subprocess.run(kiln("status", "--json", run_url), capture_output=True, text=True, timeout=120)
+    states = {rank["state"] for rank in json.loads(shown.stdout)["ranks"] if rank["host"] == host}
+    return bool(states) and states <= {"unresponsive", "dead"} and shown.returncode in (1, 3)
+
+
 def test_a_run_that_loses_a_host_finishes_on_the_surviving_host_with_the_same_curve(cluster, ray_cluster, submitted):
     path, uninterrupted, done = submitted
     assert done.returncode == 0, "the uninterrupted run failed"
     run = f"{cluster.bucket}/ray-host-lost"
     env = ray_cluster.client_env
     address = ["--address", ray_cluster.dashboard_url]
-    sent = subprocess.run(kiln("submit", str(path), f"run.dir={run}", "train.max_restarts=2", *address),
+    sent = subprocess.run(kiln("submit", str(path), f"run.dir={run}", "train.max_restarts=2", "train.heartbeat_s=1",
+                               *address),
                           env=env, capture_output=True, text=True, timeout=300)
     assert sent.returncode == 0, sent.stderr[-3000:]
     job_id = sent.stdout.strip().splitlines()[0]
@@ -180,11 +189,15 @@ def test_a_run_that_loses_a_host_finishes_on_the_surviving_host_with_the_same_cu
     jobs = JobSubmissionClient(ray_cluster.dashboard_url, headers=auth_headers(env))  # polled in this process: fast
     wait_until(lambda: (latest_committed_step(run) or 0) >= CHECKPOINT_EVERY, "a checkpoint was committed",
                alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING))
+    # host0's spare CPU is held while host1 is gone, so that Ray Train cannot place the restarted ranks (which
+    # would beat in place of host1's) before kiln status has been read; released, the run goes on on host0.
+    hold = jobs.submit_job(entrypoint="sleep 900", entrypoint_num_cpus=1)
+    wait_until(lambda: jobs.get_job_status(hold) == JobStatus.RUNNING, "host0's spare CPU is held")
     cluster[1].kill_every_process()
     assert max(curve(run)) < STEPS, "the run ended before the host was lost"
-    status = subprocess.run(kiln("status", "--json", run), capture_output=True, text=True, timeout=120)
-    print("kiln status --json, host1 lost:", status.stdout)
-    assert "host1" in {rank["host"] for rank in json.loads(status.stdout)["ranks"]}
+    wait_until(lambda: host_lost(run, "host1"), "kiln status shows host1's ranks lost",
+               alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING))
+    assert jobs.stop_job(hold)
 
     followed = subprocess.run(kiln("jobs", "logs", job_id, "--follow", *address), env=env, capture_output=True,
                               text=True, timeout=1200)

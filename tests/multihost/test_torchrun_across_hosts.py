@@ -1,7 +1,8 @@
 """`kiln train` started once per host, as torchrun users start it (MASTER_ADDR/MASTER_PORT name the
 first host, NODE_RANK the host's index) or as the script of `kiln launch slurm --nodes 2` starts it
 (one slurmctld, a slurmd per host), trains across two hosts exactly as one host with two ranks does,
-and a run that loses a host resumes from its newest committed checkpoint when the host returns."""
+and a run that loses a host shows the host's ranks lost in `kiln status` while it is gone, and resumes
+from its newest committed checkpoint when the host returns."""
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 40
 CHECKPOINT_EVERY = 10
+BEAT_OFTEN = ("train.heartbeat_s=1",)  # a lost host's ranks turn unresponsive after three missed beats
 
 
 def kiln(*args):
@@ -103,12 +105,19 @@ def wait_until(condition, what, alive, timeout_s=600):
     raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
+def host_lost(run_url, host) -> bool:
+    """Whether `kiln status --json` shows every rank of ``host`` unresponsive or dead, and exits non-zero for it."""
+    shown = subprocess.run(kiln("status", "--json", run_url), capture_output=True, text=True, timeout=120)
+    states = {rank["state"] for rank in json.loads(shown.stdout)["ranks"] if rank["host"] == host}
+    return bool(states) and states <= {"unresponsive", "dead"} and shown.returncode in (1, 3)
+
+
 def test_a_run_that_loses_a_host_resumes_from_its_last_checkpoint_when_the_host_returns(cluster, setup):
     path, reference = setup
     run = f"{cluster.bucket}/host-lost"
     rendezvous = Rendezvous(cluster)
-    first = start_on_host(cluster, 0, path, run, rendezvous, "train.max_restarts=1")
-    lost = start_on_host(cluster, 1, path, run, rendezvous)
+    first = start_on_host(cluster, 0, path, run, rendezvous, "train.max_restarts=1", *BEAT_OFTEN)
+    lost = start_on_host(cluster, 1, path, run, rendezvous, *BEAT_OFTEN)
     wait_until(lambda: (latest_committed_step(run) or 0) >= CHECKPOINT_EVERY, "a checkpoint was committed",
                lambda: first.poll() is None and lost.poll() is None)
     cluster[1].kill_every_process()
@@ -119,11 +128,10 @@ def test_a_run_that_loses_a_host_resumes_from_its_last_checkpoint_when_the_host_
     # host0's launcher sees its rank fail with the lost peer and starts again, waiting for host1 to rejoin.
     wait_until(lambda: any(e["event"] == "restart" for e in RunRecords(run).events()), "host0 restarted",
                lambda: first.poll() is None)
-    status = subprocess.run(kiln("status", "--json", run), capture_output=True, text=True, timeout=120)
-    print("kiln status --json, host1 down:", status.stdout)
-    assert "host1" in {rank["host"] for rank in json.loads(status.stdout)["ranks"]}
+    # While host1 is gone its ranks beat no more: kiln status shows them unresponsive, then dead.
+    wait_until(lambda: host_lost(run, "host1"), "kiln status shows host1's ranks lost", lambda: first.poll() is None)
 
-    returned = start_on_host(cluster, 1, path, run, rendezvous)
+    returned = start_on_host(cluster, 1, path, run, rendezvous, *BEAT_OFTEN)
     for name, proc in (("host0", first), ("host1", returned)):
         rc, stderr = finish(proc)
         assert rc == 0, f"{name}: {stderr}"
