@@ -19,8 +19,7 @@ def job_config(cfg: KilnConfig, options: LaunchOptions, launcher: str) -> KilnCo
     tree["train"].update(launcher=launcher, nodes=options.nodes, nproc=options.gpus_per_node or cfg.train.nproc)
     try:
         job = KilnConfig.model_validate(tree)
-        # The batch must split over the job's ranks (the precision changes only the ZeRO stage chosen).
-        ParallelLayout.for_run(job.train, job.train.world_size, precision="fp32")
+        ParallelLayout.for_run(job.train, job.train.world_size, "fp32")  # the batch must split over the job's ranks
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
