@@ -20,9 +20,10 @@ import pyarrow.fs
 import ray
 from ray.train import FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch.config import _TorchBackend
 
 from llm.checkpoint import latest_committed_step
-from llm.devices import configure_this_process
+from llm.devices import configure_this_process, gloo_interface_environment
 from llm.exit_codes import REQUEUE_EXIT_CODE
 from llm.job import TrainJob
 from ops import storage
@@ -73,6 +74,27 @@ def _rank_main(config: dict[str, Any]) -> None:
         done.set()
     if rc not in (0, REQUEUE_EXIT_CODE):
         raise RuntimeError(f"rank exited with code {rc}")
+
+
+def _bind_gloo_to_the_node_address() -> None:
+    """In a worker: gloo binds the interface of this worker's Ray node address, not what the hostname resolves to."""
+    os.environ.update(gloo_interface_environment(ray.util.get_node_ip_address(), os.environ))
+
+
+class _NodeAddressTorchBackend(_TorchBackend):
+    """Ray Train's torch backend (private in Ray, extended as Ray's own TorchftConfig does), with gloo bound
+    to each node's Ray address before the process group forms: a hostname that resolves to a loopback
+    address (127.0.1.1 in Debian's /etc/hosts) would otherwise have the other nodes dial their own loopback."""
+
+    def on_start(self, worker_group, backend_config) -> None:
+        worker_group.execute(_bind_gloo_to_the_node_address)
+        super().on_start(worker_group, backend_config)
+
+
+class NodeAddressTorchConfig(TorchConfig):
+    @property
+    def backend_cls(self):
+        return _NodeAddressTorchBackend
 
 
 def _failures(job: TrainJob, worker_errors: dict[int, Exception]) -> list[RankFailure]:
@@ -141,7 +163,7 @@ class RayTrainRun:
                 resources_per_worker={"CPU": 1},
                 placement_strategy="SPREAD" if train.nodes > 1 else "PACK",
             ),
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            torch_config=NodeAddressTorchConfig(backend="nccl" if use_gpu else "gloo"),
             run_config=RunConfig(
                 name=os.path.basename(self.job.run_dir.rstrip("/")) or "kiln",
                 storage_path=path,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
+from typing import Mapping
 
 
 def cpu_threads_per_rank(ranks_per_node: int, cpus: int | None = None) -> int:
@@ -28,6 +30,29 @@ def rank_environment(ranks_per_node: int, base: dict[str, str] | None = None) ->
     # DeepSpeed's own deprecated torch calls would otherwise warn once per rank.
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     return env
+
+
+def interface_holding(address: str) -> str | None:
+    """The name of this machine's network interface that holds the IPv4 ``address``, if one does."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == address for a in addresses):
+            return name
+    return None
+
+
+def gloo_interface_environment(local_address: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """``GLOO_SOCKET_IFNAME`` for ranks that reach the other nodes from ``local_address``; a value already set wins.
+
+    Left alone, gloo binds whatever this machine's hostname resolves to, and on many machines
+    that is a loopback address (Debian's /etc/hosts maps the hostname to 127.0.1.1): the ranks
+    of the other nodes then try to connect to their own loopback and the job hangs.
+    """
+    if environ.get("GLOO_SOCKET_IFNAME"):
+        return {}
+    name = interface_holding(local_address)
+    return {"GLOO_SOCKET_IFNAME": name} if name else {}
 
 
 def configure_this_process(ranks_per_node: int) -> None:

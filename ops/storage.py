@@ -24,9 +24,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutErr
 def filesystem(url: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem that serves ``url`` and the path inside it.
 
-    S3 honours ``AWS_ENDPOINT_URL`` so any S3-compatible store works unchanged.
+    S3 honours ``AWS_ENDPOINT_URL`` so any S3-compatible store works unchanged.  Object-store
+    clients keep no directory listings: other processes, on other hosts, write under the same
+    prefixes, and a cached listing would hide their objects from ``exists`` and ``ls`` for good.
     """
     opts = dict(options or {})
+    if "://" in url and not url.startswith("file://"):
+        opts.setdefault("use_listings_cache", False)
     if url.startswith(("s3://", "s3a://")) and os.environ.get("AWS_ENDPOINT_URL"):
         client_kwargs = dict(opts.get("client_kwargs") or {})
         client_kwargs.setdefault("endpoint_url", os.environ["AWS_ENDPOINT_URL"])

@@ -3,7 +3,9 @@
 One node (``train.nodes=1``) uses ``--standalone``: torchrun binds its own free rendezvous
 port.  Several nodes run ``kiln train`` once per node with torchrun's own variables
 ``MASTER_ADDR`` (the first node's address) and ``MASTER_PORT`` set, as torchrun users
-do; the ranks then meet in a c10d rendezvous hosted on that address.
+do; the ranks then meet in a c10d rendezvous hosted on that address.  Nothing depends on
+what a node's hostname resolves to (often a loopback address): the node whose address
+MASTER_ADDR is hosts the rendezvous, and gloo binds the interface on the route to it.
 
 A stop request writes the stop file the ranks watch (torchrun forwards neither SIGUSR1
 nor SIGUSR2, and a SIGTERM to torchrun would kill the ranks instead of letting them save).
@@ -22,7 +24,7 @@ import tempfile
 from launch.config import ConfigError
 from launch.launchers.base import AttemptResult, Launcher
 from llm.config import TrainConfig
-from llm.devices import rank_environment
+from llm.devices import gloo_interface_environment, rank_environment
 from llm.job import TrainJob
 from llm.worker import STOP_FILE_ENV
 from ops.rank_failure import RankFailure
@@ -52,15 +54,32 @@ def torchrun_arguments(train: TrainConfig, run_url: str, environ: dict[str, str]
     if not port.isdigit():
         raise ConfigError(f"MASTER_PORT={port!r} is not a port number")
     rendezvous_id = hashlib.sha256(run_url.encode()).hexdigest()[:16]
-    return [
+    node_rank = environ.get("NODE_RANK", "0")
+    local_address = this_node_address(environ)
+    arguments = [
         "--nnodes", str(train.nodes),
-        "--node_rank", environ.get("NODE_RANK", "0"),
+        "--node_rank", node_rank,
         "--rdzv_backend", "c10d",
         "--rdzv_endpoint", f"{host}:{port}",
         "--rdzv_id", rendezvous_id,
-        "--local_addr", address_towards(host, int(port)),
+        "--local_addr", local_address,
         "--nproc_per_node", str(train.nproc),
     ]
+    if node_rank == "0" and local_address == socket.gethostbyname(host):
+        # torch guesses whether this node hosts the rendezvous by resolving its own hostname, which on
+        # machines that map it to 127.0.1.1 (Debian's /etc/hosts) never matches MASTER_ADDR: no node would.
+        arguments += ["--rdzv_conf", "is_host=1"]
+    return arguments
+
+
+def this_node_address(environ: dict[str, str]) -> str:
+    """This node's address on the route to MASTER_ADDR (a multi-node job's variables, already checked)."""
+    host = environ["MASTER_ADDR"]
+    try:
+        return address_towards(host, int(environ["MASTER_PORT"]))
+    except OSError as e:
+        raise ConfigError(f"MASTER_ADDR={host!r} cannot be reached from this node ({e.strerror or e}): "
+                          "give the first node's address as the other nodes reach it") from None
 
 
 class TorchrunLauncher(Launcher):
@@ -70,6 +89,8 @@ class TorchrunLauncher(Launcher):
         super().__init__(job)
         self.environ = dict(os.environ if environ is None else environ)
         self.arguments = torchrun_arguments(job.train, job.run_dir, self.environ)
+        self.network_environment = (gloo_interface_environment(this_node_address(self.environ), self.environ)
+                                    if job.train.nodes > 1 else {})
         self.folder = tempfile.mkdtemp(prefix="kiln-job-")  # private (0700): the job file names storage options
         self.job_path = os.path.join(self.folder, "job.json")
         self.stop_file = os.path.join(self.folder, "stop")
@@ -78,6 +99,7 @@ class TorchrunLauncher(Launcher):
     def run_attempt(self, attempt: int) -> AttemptResult:
         failures_path = os.path.join(self.folder, f"failures-{attempt}.json")
         env = rank_environment(self.job.train.nproc, self.environ)
+        env.update(self.network_environment)
         env[STOP_FILE_ENV] = self.stop_file
         cmd = [sys.executable, "-m", "launch.launchers.torchrun_agent", failures_path, *self.arguments,
                "-m", "llm.worker", self.job_path]
