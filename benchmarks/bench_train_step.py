@@ -7,7 +7,7 @@ and backward, gradient clipping, AdamW.  Kiln's step goes through the DeepSpeed 
 (``llm.engine.TrainEngine``); the bare loop is plain ``torch``.  The loops take turns one
 step at a time, in a rotating order, so that machine noise hits all alike; the medians are
 compared.  On CPU the default clock is the process's CPU time (see ``timed``).  Target: ratio <= 1.05.
-With one fp32 rank every configured stage runs as stage 0 (``llm.engine.effective_zero_stage``).
+With one fp32 rank every configured stage runs as stage 0 (``llm.layout.ParallelLayout.for_run``).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch.distributed as dist  # noqa: E402
 from launch.launchers.external import external_rank_environment  # noqa: E402
 from llm.config import ModelConfig, TrainConfig  # noqa: E402
 from llm.engine import build_engine, param_groups  # noqa: E402
+from llm.layout import ParallelLayout  # noqa: E402
 from llm.model import Transformer, next_token_loss  # noqa: E402
 from llm.worker import init_distributed  # noqa: E402
 
@@ -81,7 +82,8 @@ def main() -> None:
     init_distributed(device)
     clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
 
-    engines = {z: build_engine(model_cfg, cfg, args.vocab, seed=0, device=device) for z, cfg in train_cfgs.items()}
+    engines = {z: build_engine(model_cfg, cfg, ParallelLayout.for_run(cfg, 1, "fp32"), args.vocab, seed=0, device=device)
+               for z, cfg in train_cfgs.items()}
     reference = next(iter(train_cfgs.values()))
     bare = Transformer(model_cfg, args.vocab, seed=0).to(device)
     optimizer = torch.optim.AdamW(param_groups(bare, reference.weight_decay), lr=reference.lr,

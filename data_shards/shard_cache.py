@@ -147,7 +147,14 @@ class NodeShardCache:
                     os.utime(path)
                     self._pins[sha256] = (fd, size)
                     return path
-                fcntl.flock(fd, fcntl.LOCK_EX)  # converts the shared lock: wait for a fetch or eviction in progress
+                # Never block for the exclusive lock: once another rank has fetched the shard and pinned
+                # it (holding the lock shared), a blocked request would wait for that pin's release.
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # being fetched or evicted right now: look again shortly
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    time.sleep(ROOM_POLL_S)
+                    continue
                 try:
                     if not os.path.exists(path):
                         self._download(sha256, size, url, storage_options, prefetch=False)

@@ -4,15 +4,32 @@ from __future__ import annotations
 import math
 
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llm.checkpoint import COMMITTED, LATEST, checkpoints_url, load_model_state, prune, read_commit, step_name, step_url
+from llm import checkpoint_files
+from llm.checkpoint import (
+    LATEST,
+    CheckpointError,
+    checkpoints_url,
+    load_model_state,
+    prune,
+    read_commit,
+    step_name,
+    step_url,
+)
 from ops import storage
 from ops.checkpoints import list_checkpoints
 
 
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]verify"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
 def verify(run_url: str, options: dict | None = None) -> list[str]:
-    """Problems found (empty when sound): ``latest`` names a committed step, every committed step's
-    marker is readable, and the newest committed step consolidates into finite weights."""
+    """Problems found (empty when sound): ``latest`` names the newest committed step, every committed
+    step's record is readable and every file it lists has the listed size and sha256, and the newest
+    committed step consolidates (weights only) into finite weights."""
     problems = []
     entries = list_checkpoints(run_url, options)
     committed = [e.step for e in entries if e.committed]
@@ -23,15 +40,31 @@ def verify(run_url: str, options: dict | None = None) -> list[str]:
         problems.append(f"{latest_url} is missing")
     elif storage.read_text(latest_url, options).strip() != step_name(committed[-1]):
         problems.append(f"{latest_url} does not name the newest committed step {step_name(committed[-1])}")
+    records = {}
     for step in committed:
         try:
-            read_commit(run_url, step, options)
-        except ValueError:
-            problems.append(f"{storage.join(step_url(run_url, step), COMMITTED)} is not valid JSON")
-    _, state = load_model_state(run_url, committed[-1], options)
-    bad = [name for name, tensor in state.items() if not math.isfinite(float(tensor.abs().sum()))]
-    if bad:
-        problems.append(f"{step_url(run_url, committed[-1])}: non-finite weights in {', '.join(bad[:3])}")
+            records[step] = read_commit(run_url, step, options)
+        except CheckpointError as error:
+            problems.append(str(error))
+    sound = set(records)
+    with _progress() as progress:
+        task = progress.add_task("verify", total=sum(f.bytes for r in records.values() for f in r.files))
+        for step, record in records.items():
+            for entry in record.files:
+                problem = checkpoint_files.verify(step_url(run_url, step), entry, options)
+                if problem:
+                    problems.append(problem)
+                    sound.discard(step)
+                progress.advance(task, entry.bytes)
+    newest = committed[-1]
+    if newest in sound:
+        try:
+            _, state = load_model_state(run_url, newest, options)
+        except CheckpointError as error:
+            return problems + [str(error)]
+        bad = [name for name, tensor in state.items() if not math.isfinite(float(tensor.abs().sum()))]
+        if bad:
+            problems.append(f"{step_url(run_url, newest)}: non-finite weights in {', '.join(bad[:3])}")
     return problems
 
 
@@ -40,10 +73,12 @@ def print_verify(run_url: str, options: dict | None = None) -> int:
     console = Console()
     if problems:
         for p in problems:
-            console.print(f"[red]✗[/red] {p}")
+            console.print(f"[red]✗[/red] {p}", soft_wrap=True)
         return 1
-    newest = max(e.step for e in list_checkpoints(run_url, options) if e.committed)
-    console.print(f"[green]✓[/green] {checkpoints_url(run_url)}: latest → {step_name(newest)}, weights load and are finite")
+    committed = [e for e in list_checkpoints(run_url, options) if e.committed]
+    console.print(f"[green]✓[/green] {checkpoints_url(run_url)}: {len(committed)} committed checkpoint(s), every "
+                  f"file as recorded; latest → {step_name(committed[-1].step)}, its weights load and are finite",
+                  soft_wrap=True)
     return 0
 
 

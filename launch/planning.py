@@ -10,11 +10,13 @@ from rich.table import Table
 from data_shards.shard_format import token_dtype
 from data_shards.traffic import ASSUMED_DOC_TOKENS, PREFIX_GETS_PER_S, TrafficPlan, traffic_plan
 from launch.config import ConfigError, KilnConfig
+from llm.layout import ParallelLayout
 from ops.plan import plan
 
 
 def plan_for(cfg: KilnConfig, gpus: int, gpu: str, mfu: float) -> dict:
     try:
+        layout = ParallelLayout.for_run(cfg.train, world_size=gpus, precision="bf16")  # bf16: what GPUs train in
         return plan(
             cfg.model,
             vocab_size=cfg.data.vocab_size,
@@ -22,9 +24,8 @@ def plan_for(cfg: KilnConfig, gpus: int, gpu: str, mfu: float) -> dict:
             micro_batch=cfg.train.micro_batch,
             global_batch=cfg.train.global_batch,
             steps=cfg.train.steps,
-            gpus=gpus,
+            layout=layout,
             gpu=gpu,
-            zero_stage=cfg.train.zero_stage,
             mfu=mfu,
             activation_checkpointing=cfg.model.activation_checkpointing,
         )
@@ -85,7 +86,8 @@ def _duration(seconds: float) -> str:
 
 def print_plan(cfg: KilnConfig, gpus: int, gpu: str, mfu: float, gpus_per_node: int = 8) -> dict:
     p = plan_for(cfg, gpus, gpu, mfu)
-    table = Table(title=f"plan · {cfg.run.name} · {gpus} × {gpu.upper()} · ZeRO-{p['zero_stage']}")
+    stages = f" · {p['pipeline_stages']} pipeline stages" if p["pipeline_stages"] > 1 else ""
+    table = Table(title=f"plan · {cfg.run.name} · {gpus} × {gpu.upper()}{stages} · ZeRO-{p['zero_stage']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{p['params'] / 1e6:,.1f} M")

@@ -106,21 +106,3 @@ class TrainConfig(BaseModel):
     @property
     def world_size(self) -> int:
         return self.nodes * self.nproc
-
-    def data_parallel_size(self, world_size: int) -> int:
-        if world_size % self.pipeline_stages:
-            raise ValueError(
-                f"world size {world_size} is not a multiple of train.pipeline_stages={self.pipeline_stages}"
-            )
-        return world_size // self.pipeline_stages
-
-    def grad_accum_steps(self, world_size: int) -> int:
-        """Micro-batches per rank per optimizer step, so that every step sees ``global_batch`` samples."""
-        dp = self.data_parallel_size(world_size)
-        per_step = self.micro_batch * dp
-        if self.global_batch % per_step:
-            raise ValueError(
-                f"train.global_batch={self.global_batch} is not divisible by train.micro_batch={self.micro_batch} "
-                f"x {dp} data-parallel ranks; choose a global_batch that is a multiple of {per_step}"
-            )
-        return self.global_batch // per_step

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import deepspeed
 import numpy as np
@@ -10,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llm.config import ModelConfig, TrainConfig
+from llm.layout import ParallelLayout
 from llm.model import Transformer, next_token_loss
 from llm.parallelize import checkpoint_blocks, compile_blocks
 
@@ -28,23 +30,11 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     return cfg.precision
 
 
-def effective_zero_stage(cfg: TrainConfig, world_size: int, precision: str) -> int:
-    """The ZeRO stage the engine runs.
-
-    ZeRO partitions training state across data-parallel ranks.  With one rank and fp32 there
-    is nothing to partition, and stage 0 gives the same numbers without ZeRO's flat copies of
-    gradients and weights (less time and memory).  bf16 keeps the configured stage: DeepSpeed's
-    stage 0 would accumulate gradients in bf16.
-    """
-    if cfg.pipeline_stages == 1 and cfg.data_parallel_size(world_size) == 1 and precision == "fp32":
-        return 0
-    return cfg.zero_stage
-
-
-def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str, device: torch.device,
+def deepspeed_config(cfg: TrainConfig, layout: ParallelLayout, precision: str, device: torch.device,
                      load_universal: bool = False) -> dict:
-    """The DeepSpeed config a Kiln train section means (``load_universal``: resume from a universal checkpoint)."""
-    stage = effective_zero_stage(cfg, world_size, precision)
+    """The DeepSpeed config a Kiln train section means on ``layout`` (``load_universal``: resume from a
+    universal checkpoint)."""
+    stage = layout.zero_stage
     zero: dict = {"stage": stage}
     if stage >= 1:
         zero.update(
@@ -58,7 +48,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str, device: 
     config = {
         "train_batch_size": cfg.global_batch,
         "train_micro_batch_size_per_gpu": cfg.micro_batch,
-        "gradient_accumulation_steps": cfg.grad_accum_steps(world_size),
+        "gradient_accumulation_steps": layout.grad_accum_steps(cfg),
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
@@ -80,12 +70,13 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_module(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int, seed: int) -> nn.Module:
+def build_module(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: ParallelLayout, vocab_size: int,
+                 seed: int) -> nn.Module:
     """The module DeepSpeed wraps: the Transformer, or its PipelineModule form when pipelined."""
-    if train_cfg.pipeline_stages > 1:
+    if layout.pipelined:
         from llm.pipeline import build_pipeline
 
-        return build_pipeline(model_cfg, vocab_size, seed, train_cfg.pipeline_stages)
+        return build_pipeline(model_cfg, vocab_size, seed, layout.pipeline_stages)
     model = Transformer(model_cfg, vocab_size, seed)
     if model_cfg.activation_checkpointing:
         checkpoint_blocks(model)
@@ -108,32 +99,21 @@ def token_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     return narrow.to(torch.int64) & mask
 
 
+def _no_hold() -> None:
+    pass
+
+
 @dataclass
 class TrainEngine:
     engine: deepspeed.DeepSpeedEngine
-    zero_stage: int
-    pipelined: bool
+    layout: ParallelLayout
     grad_accum: int
     micro_batch: int
     device: torch.device
-    dp_rank: int
-    dp_world: int
-
-    def repair_after_universal_load(self, cfg: TrainConfig) -> None:
-        """Undo two things DeepSpeed's universal loading does to a ZeRO-3 engine: it gives every
-        parameter group the first group's settings (weight decay on norm gains), and one step
-        counter tensor to all groups (so each optimizer step advances it once per group)."""
-        optimizer = self.engine.optimizer
-        while not isinstance(optimizer, torch.optim.Optimizer):
-            optimizer = optimizer.optimizer
-        if len(optimizer.param_groups) != 2:
-            raise RuntimeError(f"expected the optimizer's two parameter groups (decay, no decay), "
-                               f"found {len(optimizer.param_groups)}")
-        for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
-            group.update(weight_decay=decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-        for state in optimizer.state.values():
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].clone()
+    # Called right before each optimizer step (before the whole batch when pipelined: DeepSpeed's
+    # schedule steps inside it): the checkpoint saver holds training there while a snapshot still
+    # reads the live weights and optimizer state.
+    before_optimizer_step: Callable[[], None] = _no_hold
 
     def set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
@@ -143,16 +123,19 @@ class TrainEngine:
         """One optimizer step on this rank's rows of the global batch; the loss averaged over all ranks."""
         rows = token_tensor(batch, self.device)
         micro = rows.view(self.grad_accum, self.micro_batch, rows.shape[-1])
-        if self.pipelined:
+        if self.layout.pipelined:
             data = iter([(m[:, :-1], m[:, 1:]) for m in micro])
+            self.before_optimizer_step()
             return float(self.engine.train_batch(data_iter=data))
         total = torch.zeros((), dtype=torch.float32, device=self.device)
-        for m in micro:
+        for i, m in enumerate(micro):
             loss = next_token_loss(self.engine(m[:, :-1]), m[:, 1:])
             self.engine.backward(loss)
+            if i == self.grad_accum - 1:  # DeepSpeed steps the optimizer at the last micro-batch only
+                self.before_optimizer_step()
             self.engine.step()
             total += loss.detach().float()
-        total /= self.grad_accum * self.dp_world
+        total /= self.grad_accum * self.layout.data_parallel
         dist.all_reduce(total)
         return float(total)
 
@@ -161,11 +144,13 @@ class TrainEngine:
         return None if norm is None else float(norm)
 
 
-def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int, seed: int,
+def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: ParallelLayout, vocab_size: int, seed: int,
                  device: torch.device, load_universal: bool = False) -> TrainEngine:
-    world_size = dist.get_world_size()
+    """The DeepSpeed engine of this rank, saving and loading through Kiln's checkpoint engine."""
+    from llm.deepspeed_files import use_kiln_checkpoint_engine
+
     precision = resolve_precision(train_cfg, device)
-    module = build_module(model_cfg, train_cfg, vocab_size, seed)
+    module = build_module(model_cfg, train_cfg, layout, vocab_size, seed)
     optimizer = torch.optim.AdamW(
         param_groups(module, train_cfg.weight_decay),
         lr=train_cfg.lr,
@@ -176,20 +161,19 @@ def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,
-        config=deepspeed_config(train_cfg, world_size, precision, device, load_universal),
+        config=deepspeed_config(train_cfg, layout, precision, device, load_universal),
     )
-    pipelined = train_cfg.pipeline_stages > 1
-    if pipelined:
-        dp_rank, dp_world = engine.grid.get_data_parallel_id(), engine.grid.get_data_parallel_world_size()
-    else:
-        dp_rank, dp_world = dist.get_rank(), world_size
+    use_kiln_checkpoint_engine(engine)
+    if layout.pipelined:
+        rank = dist.get_rank()
+        placed = (engine.grid.get_stage_id(), engine.grid.get_data_parallel_id())
+        if placed != (layout.stage_of(rank), layout.data_rank_of(rank)):
+            raise RuntimeError(f"DeepSpeed placed rank {rank} at (stage, data rank) {placed}; the layout expects "
+                               f"{(layout.stage_of(rank), layout.data_rank_of(rank))}")
     return TrainEngine(
         engine=engine,
-        zero_stage=effective_zero_stage(train_cfg, world_size, precision),
-        pipelined=pipelined,
-        grad_accum=train_cfg.grad_accum_steps(world_size),
+        layout=layout,
+        grad_accum=layout.grad_accum_steps(train_cfg),
         micro_batch=train_cfg.micro_batch,
         device=device,
-        dp_rank=dp_rank,
-        dp_world=dp_world,
     )

@@ -175,11 +175,11 @@ def export_hf(run_url: str, out_dir: str, step: int | None = None, storage_optio
 
     step, state = load_model_state(run_url, step, storage_options)
     info = read_commit(run_url, step, storage_options)
-    cfg = ModelConfig.model_validate(info["model"])
-    tokenizer = Tokenizer.load(data_url or info["data_url"], storage_options)
+    cfg = info.model
+    tokenizer = Tokenizer.load(data_url or info.data.url, storage_options)
     os.makedirs(out_dir, exist_ok=True)
     bos_id, eos_id = _write_tokenizer(out_dir, tokenizer.model_bytes, cfg.seq_len)
-    _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg, int(info["vocab_size"]), bos_id, eos_id))
+    _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg, info.vocab_size, bos_id, eos_id))
     _write_json(os.path.join(out_dir, "generation_config.json"),
                 {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": True, "temperature": 0.8, "top_k": 50})
     write_safetensors(os.path.join(out_dir, "model.safetensors"), hf_state_dict(state, cfg.tie_embeddings),

@@ -60,6 +60,6 @@ def generate(run_url: str, prompt: str, max_tokens: int = 64, temperature: float
     from data_shards.tokenizer import Tokenizer
 
     step, model = load_model(run_url, step, storage_options)
-    tokenizer = Tokenizer.load(read_commit(run_url, step, storage_options)["data_url"], storage_options)
+    tokenizer = Tokenizer.load(read_commit(run_url, step, storage_options).data.url, storage_options)
     ids = [tokenizer.eos_id] + tokenizer.encode(prompt)
     return tokenizer.decode(sample_tokens(model, ids, max_tokens, temperature, top_k, seed, tokenizer.eos_id))

@@ -18,18 +18,19 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from data_shards.errors import DataError
-from llm import checkpoint
+from llm import checkpoint_resume
+from llm.checkpoint_record import CheckpointRecord, DataPosition, RngState, distinct_states
 from llm.devices import die_with_parent
 from llm.exit_codes import REQUEUE_EXIT_CODE
 from llm.flops import device_peak_tflops, flops_per_token, throughput
 from llm.job import TrainJob
+from llm.layout import ParallelLayout
 from llm.schedule import lr_at
 from ops.heartbeat import HeartbeatThread
 from ops.records import RunRecords
@@ -82,21 +83,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -118,7 +104,8 @@ class Trainer:
     def __init__(self, job: TrainJob):
         from data_shards.loader import GlobalBatchLoader
         from data_shards.manifest import load_manifest
-        from llm.engine import build_engine, effective_zero_stage, resolve_device, resolve_precision
+        from llm.checkpoint_save import CheckpointSaver
+        from llm.engine import build_engine, resolve_device, resolve_precision
 
         self.job = job
         self.cfg = job.train
@@ -131,18 +118,17 @@ class Trainer:
         manifest = load_manifest(job.data_url, "train", job.storage_options)
         self.vocab_size = manifest.vocab_size
         self.precision = resolve_precision(self.cfg, self.device)
-        self.resume_step = checkpoint.latest_committed_step(job.run_dir, job.storage_options)
-        self.zero_stage = effective_zero_stage(self.cfg, self.world, self.precision)
-        self.reshape = None if self.resume_step is None else checkpoint.reshape_route(
-            checkpoint.read_commit(job.run_dir, self.resume_step, job.storage_options),
-            self.world, self.zero_stage, self.cfg.pipeline_stages,
-        )
-        self.engine = build_engine(job.model, self.cfg, self.vocab_size, job.seed, self.device,
-                                   load_universal=self.reshape == "universal")
+        self.layout = ParallelLayout.for_run(self.cfg, self.world, self.precision)
+        self.resume_point = checkpoint_resume.find(job.run_dir, self.layout, job.storage_options)
+        self.engine = build_engine(job.model, self.cfg, self.layout, self.vocab_size, job.seed, self.device,
+                                   load_universal=self.resume_point is not None and self.resume_point.route == "universal")
+        self.saver = CheckpointSaver(self.engine.engine, job.run_dir, self.cfg.keep_checkpoints, job.storage_options,
+                                     on_commit=self.committed)
+        self.engine.before_optimizer_step = self.saver.hold_until_copied
         self.loader = GlobalBatchLoader(
             job.data_url, "train", job.seed, job.model.seq_len, self.cfg.global_batch,
-            dp_rank=self.engine.dp_rank, dp_world=self.engine.dp_world, storage_options=job.storage_options,
-            read=job.read,
+            dp_rank=self.layout.data_rank_of(self.rank), dp_world=self.layout.data_parallel,
+            storage_options=job.storage_options, read=job.read,
         )
         self.flops_token = flops_per_token(job.model, self.vocab_size)
         self.peak = device_peak_tflops(self.cfg.peak_tflops) if self.precision == "bf16" or self.cfg.peak_tflops else None
@@ -150,60 +136,56 @@ class Trainer:
         self.tokens = 0
         self.saved_step: int | None = None
 
-    def commit_info(self) -> dict[str, Any]:
-        return {
-            "zero_stage": self.zero_stage,
-            "pipeline_stages": self.cfg.pipeline_stages,
-            "precision": self.precision,
-            "model": self.job.model.model_dump(mode="json"),
-            "vocab_size": self.vocab_size,
-            "config_hash": self.job.config_hash,
-            "data_url": self.job.data_url,
-            "tokens": self.tokens,
-            "consumed_samples": self.loader.consumed_samples,
-        }
+    def record(self) -> CheckpointRecord:
+        """Collective (it gathers every rank's RNG state): what COMMITTED will say about this step."""
+        states: list[RngState | None] = [None] * self.world
+        dist.all_gather_object(states, RngState.capture())
+        rng, rng_of_rank = distinct_states(states)
+        loader = self.loader.state_dict()
+        return CheckpointRecord(
+            step=self.step, tokens=self.tokens, time=time.time(), layout=self.layout, precision=self.precision,
+            model=self.job.model, vocab_size=self.vocab_size, config_hash=self.job.config_hash,
+            data=DataPosition(url=self.job.data_url, fingerprint=self.loader.fingerprint,
+                              consumed_samples=self.loader.consumed_samples, loader=loader),
+            rng=rng, rng_of_rank=rng_of_rank,
+        )
 
     def save(self) -> None:
-        client_state = {
-            "kiln_step": self.step,
-            "kiln_tokens": self.tokens,
-            "kiln_loader": self.loader.state_dict(),
-            "kiln_rng": rng_state(),
-            "kiln_config_hash": self.job.config_hash,
-        }
-        url = checkpoint.save(self.engine.engine, self.job.run_dir, self.step, client_state, self.commit_info(),
-                              self.cfg.keep_checkpoints, self.job.storage_options)
+        """Collective: start saving this step; it commits in the background."""
+        self.saver.save(self.record())
         self.saved_step = self.step
+
+    def committed(self, record: CheckpointRecord, url: str) -> None:
         if self.rank == 0:
-            self.records.event("checkpoint", step=self.step, url=url, tokens=self.tokens)
+            self.records.event("checkpoint", step=record.step, url=url, tokens=record.tokens)
 
     def resume(self) -> None:
-        step = self.resume_step
-        if step is None:
+        point = self.resume_point
+        if point is None:
             return
-        state = checkpoint.load(self.engine.engine, self.job.run_dir, step, self.job.storage_options,
-                                route=self.reshape)
-        if self.reshape is not None:
-            self.engine.repair_after_universal_load(self.cfg)
-        self.loader.load_state_dict(state["kiln_loader"])
-        restore_rng(state["kiln_rng"])
-        self.step, self.tokens, self.saved_step = int(state["kiln_step"]), int(state["kiln_tokens"]), step
+        self.resume_point = None
+        checkpoint_resume.load(self.engine.engine, point, self.cfg)
+        saved = point.record
+        self.loader.load_state_dict(saved.data.loader)
+        saved.rng_for(self.rank).restore()
+        self.step, self.tokens, self.saved_step = saved.step, saved.tokens, saved.step
         if self.rank == 0:
-            self.records.event("resume", step=step, tokens=self.tokens, reshaped=self.reshape is not None,
-                               world_size=self.world,
-                               config_hash_changed=state.get("kiln_config_hash") != self.job.config_hash)
+            self.records.event("resume", step=saved.step, tokens=self.tokens, reshaped=point.route is not None,
+                               world_size=self.world, config_hash_changed=saved.config_hash != self.job.config_hash,
+                               rejected=point.rejected)
 
     def run(self, stop: StopRequest, heartbeat: HeartbeatThread) -> int:
         if self.rank == 0:
             self.records.event(
-                "start", world_size=self.world, zero_stage=self.zero_stage,
-                pipeline_stages=self.cfg.pipeline_stages, precision=self.precision, steps=self.cfg.steps,
+                "start", world_size=self.world, zero_stage=self.layout.zero_stage,
+                pipeline_stages=self.layout.pipeline_stages, precision=self.precision, steps=self.cfg.steps,
                 device=self.device.type, config_hash=self.job.config_hash,
             )
         self.resume()
         heartbeat.at_step(self.step)
         tokens_per_step = self.cfg.global_batch * self.job.model.seq_len
         while self.step < self.cfg.steps:
+            self.saver.poll()
             if stop.agreed(self.device):
                 return self.preempt(stop)
             lr = lr_at(self.step, self.cfg)
@@ -222,6 +204,7 @@ class Trainer:
                 self.log(loss, lr, elapsed, data_wait, tokens_per_step)
             if self.step % self.cfg.checkpoint_every == 0 or (self.step == self.cfg.steps and self.cfg.checkpoint_at_end):
                 self.save()
+        self.saver.wait()
         if self.rank == 0:
             self.records.event("finish", step=self.step, tokens=self.tokens)
         return 0
@@ -247,6 +230,7 @@ class Trainer:
     def preempt(self, stop: StopRequest) -> int:
         if self.saved_step != self.step:
             self.save()
+        self.saver.wait()
         received: list[str | None] = [None] * self.world
         dist.all_gather_object(received, stop.reason)
         if self.rank == 0:

@@ -10,7 +10,7 @@ one whole module gathered at a time).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 GIB = 2**30
 
@@ -19,6 +19,16 @@ PEAK_BF16_TFLOPS: dict[str, float] = {"a100": 312.0, "h100": 989.0, "h200": 989.
 
 # Memory per device, GiB.
 GPU_MEMORY_GIB: dict[str, float] = {"a100": 80.0, "h100": 80.0, "h200": 141.0}
+
+
+class Layout(Protocol):
+    """What the plan reads of ``llm.layout.ParallelLayout`` (ops sits below llm, so it names only the fields)."""
+
+    world_size: int
+    data_parallel: int
+    pipeline_stages: int
+    zero_stage: int
+
 
 PARAM_BYTES_BF16 = 2
 OPTIMIZER_BYTES_PER_PARAM = 18  # bf16 grads 2 + fp32 grads 4 + fp32 params 4 + Adam moments 8
@@ -121,19 +131,22 @@ def activation_bytes(model: Any, vocab_size: int, seq_len: int, micro_batch: int
 
 
 def plan(model: Any, vocab_size: int, seq_len: int, micro_batch: int, global_batch: int, steps: int,
-         gpus: int, gpu: str, zero_stage: int, mfu: float = 0.4,
-         activation_checkpointing: bool = False) -> dict[str, Any]:
-    """Everything `kiln plan` prints, as one dict of plain numbers."""
+         layout: Layout, gpu: str, mfu: float = 0.4, activation_checkpointing: bool = False) -> dict[str, Any]:
+    """Everything `kiln plan` prints, as one dict of plain numbers.
+
+    ZeRO partitions over the data-parallel ranks; each pipeline stage holds about
+    ``1 / pipeline_stages`` of the parameters.
+    """
     gpu_key = gpu.lower()
     if gpu_key not in PEAK_BF16_TFLOPS:
         raise ValueError(f"gpu={gpu!r} is not known; valid: {', '.join(sorted(PEAK_BF16_TFLOPS))}")
-    if gpus < 1:
-        raise ValueError(f"gpus={gpus} must be at least 1")
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu={mfu} must be in (0, 1]")
+    gpus, zero_stage = layout.world_size, layout.zero_stage
     counts = parameter_counts(model, vocab_size)
+    stage_params = -(-counts["total"] // layout.pipeline_stages)
     per_stage = {
-        stage: model_state_bytes(counts["total"], counts["largest_module"], stage, gpus) / GIB
+        stage: model_state_bytes(stage_params, counts["largest_module"], stage, layout.data_parallel) / GIB
         for stage in (0, 1, 2, 3)
     }
     activations = activation_bytes(model, vocab_size, seq_len, micro_batch, activation_checkpointing) / GIB
@@ -148,6 +161,8 @@ def plan(model: Any, vocab_size: int, seq_len: int, micro_batch: int, global_bat
         "flops_per_token": flops,
         "gpu": gpu_key,
         "gpus": gpus,
+        "data_parallel": layout.data_parallel,
+        "pipeline_stages": layout.pipeline_stages,
         "zero_stage": zero_stage,
         "model_states_gb_by_stage": per_stage,
         "model_states_gb": per_stage[zero_stage],

@@ -150,3 +150,39 @@ def test_threads_asking_for_the_same_shard_share_one_download(tmp_path, objects)
     for t in threads:
         t.join()
     assert len(set(paths)) == 1 and sum(h.downloads for h in handles) == 1
+
+
+
+def _blocked_flock_waiters(path) -> int:
+    """Requests waiting for a flock on ``path``, as the kernel lists them (lines marked "->")."""
+    inode = f":{os.stat(path).st_ino} "
+    with open("/proc/locks") as f:
+        return sum(1 for line in f if "->" in line and "FLOCK" in line and inode in line)
+
+
+def test_a_rank_that_found_no_shard_does_not_wait_for_the_pins_of_the_rank_that_fetched_it(tmp_path, objects, monkeypatch):
+    """Two ranks look at once and find nothing; one fetches and pins the shard (holding its lock shared).
+    The other must then find the shard, not wait for an exclusive lock until that pin is released."""
+    import data_shards.shard_cache as shard_cache
+
+    sha, size, url, opts = objects[0]
+    waiter = cache(tmp_path, 5)
+    lock = tmp_path / "cache" / "locks" / f"{sha}.lock"
+    looked = threading.Event()
+    real_sleep = shard_cache.time.sleep
+    monkeypatch.setattr(shard_cache.time, "sleep", lambda s: (looked.set(), real_sleep(s)))
+    fetcher = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fetcher, fcntl.LOCK_SH)  # the other rank has looked too
+    pinned = []
+    thread = threading.Thread(target=lambda: pinned.append(waiter.pin(sha, size, url, opts)), daemon=True)
+    thread.start()
+    try:
+        while not (looked.is_set() or _blocked_flock_waiters(lock)):  # the waiter found nothing and waits
+            thread.join(0.01)
+        with open(url, "rb") as src, open(waiter.path(sha), "wb") as dst:
+            dst.write(src.read())  # the other rank's fetch lands; it keeps the lock shared as its pin
+        thread.join(60)
+        assert pinned == [waiter.path(sha)] and waiter.downloads == 0
+    finally:
+        os.close(fetcher)
+        thread.join(60)

@@ -23,7 +23,13 @@ def test_plan_rejects_an_unknown_gpu_in_one_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"data": {"inputs": ["x"]}}))
     with pytest.raises(ConfigError, match="gpu='v100'"):
-        plan_for(load_config(str(path)), gpus=8, gpu="v100", mfu=0.4)
+        plan_for(load_config(str(path)), gpus=2, gpu="v100", mfu=0.4)
+
+
+def test_plan_for_a_gpu_count_the_layout_cannot_use_is_one_line(tmp_path):
+    cfg = load_config(str(REPO / "configs" / "7b.yaml"), ["train.zero_stage=1", "train.pipeline_stages=4"])
+    with pytest.raises(ConfigError, match="world size 6 is not a multiple of train.pipeline_stages=4"):
+        plan_for(cfg, gpus=6, gpu="h100", mfu=0.4)
 
 
 def test_kiln_plan_prints_the_table():

@@ -83,6 +83,8 @@ class Ranks:
 
     model = TINY_MODEL
     errors = staticmethod(rank_errors)
+    env = staticmethod(rank_env)
+    repo = REPO
 
     @staticmethod
     def job(run_dir, data_url, seed=7, model=None, storage_options=None, **train) -> TrainJob:
@@ -106,8 +108,10 @@ class Ranks:
 
     @staticmethod
     @contextlib.contextmanager
-    def spawned(job: TrainJob, tmp_path: Path, nproc: int = 2) -> Iterator[list[subprocess.Popen]]:
-        """Ranks as plain processes (no torchrun), so a test can signal one and read each exit code.
+    def spawned(job: TrainJob, tmp_path: Path, nproc: int = 2,
+                env_of_rank: list[dict[str, str]] | None = None) -> Iterator[list[subprocess.Popen]]:
+        """Ranks as plain processes (no torchrun), so a test can signal one, read each exit code, or give
+        each rank variables of its own (``env_of_rank``).
 
         The rendezvous store lives in this process, on a port it bound itself, as torchrun's agent
         hosts it for its ranks; every rank left running when the block ends is killed.
@@ -122,7 +126,8 @@ class Ranks:
             for rank in range(nproc):
                 env = rank_env()
                 env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True")
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True",
+                           **(env_of_rank[rank] if env_of_rank else {}))
                 procs.append(subprocess.Popen([sys.executable, "-m", "llm.worker", str(job_path)], env=env, cwd=REPO,
                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
             yield procs

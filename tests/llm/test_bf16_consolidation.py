@@ -1,10 +1,9 @@
 """bf16 training (the GPU default) run on CPU ranks: consolidation returns the fp32 master weights."""
-import os
-
 import pytest
 import torch
 
 from llm import checkpoint
+from llm.deepspeed_files import trained_weights
 from ops import storage
 
 pytestmark = pytest.mark.slow
@@ -17,11 +16,9 @@ LAYOUTS = {
 }
 
 
-def bf16_weights(run_dir: str, step: int, layers: int, pipelined: bool) -> dict[str, torch.Tensor]:
+def bf16_weights(run_dir: str, step: int) -> dict[str, torch.Tensor]:
     folder = storage.filesystem(checkpoint.step_url(run_dir, step))[1]
-    if pipelined:
-        return checkpoint.pipeline_layer_weights(folder, layers)
-    return torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)["module"]
+    return trained_weights(folder, checkpoint.read_commit(run_dir, step))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -30,7 +27,7 @@ def test_consolidated_weights_are_fp32_masters_of_the_bf16_model(layout, ranks, 
     proc = ranks.torchrun(job, tmp_path)
     assert proc.returncode == 0, ranks.errors(proc)
     step, state = checkpoint.load_model_state(job.run_dir)
-    trained = bf16_weights(job.run_dir, step, job.model.layers, job.train.pipeline_stages > 1)
+    trained = bf16_weights(job.run_dir, step)
     assert set(state) == set(trained)
     assert all(trained[k].dtype == torch.bfloat16 for k in trained)
     finer = 0

@@ -1,7 +1,13 @@
-"""Checkpoint discovery and retention over real folders (no DeepSpeed needed)."""
+"""Checkpoint discovery, retention, records and layout routes over real folders (no DeepSpeed ranks)."""
 import pytest
+import torch
 
 from llm import checkpoint
+from llm.checkpoint import CheckpointError
+from llm.checkpoint_record import CheckpointRecord, DataPosition, FileEntry, RngState, distinct_states
+from llm.config import ModelConfig
+from llm.deepspeed_files import reshape_route
+from llm.layout import ParallelLayout
 from ops import storage
 
 
@@ -49,6 +55,15 @@ def test_missing_latest_after_a_commit_uses_the_newest_committed(tmp_path):
         assert checkpoint.latest_committed_step(str(tmp_path)) == 6
 
 
+def test_a_resume_tries_the_step_latest_names_then_older_committed_ones_newest_first(tmp_path):
+    for step in (2, 4, 6):
+        make_step(tmp_path, step)
+    make_step(tmp_path, 3, committed=False)
+    point_latest(tmp_path, "step-00000004\n")
+    assert checkpoint.resume_candidates(str(tmp_path)) == [4, 2]
+    assert checkpoint.resume_candidates(str(tmp_path / "empty")) == []
+
+
 def test_prune_keeps_the_newest_k_and_never_touches_newer_partial_saves():
     assert checkpoint.steps_to_prune([1, 2, 3, 4, 5], [1, 2, 3, 4], keep=2) == [1, 2]
     assert checkpoint.steps_to_prune([1, 2, 3], [1, 3], keep=3) == [2]  # abandoned partial save
@@ -72,18 +87,80 @@ def test_loading_an_uncommitted_step_is_a_clear_error(tmp_path):
         checkpoint.load_model_state(str(tmp_path / "empty"))
 
 
+def record(world_size=2, zero_stage=2, pipeline_stages=1, precision="fp32", step=3):
+    layout = ParallelLayout(world_size=world_size, data_parallel=world_size // pipeline_stages,
+                            pipeline_stages=pipeline_stages, zero_stage=zero_stage)
+    return CheckpointRecord(
+        step=step, tokens=0, time=0.0, layout=layout, precision=precision, model=ModelConfig(), vocab_size=50,
+        config_hash="h", data=DataPosition(url="d", fingerprint="f", consumed_samples=0, loader={}),
+        rng=[RngState.capture()], rng_of_rank=[0] * world_size,
+    )
+
+
+def now(world_size, zero_stage, pipeline_stages=1):
+    return ParallelLayout(world_size=world_size, data_parallel=world_size // pipeline_stages,
+                          pipeline_stages=pipeline_stages, zero_stage=zero_stage)
+
 
 def test_per_parameter_state_is_used_only_when_a_zero_layout_changes():
-    saved = {"step": 3, "world_size": 2, "zero_stage": 2, "pipeline_stages": 1, "precision": "fp32"}
-    assert checkpoint.reshape_route(saved, 2, 2, 1) is None
-    assert checkpoint.reshape_route(saved, 4, 2, 1) == "universal"
-    assert checkpoint.reshape_route(saved, 2, 3, 1) == "universal"
-    assert checkpoint.reshape_route(saved, 1, 0, 1) == "plain"  # one fp32 rank runs stage 0
-    zero0 = {**saved, "world_size": 1, "zero_stage": 0}
-    assert checkpoint.reshape_route(zero0, 2, 0, 1) is None  # stage 0 keeps the whole optimizer state per rank
-    assert checkpoint.reshape_route(zero0, 2, 2, 1) == "universal"
-    assert checkpoint.reshape_route({**saved, "precision": "bf16"}, 1, 0, 1) == "universal"
-    with pytest.raises(RuntimeError, match="resumes only as bf16 ZeRO-0"):
-        checkpoint.reshape_route({**zero0, "precision": "bf16"}, 2, 2, 1)
-    with pytest.raises(RuntimeError, match="a pipelined run resumes only on the same world size"):
-        checkpoint.reshape_route({**saved, "zero_stage": 1, "pipeline_stages": 2}, 1, 1, 1)
+    saved = record()
+    assert reshape_route(saved, now(2, 2)) is None
+    assert reshape_route(saved, now(4, 2)) == "universal"
+    assert reshape_route(saved, now(2, 3)) == "universal"
+    assert reshape_route(saved, now(1, 0)) == "plain"  # one fp32 rank runs stage 0
+    zero0 = record(world_size=1, zero_stage=0)
+    assert reshape_route(zero0, now(2, 0)) is None  # stage 0 keeps the whole optimizer state per rank
+    assert reshape_route(zero0, now(2, 2)) == "universal"
+    assert reshape_route(record(precision="bf16"), now(1, 0)) == "universal"
+    with pytest.raises(CheckpointError, match="resumes only as bf16 ZeRO-0"):
+        reshape_route(record(world_size=1, zero_stage=0, precision="bf16"), now(2, 2))
+    with pytest.raises(CheckpointError, match="a pipelined run resumes only on the same world size"):
+        reshape_route(record(zero_stage=1, pipeline_stages=2), now(1, 1))
+
+
+def test_the_record_round_trips_through_json_and_gives_each_rank_its_rng():
+    saved = record(world_size=3).model_copy(update={"rng_of_rank": [0, 0, 0]})
+    back = CheckpointRecord.model_validate_json(saved.model_dump_json())
+    assert back == saved
+    assert back.rng_for(2) == saved.rng[0] and back.rng_for(7) == saved.rng[0]
+
+
+def test_rng_states_restore_every_generator_and_ranks_sharing_one_store_it_once():
+    import random
+
+    import numpy as np
+
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    state = RngState.capture()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    state.restore()
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    distinct, index = distinct_states([state, state, RngState.capture(), state])
+    assert len(distinct) == 2 and index == [0, 0, 1, 0]
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../other/x.pt", "a/../../x.pt", "", "a\\b.pt", "./x.pt"])
+def test_a_record_cannot_name_a_file_outside_its_step_folder(path):
+    with pytest.raises(ValueError, match="not a plain relative path"):
+        FileEntry(path=path, bytes=1, sha256="0" * 64, rank=0)
+
+
+def test_an_unreadable_record_is_one_line_naming_the_file(tmp_path):
+    make_step(tmp_path, 4)
+    with pytest.raises(CheckpointError, match="step-00000004/COMMITTED is not a checkpoint record: tokens: Field required"):
+        checkpoint.read_commit(str(tmp_path), 4)
+
+
+def test_reading_weights_checks_every_listed_file_first_and_names_a_damaged_one(tmp_path):
+    import hashlib
+
+    url = checkpoint.step_url(str(tmp_path), 4)
+    data = b"weights"
+    storage.write_bytes(storage.join(url, "mp_rank_00_model_states.pt"), data + b"!")  # not what was written
+    entry = FileEntry(path="mp_rank_00_model_states.pt", bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rank=0)
+    saved = record(step=4).model_copy(update={"files": [entry]})
+    storage.write_text(storage.join(url, checkpoint.COMMITTED), saved.model_dump_json())
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt is 8 bytes; the record lists 7$"):
+        checkpoint.load_model_state(str(tmp_path), 4)

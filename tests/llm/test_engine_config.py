@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from llm.config import ModelConfig, TrainConfig
-from llm.engine import deepspeed_config, effective_zero_stage, param_groups, resolve_precision, token_tensor
+from llm.engine import deepspeed_config, param_groups, resolve_precision, token_tensor
+from llm.layout import ParallelLayout
 from llm.model import Transformer
 
 CPU = torch.device("cpu")
@@ -11,7 +12,7 @@ CPU = torch.device("cpu")
 
 def test_deepspeed_config_keeps_the_global_batch_through_accumulation():
     cfg = TrainConfig(micro_batch=2, global_batch=16, zero_stage=3, grad_clip=0.5)
-    ds = deepspeed_config(cfg, world_size=2, precision="fp32", device=CPU)
+    ds = deepspeed_config(cfg, ParallelLayout.for_run(cfg, 2, "fp32"), precision="fp32", device=CPU)
     assert ds["train_batch_size"] == 16
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2 == 16
     assert ds["gradient_clipping"] == 0.5
@@ -20,18 +21,16 @@ def test_deepspeed_config_keeps_the_global_batch_through_accumulation():
     assert ds["bf16"]["enabled"] is False
 
 
-def test_one_fp32_data_parallel_rank_runs_zero_stage_0_and_everything_else_keeps_its_stage():
+def test_the_engine_runs_the_zero_stage_of_its_layout():
     cfg = TrainConfig(micro_batch=2, global_batch=16, zero_stage=2)
-    assert effective_zero_stage(cfg, 1, "fp32") == 0
-    assert deepspeed_config(cfg, world_size=1, precision="fp32", device=CPU)["zero_optimization"] == {"stage": 0}
-    assert effective_zero_stage(cfg, 2, "fp32") == 2
-    assert effective_zero_stage(cfg, 1, "bf16") == 2
-    assert effective_zero_stage(TrainConfig(zero_stage=1, pipeline_stages=2), 2, "fp32") == 1
+    one_rank = ParallelLayout.for_run(cfg, 1, "fp32")
+    assert deepspeed_config(cfg, one_rank, precision="fp32", device=CPU)["zero_optimization"] == {"stage": 0}
 
 
 def test_pipeline_accumulates_over_data_parallel_ranks_only():
     cfg = TrainConfig(micro_batch=2, global_batch=16, zero_stage=1, pipeline_stages=2)
-    assert deepspeed_config(cfg, world_size=4, precision="bf16", device=CPU)["gradient_accumulation_steps"] == 4
+    layout = ParallelLayout.for_run(cfg, 4, "bf16")
+    assert deepspeed_config(cfg, layout, precision="bf16", device=CPU)["gradient_accumulation_steps"] == 4
 
 
 def test_auto_precision_is_fp32_on_cpu_and_explicit_choices_win():
@@ -46,11 +45,6 @@ def test_weight_decay_applies_to_matrices_not_norm_gains():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-
-
-def test_indivisible_batch_for_the_world_size_is_one_clear_line():
-    with pytest.raises(ValueError, match="train.global_batch=8 is not divisible by train.micro_batch=4 x 3"):
-        deepspeed_config(TrainConfig(micro_batch=4, global_batch=8), world_size=3, precision="fp32", device=CPU)
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])

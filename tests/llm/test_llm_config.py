@@ -50,17 +50,3 @@ def test_compile_with_zero_2_is_accepted():
 
 def test_zero_1_with_pipeline_is_accepted():
     assert TrainConfig(zero_stage=1, pipeline_stages=2).pipeline_stages == 2
-
-
-def test_grad_accumulation_keeps_the_global_batch():
-    cfg = TrainConfig(micro_batch=2, global_batch=16)
-    assert cfg.grad_accum_steps(2) == 4
-    assert cfg.grad_accum_steps(1) == 8
-    assert TrainConfig(micro_batch=2, global_batch=16, zero_stage=1, pipeline_stages=2).grad_accum_steps(2) == 8
-
-
-def test_indivisible_global_batch_names_the_keys():
-    with pytest.raises(ValueError, match="train.global_batch=12 is not divisible by train.micro_batch=4 x 4 data-parallel ranks"):
-        TrainConfig(micro_batch=4, global_batch=12).grad_accum_steps(4)
-    with pytest.raises(ValueError, match="not a multiple of train.pipeline_stages=2"):
-        TrainConfig(zero_stage=1, pipeline_stages=2).grad_accum_steps(3)

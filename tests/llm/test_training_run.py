@@ -52,7 +52,7 @@ def test_two_rank_run_commits_checkpoints_and_resumes_bit_for_bit(ranks, token_d
 
     assert checkpoint.committed_steps(job.run_dir) == [3, 6]
     assert storage.read_text(storage.join(job.run_dir, "checkpoints/latest")).strip() == "step-00000006"
-    assert checkpoint.read_commit(job.run_dir, 6)["consumed_samples"] == 48
+    assert checkpoint.read_commit(job.run_dir, 6).data.consumed_samples == 48
 
     # Consolidated weights of step 3 reproduce the loss the engine logged for step 4.
     _, model = load_model(job.run_dir, 3)
@@ -157,7 +157,7 @@ def test_a_run_resumed_on_another_number_of_ranks_continues_the_same_loss_curve(
     assert proc.returncode == 0, ranks.errors(proc)
     records = RunRecords(job.run_dir)
     uninterrupted = records.metrics()
-    assert checkpoint.read_commit(job.run_dir, 3)["zero_stage"] == (0 if nproc_before == 1 else stage_before)
+    assert checkpoint.read_commit(job.run_dir, 3).layout.zero_stage == (0 if nproc_before == 1 else stage_before)
     storage.remove(checkpoint.step_url(job.run_dir, 6), recursive=True)
     storage.write_text(storage.join(job.run_dir, "checkpoints/latest"), "step-00000003\n")
 
@@ -168,7 +168,7 @@ def test_a_run_resumed_on_another_number_of_ranks_continues_the_same_loss_curve(
     assert [r["step"] for r in resumed] == [4, 5, 6]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted[3:]], rel=1e-5)
     assert [e for e in records.events() if e["event"] == "resume"][-1]["reshaped"] is True
-    assert checkpoint.read_commit(job.run_dir, 6)["world_size"] == nproc_after
+    assert checkpoint.read_commit(job.run_dir, 6).layout.world_size == nproc_after
 
 
 def test_resuming_on_changed_data_is_a_clear_failure(ranks, token_data, tmp_path):
@@ -179,7 +179,7 @@ def test_resuming_on_changed_data_is_a_clear_failure(ranks, token_data, tmp_path
     job = ranks.job(tmp_path / "run", str(data), steps=2, checkpoint_every=1)
     run_ok(ranks, job, tmp_path)
     manifest = storage.read_json(str(data / "train" / "manifest.json"))
-    manifest["tokenizer_sha256"] = "another-tokenizer"  # the data a checkpoint was trained on is gone
+    manifest["tokenizer_sha256"] = "0" * 64  # the data a checkpoint was trained on is gone
     storage.write_json(str(data / "train" / "manifest.json"), manifest)
     proc = ranks.torchrun(job.model_copy(update={"train": job.train.model_copy(update={"steps": 4})}), tmp_path)
     assert proc.returncode != 0

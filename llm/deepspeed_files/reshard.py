@@ -1,11 +1,10 @@
-"""Per-parameter training state, the form in which a checkpoint changes layout.
+"""Per-parameter training state for fp32 stage-0 engines, the form in which a checkpoint changes layout.
 
 DeepSpeed's universal checkpoint holds, for each parameter name, its fp32 value and Adam
 moments (``zero/NAME/{fp32,exp_avg,exp_avg_sq,step}.pt``) plus the optimizer's group
 settings (``zero/optimizer_state.pt``).  DeepSpeed converts ZeRO checkpoints into it and
 loads it into ZeRO engines.  This module covers the two directions it leaves out, both
-for fp32 stage-0 engines (which one data-parallel rank runs, see
-``llm.engine.effective_zero_stage``):
+for fp32 stage-0 engines (which one data-parallel rank runs, see ``llm.layout``):
 
 * a stage-0 checkpoint written as a universal one, so ZeRO engines of any size load it;
 * a universal checkpoint loaded into a stage-0 engine.
@@ -14,16 +13,16 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any
 
 import deepspeed
 import torch
 
+from llm.deepspeed_files.names import MODEL_STATES
+from llm.deepspeed_files.safe_load import load_weights_only
+
 UNIVERSAL_LATEST = "latest_universal"
-MODEL_STATES = "mp_rank_00_model_states.pt"
 # ZeRO-3 engines read rank 0's model states under this name.
 ZERO3_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"
-CLIENT_PREFIX = "kiln_"  # the keys llm.worker saves as DeepSpeed client state
 
 
 def optimizer_group_names(module_state: dict[str, torch.Tensor]) -> list[list[str]]:
@@ -46,7 +45,7 @@ def _save_state(folder: str, key: str, value: torch.Tensor) -> None:
 
 def zero0_to_universal(step_dir: str, out_parent: str, tag: str) -> None:
     """Write the fp32 stage-0 checkpoint in ``step_dir`` as the universal checkpoint ``out_parent/tag``."""
-    states = torch.load(os.path.join(step_dir, MODEL_STATES), map_location="cpu", weights_only=False)
+    states = load_weights_only(os.path.join(step_dir, MODEL_STATES))
     module, optim = states["module"], states["optimizer"]
     if not isinstance(optim, dict) or "state" not in optim:
         raise RuntimeError(f"{step_dir} holds no plain optimizer state; only fp32 stage-0 checkpoints convert here")
@@ -80,8 +79,8 @@ def zero0_to_universal(step_dir: str, out_parent: str, tag: str) -> None:
 def _universal_step(zero_dir: str) -> torch.Tensor:
     """The optimizer step of a universal checkpoint: in ``step.pt`` of some parameters (ZeRO 1-2
     sources) or in the optimizer state (ZeRO-3 sources)."""
-    steps = {float(torch.load(path, weights_only=False)) for path in glob.glob(os.path.join(zero_dir, "*", "step.pt"))}
-    optim = torch.load(os.path.join(zero_dir, "optimizer_state.pt"), weights_only=False)
+    steps = {float(load_weights_only(path)) for path in glob.glob(os.path.join(zero_dir, "*", "step.pt"))}
+    optim = load_weights_only(os.path.join(zero_dir, "optimizer_state.pt"))
     for moments in optim.get("optimizer_state_dict", {}).get("state", {}).values():
         steps.add(float(moments["step"]))
     if len(steps) != 1:
@@ -89,24 +88,19 @@ def _universal_step(zero_dir: str) -> torch.Tensor:
     return torch.tensor(steps.pop(), dtype=torch.float32)
 
 
-def load_universal_into_plain(engine, universal_dir: str) -> dict[str, Any]:
+def load_universal_into_plain(ds_engine, universal_dir: str) -> None:
     """Load the universal checkpoint ``universal_dir`` into a stage-0 fp32 DeepSpeed engine:
-    weights, Adam moments and step; returns Kiln's client state saved with it."""
-    optimizer = engine.optimizer
+    weights, Adam moments and step."""
+    optimizer = ds_engine.optimizer
     zero_dir = os.path.join(universal_dir, "zero")
     step = _universal_step(zero_dir)
     with torch.no_grad():
-        for name, param in engine.module.named_parameters():
+        for name, param in ds_engine.module.named_parameters():
             folder = os.path.join(zero_dir, name)
 
             def state(key: str) -> torch.Tensor:
-                saved = torch.load(os.path.join(folder, f"{key}.pt"), weights_only=False)
+                saved = load_weights_only(os.path.join(folder, f"{key}.pt"))
                 return (saved["param"] if isinstance(saved, dict) else saved).reshape(param.shape).to(param.dtype)
 
             param.copy_(state("fp32"))
             optimizer.state[param] = {"step": step.clone(), "exp_avg": state("exp_avg"), "exp_avg_sq": state("exp_avg_sq")}
-    files = sorted(glob.glob(os.path.join(universal_dir, "*model_states.pt")))
-    if not files:
-        raise RuntimeError(f"{universal_dir} holds no model states file")
-    states = torch.load(files[0], map_location="cpu", weights_only=False)
-    return {k: v for k, v in states.items() if k.startswith(CLIENT_PREFIX)}
