@@ -137,8 +137,8 @@ class StepPlan:
 
 def plan_step(run_url: str, step: int, tasks: list[EvalTask], slice_size: int, options: dict | None = None) -> StepPlan:
     """Slice every task for a step (this is where a task rejects what the model cannot score)."""
-    commit = read_commit(run_url, step, options)
-    shape = ModelShape(seq_len=int(commit["model"]["seq_len"]), vocab_size=int(commit["vocab_size"]))
+    record = read_commit(run_url, step, options)
+    shape = ModelShape(seq_len=record.model.seq_len, vocab_size=record.vocab_size)
     return StepPlan(step, shape, {task.name: task.slices(shape, slice_size) for task in tasks})
 
 

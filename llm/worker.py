@@ -5,9 +5,10 @@ MASTER_ADDR and MASTER_PORT.  Each rank builds the DeepSpeed engine, reads its
 slice of every global batch, resumes from the latest committed checkpoint, and
 writes run records (rank 0: metrics and events; every rank: a heartbeat).
 
-SIGTERM, SIGUSR1 and SIGUSR2 (or a launcher's stop request) only raise a flag.  At the
-next step boundary the ranks agree (an all-reduce of the flag), save a checkpoint
-together and exit with REQUEUE_EXIT_CODE, which launchers read as "requeue me".
+Once training steps run, SIGTERM, SIGUSR1 and SIGUSR2 (or a launcher's stop request) only
+raise a flag.  At the next step boundary the ranks agree (an all-reduce of the flag), save a
+checkpoint together and exit with REQUEUE_EXIT_CODE, which launchers read as "requeue me".
+Before the first step there is nothing to save, and these signals end the rank at once.
 """
 from __future__ import annotations
 
@@ -48,9 +49,10 @@ class StopRequest:
     local launcher creates when it is asked to stop (torchrun forwards no USR1/USR2).
     """
 
-    def __init__(self, stop_file: str | None = None):
+    def __init__(self, stop_file: str | None = None, signals: bool = False):
         self.reason: str | None = None
         self.stop_file = stop_file if stop_file is not None else os.environ.get(STOP_FILE_ENV)
+        self.signals = signals
 
     @property
     def requested(self) -> bool:
@@ -63,10 +65,14 @@ class StopRequest:
         if self.reason is None:
             self.reason = reason
 
-    def install(self) -> None:
-        """Handle the stop signals in this process (call from the main thread)."""
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
+    def arm(self) -> None:
+        """Called as the first step is about to run.  With ``signals``, the stop signals raise the flag
+        from now on (handlers can only be installed from the main thread).  Until then they keep their
+        default action and end the rank at once: a rank still starting up (perhaps blocked in C code,
+        where a Python handler never runs) has nothing to save, and must not outlive its launcher."""
+        if self.signals:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame) -> None:
         self.request(signal.Signals(signum).name)
@@ -183,6 +189,7 @@ class Trainer:
             )
         self.resume()
         heartbeat.at_step(self.step)
+        stop.arm()
         tokens_per_step = self.cfg.global_batch * self.job.model.seq_len
         while self.step < self.cfg.steps:
             self.saver.poll()
@@ -286,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m llm.worker JOB_JSON", file=sys.stderr)
         return 2
     die_with_parent()
-    stop = StopRequest()
-    stop.install()
+    stop = StopRequest(signals=True)
     rc = run_training(TrainJob.load(args[0]), stop)
     if rc == REQUEUE_EXIT_CODE and os.environ.get("TORCHELASTIC_RUN_ID"):
         # torchrun's agent takes any non-zero exit for a failure and terminates the other ranks mid-exit;

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from launch.config import ConfigError, KilnConfig
 from launch.render.options import LaunchOptions
+from llm.layout import ParallelLayout
 
 
 def job_config(cfg: KilnConfig, options: LaunchOptions, launcher: str) -> KilnConfig:
@@ -18,7 +19,7 @@ def job_config(cfg: KilnConfig, options: LaunchOptions, launcher: str) -> KilnCo
     tree["train"].update(launcher=launcher, nodes=options.nodes, nproc=options.gpus_per_node or cfg.train.nproc)
     try:
         job = KilnConfig.model_validate(tree)
-        job.train.grad_accum_steps(job.train.world_size)  # the batch must split over the job's ranks
+        ParallelLayout.for_run(job.train, job.train.world_size, "fp32")  # the batch must split over the job's ranks
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

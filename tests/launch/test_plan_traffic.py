@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_1b_config_on_1024_gpus_streams_in_block_mode_within_one_prefix():
-    cfg = load_config(str(REPO / "configs" / "1b.yaml"), ["data.output=s3://bucket/data"])
+    cfg = load_config(str(REPO / "configs" / "1b.yaml"), ["data.output=s3://bucket/data", "train.global_batch=4096"])
     p = plan_for(cfg, gpus=1024, gpu="h100", mfu=0.4)
     plans = traffic_for(cfg, gpus=1024, gpus_per_node=8, tokens_per_s_per_gpu=p["tokens_per_s"] / 1024)
     assert plans["block"].nodes == 128 and plans["block"].gpus_per_node == 8
@@ -22,7 +22,8 @@ def test_the_1b_config_on_1024_gpus_streams_in_block_mode_within_one_prefix():
 
 
 def test_kiln_plan_prints_the_traffic_of_both_shuffle_modes():
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "1b.yaml"), "data.shuffle=block",
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "1b.yaml"),
+                           "data.shuffle=block", "train.global_batch=4096",
                            "--gpus", "1024", "--gpu", "h100", "--gpus-per-node", "8"],
                           capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
