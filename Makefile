@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kiln-installed
 SHARED_CORPUS := ../shared/corpus/python-docs
 STDLIB_CORPUS := .smoke/stdlib-corpus
 
-.PHONY: install system-packages smoke test test-fast bench bench-peers clean
+.PHONY: install system-packages smoke test test-fast test-shuffled bench bench-peers clean
 
 # DeepSpeed JIT-builds a small CPU op; keep the build with this venv's DeepSpeed, not in a
 # per-user cache that another DeepSpeed version would overwrite.
@@ -48,11 +48,17 @@ smoke: $(STAMP)
 	echo "smoke corpus: $$corpus"; \
 	$(BIN)/kiln run configs/smoke.yaml "data.inputs=[$$corpus/train-*.jsonl.gz]" "data.val_inputs=[$$corpus/val-*.jsonl.gz]"
 
+# CI runs the tests in file order, so a run is reproduced by running it again.  `make test-shuffled` runs
+# them in a random order (pytest-randomly; it prints the seed, SEED=N replays one) to show that no test
+# depends on another's side effects.
 test: system-packages $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -p no:randomly
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -p no:randomly -m "not slow"
+
+test-shuffled: system-packages $(STAMP)
+	$(BIN)/python -m pytest -q $(if $(SEED),--randomly-seed=$(SEED),)
 
 clean:
 	rm -rf runs/smoke data/smoke .smoke

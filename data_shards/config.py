@@ -7,7 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Defaults are validated too, so a value has its declared type however it was given: a default of 512 for
+    # a float field dumps as 512.0, as it does when read back from a saved config, and hashes the same.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class StripMarkup(_Strict):

@@ -61,12 +61,14 @@ def _settings_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage_options, show: PrepareProgress) -> Tokenizer:
-    """The user's tokenizer, the one already trained with these settings, or a newly trained one (saved)."""
+def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage_options,
+               show: PrepareProgress) -> tuple[Tokenizer, bool]:
+    """The user's tokenizer, the one already trained with these settings, or a newly trained one (saved);
+    and whether it was trained now."""
     if data.tokenizer:
         tok = Tokenizer.from_file(data.tokenizer, storage_options)
         _save_tokenizer(tok, data.output, storage_options, {})
-        return tok
+        return tok, False
     train_parts = [p for p in partitions if p.split != "val"]
     settings = _settings_hash(
         {
@@ -83,7 +85,7 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
     if storage.exists(meta_url, storage_options):
         meta = storage.read_json(meta_url, storage_options)
         if meta.get("settings") == settings:
-            return Tokenizer.load(data.output, storage_options)
+            return Tokenizer.load(data.output, storage_options), False
     total = sum(p.bytes for p in train_parts) or 1
     budget = data.tokenizer_sample_bytes()
     task = ray.remote(num_cpus=1)(sample_partition)
@@ -102,7 +104,7 @@ def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage
     tok = train_tokenizer(lines, data.vocab_size, seed, data.tokenizer_threads)
     show.update(phase, 1)
     _save_tokenizer(tok, data.output, storage_options, {"settings": settings, "sample_lines": len(lines)})
-    return tok
+    return tok, True
 
 
 def _save_tokenizer(tok: Tokenizer, data_url: str, storage_options, extra: dict) -> None:
@@ -129,8 +131,10 @@ class _Counter:
         return self.docs, self.tokens
 
 
-def _tokenize_all(partitions, job: TokenizeJob, drops: dict[int, frozenset], max_inflight: int, show: PrepareProgress) -> list[dict]:
-    """Run a tokenize task per partition without a marker, at most ``max_inflight`` at once."""
+def _tokenize_all(partitions, job: TokenizeJob, drops: dict[int, frozenset], max_inflight: int,
+                  show: PrepareProgress) -> tuple[list[dict], int]:
+    """Run a tokenize task per partition without a marker, at most ``max_inflight`` at once; every
+    partition's marker, and how many partitions were tokenized now."""
     markers: dict[int, dict] = {}
     todo = []
     for p in partitions:
@@ -156,7 +160,7 @@ def _tokenize_all(partitions, job: TokenizeJob, drops: dict[int, frozenset], max
         docs, tokens = ray.get(counter.totals.remote())
         show.update(phase, len(markers), docs, tokens)
     ray.kill(counter)
-    return [markers[p.index] for p in partitions]
+    return [markers[p.index] for p in partitions], len(todo)
 
 
 def _tokenize_task(partition: Partition, job: TokenizeJob, drop: frozenset, counter) -> dict:
@@ -211,7 +215,8 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
     """Tokenizer + train and val shards + manifests under ``data.output``.
 
     Uses the Ray instance the caller connected; a killed run resumes from the
-    per-partition completion markers.  Returns docs, tokens and shards per split, and seconds.
+    per-partition completion markers.  Returns docs, tokens and shards per split, seconds, and the
+    work this call did: partitions tokenized (those without a marker) and whether it trained the tokenizer.
     """
     started = time.perf_counter()
     options = dict(storage_options or {})
@@ -222,7 +227,7 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
     # Scratch files of tasks killed in an earlier run; their partitions have no marker and are redone.
     storage.remove(storage.join(data.output, WORK_DIR, "tmp"), options, recursive=True)
     with PrepareProgress(progress) as show:
-        tok = _tokenizer(data, seed, partitions, options, show)
+        tok, tokenizer_trained = _tokenizer(data, seed, partitions, options, show)
         cfg_hash = _config_hash(data, seed, tok)
         dtype = token_dtype(tok.vocab_size)
         job = TokenizeJob(
@@ -241,7 +246,7 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
         )
         max_inflight = data.max_inflight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         drops = dedup.duplicates(partitions, job, show) if job.dedup else {}
-        markers = _tokenize_all(partitions, job, drops, max_inflight, show)
+        markers, tokenized = _tokenize_all(partitions, job, drops, max_inflight, show)
     manifests = _manifests(data, markers, tok, cfg_hash, dtype)
     if manifests["train"].total_docs == 0:
         raise DataError(
@@ -250,7 +255,8 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
         )
     write_manifest(data.output, manifests["val"], options)
     write_manifest(data.output, manifests["train"], options)
-    summary = {"seconds": round(time.perf_counter() - started, 2), "partitions": len(partitions)}
+    summary = {"seconds": round(time.perf_counter() - started, 2), "partitions": len(partitions),
+               "partitions_tokenized": tokenized, "tokenizer_trained": tokenizer_trained}
     for split, m in manifests.items():
         summary.update({f"{split}_docs": m.total_docs, f"{split}_tokens": m.total_tokens, f"{split}_shards": len(m.shards)})
     return summary

@@ -4,9 +4,18 @@ from __future__ import annotations
 import pytest
 
 
+def reset_moto(endpoint: str) -> None:
+    """Empty moto's store: it is one per process, shared by every server started in it, so without this
+    a test would see the buckets and objects that earlier tests left."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
+
+
 @pytest.fixture
 def s3_bucket(monkeypatch):
-    """An empty bucket on a moto S3 server on 127.0.0.1, reached through s3fs; yields ``s3://bucket``."""
+    """An empty bucket, alone in its store, on a moto S3 server on 127.0.0.1 reached through s3fs; yields
+    ``s3://bucket``."""
     import boto3
     import fsspec
     from moto.server import ThreadedMotoServer
@@ -15,6 +24,7 @@ def s3_bucket(monkeypatch):
     server.start()
     _, port = server.get_host_and_port()
     endpoint = f"http://127.0.0.1:{port}"
+    reset_moto(endpoint)
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -25,6 +35,7 @@ def s3_bucket(monkeypatch):
         yield "s3://kiln-test"
     finally:
         fsspec.AbstractFileSystem.clear_instance_cache()
+        reset_moto(endpoint)
         server.stop()
 
 

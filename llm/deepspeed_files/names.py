@@ -23,14 +23,17 @@ _STAGE_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
 
 def rank_files(files: list[FileEntry], layout: ParallelLayout, rank: int) -> list[FileEntry]:
     """The files DeepSpeed loads on ``rank`` when a checkpoint of ``layout`` resumes on the same layout:
-    its stage's model states and layers, and its own partitions - never another rank's partition."""
+    its stage's model states and layers, the first stage's model states, and its own partitions - never
+    another rank's partition."""
     stage, data_rank = layout.stage_of(rank), layout.data_rank_of(rank)
 
     def needed(entry: FileEntry) -> bool:
         if match := _PARTITION_FILE.match(entry.path):
             return (int(match.group(1)), int(match.group(2))) == (data_rank, stage)
         if match := _STAGE_FILE.match(entry.path):
-            return int(match.group(1)) == stage
+            # DeepSpeed's state-dict loader opens the first of these files on every rank (to check their
+            # count against the saved model-parallel size) before it reads the rank's own stage's file.
+            return int(match.group(1)) in (0, stage)
         if LAYER_FILE.match(entry.path):
             return layout.stage_of(entry.rank) == stage
         return True  # a file of a kind not listed above: better fetched than missed

@@ -29,14 +29,15 @@ def reshape_route(saved: CheckpointRecord, layout: ParallelLayout) -> Route | No
     (``reshard``).  A layout change that no route covers is a CheckpointError.
     """
     before = saved.layout
-    if before.world_size == layout.world_size and before.zero_stage == layout.zero_stage:
-        return None
-    if before.pipelined or layout.pipelined:
+    same = before.world_size == layout.world_size and before.zero_stage == layout.zero_stage
+    if (before.pipelined or layout.pipelined) and not (same and before.pipeline_stages == layout.pipeline_stages):
         raise CheckpointError(
             f"checkpoint step {saved.step} was saved by {before.world_size} ranks with pipeline_stages="
             f"{before.pipeline_stages}; a pipelined run resumes only on the same world size and layout "
             f"(now {layout.world_size} ranks, pipeline_stages={layout.pipeline_stages})"
         )
+    if same:
+        return None
     if before.zero_stage == 0 and layout.zero_stage == 0:
         return None
     if before.zero_stage == 0 and saved.precision == "bf16":

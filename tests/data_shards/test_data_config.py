@@ -29,3 +29,16 @@ def test_the_tokenizer_sample_grows_with_the_vocabulary_unless_given():
     assert DataConfig(vocab_size=300).tokenizer_sample_bytes() == 8 << 20
     assert DataConfig(vocab_size=32000).tokenizer_sample_bytes() == 64 << 20
     assert DataConfig(vocab_size=32000, tokenizer_sample_mb=2).tokenizer_sample_bytes() == 2 << 20
+
+
+def test_a_data_section_dumps_the_same_after_a_round_trip_through_a_saved_config():
+    """prepare hashes this dump into the config hash that names shards and completion markers, so a
+    prepare resumed from the saved (YAML or JSON) config must find the markers of the first one."""
+    import json
+
+    import yaml
+
+    cfg = DataConfig(inputs=["a.jsonl"], sources=[{"name": "code", "inputs": ["b.jsonl"]}], shard_mb=4)
+    for saved in (DataConfig.model_validate_json(cfg.model_dump_json()),
+                  DataConfig.model_validate(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json"))))):
+        assert json.dumps(saved.model_dump(), sort_keys=True) == json.dumps(cfg.model_dump(), sort_keys=True)

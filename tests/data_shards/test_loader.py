@@ -194,6 +194,25 @@ def test_verification_is_remembered_until_the_file_changes(dataset):
         GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)
 
 
+def test_a_shard_checked_once_is_not_hashed_again_by_later_readers(dataset, monkeypatch):
+    from data_shards import shard_cache
+
+    url, _ = dataset
+    hashed = []
+
+    def counted_sha256(path):
+        hashed.append(os.path.basename(path))
+        return real_sha256(path)
+
+    real_sha256 = shard_cache.file_sha256
+    monkeypatch.setattr(shard_cache, "file_sha256", counted_sha256)
+    GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=4)
+    assert sorted(hashed) == ["shard-00000.arrow", "shard-00001.arrow", "shard-00002.arrow"]
+    for seed in (0, 1):  # new readers, in this process or another one of the node: the memo answers
+        read_all(GlobalBatchLoader(url, "train", seed=seed, seq_len=SEQ, global_batch=4), 3)
+    assert len(hashed) == 3
+
+
 def test_too_little_data_for_one_window_is_a_data_error(tmp_path, kit):
     url = str(tmp_path / "tiny")
     kit.write_split(url, "train", {"default": [[np.array([5, 6, 2])]]})

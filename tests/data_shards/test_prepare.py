@@ -105,13 +105,26 @@ def test_prepared_data_feeds_the_loader(prepared):
     assert batch.shape == (4, 65) and batch.max() < 1200
 
 
-def test_second_prepare_reuses_finished_work(prepared, corpus):
+def test_second_prepare_reuses_finished_work(prepared, corpus, tmp_path):
+    import shutil
+
     root, first, _ = prepared
     folder, _, _ = corpus
-    model = (root / "a/tokenizer/tokenizer.model").stat().st_mtime_ns
-    again = prepare(config(folder, root / "a"), seed=7, progress=False)
-    assert (root / "a/tokenizer/tokenizer.model").stat().st_mtime_ns == model
-    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+    assert first["tokenizer_trained"] and first["partitions_tokenized"] == first["partitions"] > 1
+    out = tmp_path / "a"
+    shutil.copytree(root / "a", out)  # the module's data stays as the first prepare left it
+    again = prepare(config(folder, out), seed=7, progress=False)
+    assert (again["tokenizer_trained"], again["partitions_tokenized"]) == (False, 0)
+    work = {"seconds", "tokenizer_trained", "partitions_tokenized"}
+    assert {k: v for k, v in again.items() if k not in work} == {k: v for k, v in first.items() if k not in work}
+
+    markers = sorted((out / "_work").rglob("part-*.json"))
+    markers[1].unlink()  # as if the first prepare had died before this partition's marker
+    third = prepare(config(folder, out), seed=7, progress=False)
+    assert (third["tokenizer_trained"], third["partitions_tokenized"]) == (False, 1)
+    for split in ("train", "val"):
+        before, after = load_manifest(str(root / "a"), split), load_manifest(str(out), split)
+        assert [(s.path, s.sha256) for s in after.shards] == [(s.path, s.sha256) for s in before.shards]
 
 
 def test_held_out_fraction_splits_train_documents_when_no_val_inputs(local_ray, corpus, tmp_path):
@@ -165,3 +178,32 @@ def test_inspect_shows_splits_sources_and_decoded_samples(prepared):
     assert "train" in text and "val" in text and "default" in text
     assert f"{summary['train_tokens']:,}" in text
     assert "first 64 tokens" in text
+
+
+def test_kiln_data_inspect_prints_the_manifests_counts_and_a_decoded_sample(prepared, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root, summary, _ = prepared
+    data = root / "a"
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "data", "inspect", str(data)], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip().strip("│").split("│")]
+                                              for line in proc.stdout.splitlines()) if len(cells) == 7}
+    for split in ("train", "val"):
+        manifest = load_manifest(str(data), split)
+        assert rows[split][:5] == [str(summary[f"{split}_shards"]), f"{summary[f'{split}_docs']:,}",
+                                   f"{summary[f'{split}_tokens']:,}", f"{sum(s.bytes for s in manifest.shards):,}",
+                                   manifest.dtype]
+    assert f"vocab {Tokenizer.load(str(data)).vocab_size:,}" in proc.stdout
+    first = load_manifest(str(data), "train").shards[0]
+    tokens = pa.ipc.open_file(pa.OSFile(str(data / "train" / first.path))).read_all().column("tokens").to_pylist()[0]
+    sample_line = next(line for line in Tokenizer.load(str(data)).decode(tokens[:64]).splitlines() if line.strip())
+    assert sample_line.strip() in proc.stdout
+
+    missing = subprocess.run([sys.executable, "-m", "launch.cli", "data", "inspect", str(tmp_path / "nothing")],
+                             capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("kiln: error: ") and missing.stderr.count("\n") == 1

@@ -96,8 +96,10 @@ def test_killed_prepare_resumes_without_losing_or_duplicating_documents(split_co
     finally:
         kill_tree(proc, family)
     assert not is_prepared(cfg.output)
-    assert 0 < finished_partitions(markers) < 16
-    prepare(cfg, seed=11, progress=False)
+    finished = finished_partitions(markers)
+    assert 0 < finished < 16
+    summary = prepare(cfg, seed=11, progress=False)
+    assert (summary["tokenizer_trained"], summary["partitions_tokenized"]) == (False, 16 - finished)
     ids = all_doc_ids(cfg.output)
     assert len(ids) == len(set(ids))
     assert set(ids) == expected

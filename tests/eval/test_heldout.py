@@ -7,6 +7,8 @@ import torch
 
 from data_shards.errors import DataError
 from data_shards.loader import eval_windows, shard_token_counts
+from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manifest
+from data_shards.shard_format import ShardWriter
 from data_shards.tokenizer import Tokenizer
 from llm.config import ModelConfig
 from llm.evaluate import window_nll
@@ -48,6 +50,56 @@ def test_sliced_scores_equal_the_whole_split_scored_at_once(eval_data):
     unigram = unigram_log_probs(shard_token_counts(eval_data, "train", 0, 512))
     assert values["unigram_loss"] == pytest.approx(-unigram[windows[:, 1:]].sum() / tokens, rel=1e-9)
     assert values["val_shards"] == 1
+
+
+def write_tokens(data_url, split: str, tokens: list[int], tokenizer: Tokenizer) -> None:
+    """One shard holding ``tokens`` as a single document, and its manifest."""
+    (data_url / split).mkdir(parents=True)
+    writer = ShardWriter(str(data_url / split / "shard-00000.arrow"), "default", "uint16", 4096)
+    writer.add(np.asarray(tokens, dtype=np.uint16), 0)
+    w = writer.close()
+    write_manifest(str(data_url), Manifest(
+        split=split, config_hash="hand", tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size,
+        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, dtype="uint16",
+        shards=[ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=1, tokens=w.tokens)],
+        total_docs=1, total_tokens=w.tokens, sources={"default": SourceStats(docs=1, tokens=w.tokens)},
+    ))
+
+
+def test_a_hand_computed_case_of_loss_perplexity_bits_per_byte_and_the_unigram_baseline(eval_data, tmp_path):
+    """Byte tokens ("a", "b", "c": one byte each), the end-of-sequence token (no bytes), a model whose
+    logits are all zero (uniform over the 512 tokens) and seq_len 4, worked out by hand:
+
+    val  a b a c e | b a a b e | a      two windows of 5; targets b a c e  a a b e
+                                        (a×3, b×2, c×1, e×2: 8 tokens, 6 bytes)
+    train a a a b e                     add-one counts a 4, b 2, e 2, others 1, over 5 + 512 = 517
+    loss = ln 512, perplexity = 512, bits per byte = 8 · log2(512) / 6 = 12
+    unigram nll = −(3 ln 4/517 + 2 ln 2/517 + ln 1/517 + 2 ln 2/517) = 8 ln 517 − 10 ln 2
+    """
+    import sentencepiece as spm
+
+    tokenizer = Tokenizer.load(eval_data)
+    tokenizer.save(str(tmp_path))
+    pieces = spm.SentencePieceProcessor(model_proto=tokenizer.model_bytes)
+    a, b, c = (pieces.piece_to_id(f"<0x{ord(ch):02X}>") for ch in "abc")
+    e = tokenizer.eos_id
+    assert len({a, b, c, e}) == 4 and all(pieces.is_byte(t) for t in (a, b, c))
+    write_tokens(tmp_path, "val", [a, b, a, c, e, b, a, a, b, e, a], tokenizer)
+    write_tokens(tmp_path, "train", [a, a, a, b, e], tokenizer)
+    uniform = Transformer(ModelConfig(dim=32, layers=2, heads=4, seq_len=4, multiple_of=16), 512, 5).eval()
+    with torch.no_grad():
+        uniform.head.proj.weight.zero_()
+
+    _, values, _ = score(task(str(tmp_path)), uniform, slice_size=1)
+
+    assert (values["examples"], values["tokens"], values["bytes"]) == (2, 8, 6)
+    assert values["loss"] == pytest.approx(math.log(512), rel=1e-6)
+    assert values["perplexity"] == pytest.approx(512, rel=1e-6)
+    assert values["bits_per_byte"] == pytest.approx(12, rel=1e-6)
+    unigram_nll = 8 * math.log(517) - 10 * math.log(2)
+    assert values["unigram_loss"] == pytest.approx(unigram_nll / 8, rel=1e-12)
+    assert values["unigram_perplexity"] == pytest.approx(517 / 2 ** 1.25, rel=1e-12)
+    assert values["unigram_bits_per_byte"] == pytest.approx(unigram_nll / math.log(2) / 6, rel=1e-12)
 
 
 def test_slice_size_changes_nothing_but_float_summation_order(eval_data):

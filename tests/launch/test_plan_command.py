@@ -37,3 +37,58 @@ def test_kiln_plan_prints_the_table():
                           capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert "model states per GPU, ZeRO-2" in proc.stdout and "time to train.steps=600" in proc.stdout
+
+
+def plan_rows(stdout: str) -> dict[str, str]:
+    """quantity → value of the plan table `kiln plan` prints."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 2 and cells[0] and cells[1]:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def test_kiln_plan_prints_the_numbers_of_the_7b_config_worked_out_independently():
+    """Llama-2 7B's shape (configs/7b.yaml) on 64 H100s at 40% MFU, by hand: Meta's published parameter count;
+    6 FLOPs per matmul weight plus 12·layers·dim·seq_len for attention; DeepSpeed's 2 + 18 bytes per parameter
+    under each ZeRO stage; time = tokens / (GPUs × peak × MFU / FLOPs per token)."""
+    cfg = yaml.safe_load((REPO / "configs" / "7b.yaml").read_text())
+    assert (cfg["model"]["dim"], cfg["model"]["layers"], cfg["model"]["ffn_hidden"], cfg["model"]["seq_len"],
+            cfg["data"]["vocab_size"], cfg["train"]["global_batch"], cfg["train"]["steps"]) == \
+        (4096, 32, 11008, 4096, 32000, 1024, 100_000)
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "7b.yaml"), "--gpus", "64",
+                           "--gpu", "h100"], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    rows = plan_rows(proc.stdout)
+
+    params = 6_738_415_616  # Llama-2-7b
+    assert rows["parameters"] == f"{params / 1e6:,.1f} M" == "6,738.4 M"
+    matmul = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008) + 32000 * 4096  # blocks' projections and the output head
+    flops = 6 * matmul + 12 * 32 * 4096 * 4096
+    assert rows["training FLOPs per token"] == f"{flops / 1e9:.2f} G" == "46.08 G"
+
+    gib = 2**30
+    largest = 32000 * 4096  # the embedding: ZeRO-3 gathers one module at a time, in bf16 and its fp32 gradient
+    states = {0: 20 * params, 1: 4 * params + 16 * params / 64, 2: 2 * params + 18 * params / 64,
+              3: 4 * largest + 18 * params / 64}
+    for stage, nbytes in states.items():
+        marker = " ◀" if stage == 3 else ""
+        assert rows[f"model states per GPU, ZeRO-{stage}"] == f"{nbytes / gib:.2f} GiB{marker}"
+    assert rows["model states per GPU, ZeRO-3"] == "2.25 GiB ◀"
+    # Activation checkpointing keeps each block's bf16 input, one block's tensors while it is recomputed
+    # (norms' inputs and outputs, q, k, v, attention output: 6·dim + 2·kv_dim; SwiGLU: 4·hidden) and the
+    # logits in bf16 and fp32, for one micro-batch of 4096 tokens.
+    tokens = 1 * 4096
+    activations = 32 * 2 * tokens * 4096 + 2 * tokens * (6 * 4096 + 2 * 4096 + 4 * 11008) + tokens * 32000 * (2 + 4)
+    assert rows["activations per GPU (micro-batch 1)"] == f"{activations / gib:.2f} GiB" == "2.32 GiB"
+    assert rows["total per GPU"] == f"{(states[3] + activations) / gib:.2f} of 80 GiB (fits)"
+
+    tokens_per_s = 64 * 989e12 * 0.4 / flops
+    step_tokens = 1024 * 4096
+    assert rows["tokens/s at 40% MFU"] == f"{tokens_per_s:,.0f}" == "549,386"
+    assert rows["step time"] == f"{step_tokens / tokens_per_s:.2f} s" == "7.63 s"
+    seconds = 100_000 * step_tokens / tokens_per_s
+    assert seconds // 86400 == 8 and seconds % 86400 // 3600 == 20 and seconds % 3600 // 60 == 4
+    assert rows["time to train.steps=100,000 (419.43 B tokens)"] == "8d 20h 4m"

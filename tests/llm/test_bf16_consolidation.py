@@ -1,4 +1,5 @@
-"""bf16 training (the GPU default) run on CPU ranks: consolidation returns the fp32 master weights."""
+"""bf16 training (the GPU default) run on CPU ranks: consolidation returns the fp32 master weights, and a bf16
+ZeRO-0 checkpoint refuses another layout in one line per rank."""
 import pytest
 import torch
 
@@ -36,3 +37,13 @@ def test_consolidated_weights_are_fp32_masters_of_the_bf16_model(layout, ranks, 
         assert torch.equal(tensor.to(torch.bfloat16), trained[name]), name  # the bf16 model is the rounded master
         finer += int((tensor != tensor.to(torch.bfloat16).float()).sum())
     assert finer > 0.5 * sum(t.numel() for t in state.values())  # and the masters carry more precision
+    if layout == "zero0":  # the same run, resumed on another ZeRO stage, is refused before anything loads
+        other = job.model_copy(update={"train": job.train.model_copy(update={"steps": 4, "zero_stage": 2})})
+        proc = ranks.torchrun(other, tmp_path)
+        assert proc.returncode != 0
+        expected = ("checkpoint step 3 is a bf16 ZeRO-0 checkpoint of 2 ranks; it resumes only as bf16 ZeRO-0 "
+                    "(now 2 ranks, zero_stage=2)")
+        assert sorted(line for line in proc.stderr.splitlines() if line.startswith("rank ")) == \
+            [f"rank {rank}: {expected}" for rank in (0, 1)], ranks.errors(proc)
+        assert "llm/worker.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
+        assert checkpoint.committed_steps(job.run_dir) == [3]

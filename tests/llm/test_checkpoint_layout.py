@@ -118,6 +118,16 @@ def test_per_parameter_state_is_used_only_when_a_zero_layout_changes():
         reshape_route(record(zero_stage=1, pipeline_stages=2), now(1, 1))
 
 
+def test_a_pipelined_checkpoint_resumes_only_on_its_own_layout_even_with_the_same_ranks_and_zero_stage():
+    pipelined = record(zero_stage=1, pipeline_stages=2)
+    assert reshape_route(pipelined, now(2, 1, pipeline_stages=2)) is None
+    for other in (now(2, 1), now(2, 0, pipeline_stages=2)):
+        with pytest.raises(CheckpointError, match="a pipelined run resumes only on the same world size and layout"):
+            reshape_route(pipelined, other)
+    with pytest.raises(CheckpointError, match="with pipeline_stages=1; a pipelined run resumes only"):
+        reshape_route(record(zero_stage=1), now(2, 1, pipeline_stages=2))
+
+
 def test_the_record_round_trips_through_json_and_gives_each_rank_its_rng():
     saved = record(world_size=3).model_copy(update={"rng_of_rank": [0, 0, 0]})
     back = CheckpointRecord.model_validate_json(saved.model_dump_json())

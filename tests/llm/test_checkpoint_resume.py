@@ -2,6 +2,8 @@
 rank downloads only the files it loads (bytes counted by the S3 server itself)."""
 import collections
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -19,7 +21,19 @@ def flip_a_byte(url: str) -> None:
     storage.write_bytes(url, bytes(data))
 
 
-def test_a_damaged_file_makes_every_rank_fall_back_to_the_previous_checkpoint(ranks, token_data, tmp_path):
+def kiln(ranks, *args):
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=ranks.repo, env={**ranks.env(), "COLUMNS": "250"},
+                          capture_output=True, text=True, timeout=300)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of a table rich printed."""
+    return [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in text.splitlines()
+            if line.strip().startswith("│")]
+
+
+def test_a_damaged_file_is_named_by_ckpt_verify_and_makes_every_rank_fall_back_to_the_previous_checkpoint(
+        ranks, token_data, tmp_path):
     job = ranks.job(tmp_path / "run", token_data, steps=4, checkpoint_every=2, keep_checkpoints=3)
     proc = ranks.torchrun(job, tmp_path)
     assert proc.returncode == 0, ranks.errors(proc)
@@ -27,6 +41,15 @@ def test_a_damaged_file_makes_every_rank_fall_back_to_the_previous_checkpoint(ra
     straight = records.metrics()
     damaged = storage.join(checkpoint.step_url(job.run_dir, 4), "zero_pp_rank_1_mp_rank_00_optim_states.pt")
     flip_a_byte(damaged)  # only rank 1 reads this file; rank 0 must fall back too
+    (tmp_path / "run" / "checkpoints" / "step-00000009").mkdir()  # a save that never committed
+    ls, verify = kiln(ranks, "ckpt", "ls", job.run_dir), kiln(ranks, "ckpt", "verify", job.run_dir)
+    (tmp_path / "run" / "checkpoints" / "step-00000009").rmdir()
+    assert ls.returncode == 0, ls.stderr[-3000:]
+    assert [(row[0], row[1]) for row in table_rows(ls.stdout)] == [
+        ("2", "committed"), ("4", "committed · latest"), ("9", "incomplete")]
+    assert verify.returncode == 1, verify.stdout + verify.stderr[-3000:]
+    assert [line for line in verify.stdout.splitlines() if line.startswith("✗")] == [
+        f"✗ {damaged} does not match the sha256 the record lists"]
 
     proc = ranks.torchrun(job.model_copy(update={"train": job.train.model_copy(update={"steps": 5})}), tmp_path)
     assert proc.returncode == 0, ranks.errors(proc)

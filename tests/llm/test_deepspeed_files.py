@@ -54,6 +54,7 @@ EXPECTED = {
     "pipeline2": [{"layer_00-model_states.pt", "layer_01-model_states.pt", "mp_rank_00_model_states.pt",
                    "zero_pp_rank_0_mp_rank_00_optim_states.pt"},
                   {"layer_02-model_states.pt", "layer_03-model_states.pt", "mp_rank_01_model_states.pt",
+                   "mp_rank_00_model_states.pt",  # DeepSpeed's loader opens the first stage's file on every rank
                    "zero_pp_rank_0_mp_rank_01_optim_states.pt"}],
 }
 

@@ -142,14 +142,16 @@ RESHAPES = {
     "2-ranks-zero3-to-1-rank": ((2, 3), (1, 3)),
     "1-rank-to-2-ranks-zero2": ((1, 2), (2, 2)),
     "1-rank-to-2-ranks-zero3": ((1, 3), (2, 3)),
+    "2-ranks-zero2-to-2-ranks-zero1": ((2, 2), (2, 1)),
 }
 
 
 @pytest.mark.parametrize("reshape", list(RESHAPES))
-def test_a_run_resumed_on_another_number_of_ranks_continues_the_same_loss_curve(reshape, ranks, token_data, tmp_path):
+def test_a_run_resumed_on_another_number_of_ranks_or_zero_stage_continues_the_same_loss_curve(reshape, ranks, token_data,
+                                                                                              tmp_path):
     """One fp32 rank runs ZeRO stage 0 whatever the config says; a resume that changes the number
-    of ranks goes through per-parameter state in either direction and continues the same loss
-    curve (same global batch and sample order; only reductions differ)."""
+    of ranks or the ZeRO stage goes through per-parameter state in either direction and continues the
+    same loss curve (same global batch and sample order; only reductions differ)."""
     (nproc_before, stage_before), (nproc_after, stage_after) = RESHAPES[reshape]
     job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, nproc=nproc_before,
                     zero_stage=stage_before)
@@ -169,6 +171,7 @@ def test_a_run_resumed_on_another_number_of_ranks_continues_the_same_loss_curve(
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted[3:]], rel=1e-5)
     assert [e for e in records.events() if e["event"] == "resume"][-1]["reshaped"] is True
     assert checkpoint.read_commit(job.run_dir, 6).layout.world_size == nproc_after
+    assert checkpoint.read_commit(job.run_dir, 6).layout.zero_stage == (0 if nproc_after == 1 else stage_after)
 
 
 def test_resuming_on_changed_data_is_a_clear_failure(ranks, token_data, tmp_path):
