@@ -9,6 +9,7 @@ Asynchronous: what the training loop waits for - the ``save()`` call itself, plu
 of the next optimizer step until the snapshot has been copied - while files are written and
 uploaded in the background.  Medians over the repeats; target: ratio <= 0.05.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
     proc = subprocess.Popen([sys.executable, "-c", MOTO], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     endpoint = f"http://127.0.0.1:{int(proc.stdout.readline())}"
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="kiln-bench")
     return proc, "s3://kiln-bench"
 
@@ -73,8 +75,16 @@ class Bench:
 
     def record(self) -> CheckpointRecord:
         return CheckpointRecord(
-            step=self.step, tokens=0, time=0.0, layout=self.layout, precision="fp32", model=self.model,
-            vocab_size=self.vocab, config_hash="bench", rng=[RngState.capture()], rng_of_rank=[0],
+            step=self.step,
+            tokens=0,
+            time=0.0,
+            layout=self.layout,
+            precision="fp32",
+            model=self.model,
+            vocab_size=self.vocab,
+            config_hash="bench",
+            rng=[RngState.capture()],
+            rng_of_rank=[0],
             data=DataPosition(url="none", fingerprint="none", consumed_samples=0, loader={}),
         )
 
@@ -125,8 +135,10 @@ def main() -> None:
     init_distributed(torch.device("cpu"))
     bench = Bench(args)
     bench.train_step()  # AdamW has its moments from here on
-    print(f"model: {bench.params / 1e6:.1f} M parameters (dim={args.dim} layers={args.layers} vocab={args.vocab}), "
-          f"fp32 AdamW, ZeRO-0, 1 rank; clock resolution {time.get_clock_info('perf_counter').resolution:.0e} s")
+    print(
+        f"model: {bench.params / 1e6:.1f} M parameters (dim={args.dim} layers={args.layers} vocab={args.vocab}), "
+        f"fp32 AdamW, ZeRO-0, 1 rank; clock resolution {time.get_clock_info('perf_counter').resolution:.0e} s"
+    )
     moto = None
     try:
         with tempfile.TemporaryDirectory(prefix="kiln-bench-ckpt-") as tmp:
@@ -145,8 +157,10 @@ def main() -> None:
                     bench.train_step()
                     asyn.append(bench.asynchronous(saver))
                 s, a = statistics.median(sync), statistics.median(asyn)
-                print(f"{target:>5}: synchronous save {s:7.3f} s · asynchronous save blocks the loop {a:7.3f} s · "
-                      f"ratio {a / s:.4f} (target <= 0.05)")
+                print(
+                    f"{target:>5}: synchronous save {s:7.3f} s · asynchronous save blocks the loop {a:7.3f} s · "
+                    f"ratio {a / s:.4f} (target <= 0.05)"
+                )
     finally:
         if moto is not None:
             moto.terminate()

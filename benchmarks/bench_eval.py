@@ -18,6 +18,7 @@ Beside the wall-clock ratio it prints one from the workers' CPU time (psutil): t
 the speedup two free cores would give; other jobs on the machine barely move it, while
 an uneven split of the slices or work done twice would show in it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ ROOT = REPO / ".cache" / "bench" / "eval"
 
 
 def kiln(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     if proc.returncode != 0:
         raise SystemExit(f"kiln {args[0]} failed:\n{proc.stderr[-3000:]}")
 
@@ -52,16 +58,30 @@ def setup() -> Path:
     config = ROOT / "config.yaml"
     if not (ROOT / "run" / "checkpoints" / "latest").exists():
         write_corpus(str(ROOT / "corpus"), max_chars=2_000_000)
-        config.write_text(yaml.safe_dump({
-            "run": {"name": "bench-eval", "dir": str(ROOT / "run"), "seed": 1},
-            "data": {"inputs": [str(ROOT / "corpus" / "train-*.jsonl.gz")],
-                     "val_inputs": [str(ROOT / "corpus" / "val-*.jsonl.gz")],
-                     "output": str(ROOT / "data"), "vocab_size": 4096, "shard_mb": 1},
-            "model": {"dim": 256, "layers": 4, "heads": 4, "seq_len": 256},
-            "train": {"steps": 1, "micro_batch": 2, "global_batch": 2, "nproc": 1, "checkpoint_every": 1,
-                      "warmup_steps": 0},
-            "cluster": {"num_cpus": 2},
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "run": {"name": "bench-eval", "dir": str(ROOT / "run"), "seed": 1},
+                    "data": {
+                        "inputs": [str(ROOT / "corpus" / "train-*.jsonl.gz")],
+                        "val_inputs": [str(ROOT / "corpus" / "val-*.jsonl.gz")],
+                        "output": str(ROOT / "data"),
+                        "vocab_size": 4096,
+                        "shard_mb": 1,
+                    },
+                    "model": {"dim": 256, "layers": 4, "heads": 4, "seq_len": 256},
+                    "train": {
+                        "steps": 1,
+                        "micro_batch": 2,
+                        "global_batch": 2,
+                        "nproc": 1,
+                        "checkpoint_every": 1,
+                        "warmup_steps": 0,
+                    },
+                    "cluster": {"num_cpus": 2},
+                }
+            )
+        )
         kiln("prepare", str(config))
         kiln("train", str(config))
     if not (ROOT / "cloze.jsonl").exists():
@@ -83,13 +103,24 @@ def main() -> None:
     from cluster.eval import EvalJob, build_tasks, plan_step, plan_steps
     from launch.config import load_config
 
-    cfg = load_config(str(config), [f"eval.max_windows_per_shard={args.windows}", "eval.slice_size=8",
-                                    f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {ROOT / 'cloze.jsonl'}, "
-                                    f"limit: {args.examples}}}]"])
+    cfg = load_config(
+        str(config),
+        [
+            f"eval.max_windows_per_shard={args.windows}",
+            "eval.slice_size=8",
+            f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {ROOT / 'cloze.jsonl'}, limit: {args.examples}}}]",
+        ],
+    )
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     ray_tmp = tempfile.mkdtemp(prefix="kray-")
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, _temp_dir=ray_tmp)
+    ray.init(
+        num_cpus=3,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+        _temp_dir=ray_tmp,
+    )
     try:
         tasks = build_tasks(cfg.eval, cfg.data_url)
         [step] = plan_steps(cfg.run_url, cfg.eval)
@@ -103,7 +134,7 @@ def main() -> None:
         rates: dict[int, list[float]] = {1: [], 2: []}
         cpu: dict[int, list[float]] = {1: [], 2: []}
         for round_ in range(args.rounds):
-            for w in ((1, 2) if round_ % 2 == 0 else (2, 1)):
+            for w in (1, 2) if round_ % 2 == 0 else (2, 1):
                 cpu_before = [sum(p.cpu_times()[:2]) for p in workers[w]]
                 started = time.perf_counter()
                 jobs[w].evaluate(plan)
@@ -116,16 +147,23 @@ def main() -> None:
         ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     ratios = [two / one for one, two in zip(rates[1], rates[2])]
-    print(f"eval tokens per pass: {tokens:,} ({args.windows} held-out windows of 256 + {args.examples} cloze examples "
-          f"x 4 choices), slices of 8, {os.cpu_count()} cores")
+    print(
+        f"eval tokens per pass: {tokens:,} ({args.windows} held-out windows of 256 + {args.examples} cloze examples "
+        f"x 4 choices), slices of 8, {os.cpu_count()} cores"
+    )
     for w in (1, 2):
         print(f"{w} worker{'s' if w > 1 else ' '}: " + "  ".join(f"{r:,.0f}" for r in rates[w]) + " tokens/s")
     print("ratio per round: " + "  ".join(f"{r:.2f}" for r in ratios))
-    print(f"2 workers / 1 worker: {statistics.median(ratios):.2f} (median of {len(ratios)}; "
-          f"min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 1.8)")
+    print(
+        f"2 workers / 1 worker: {statistics.median(ratios):.2f} (median of {len(ratios)}; "
+        f"min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 1.8)"
+    )
     cpu_ratios = [one / two for one, two in zip(cpu[1], cpu[2])]
-    print(f"by the workers' CPU time: {statistics.median(cpu_ratios):.2f} (median; per round "
-          + "  ".join(f"{r:.2f}" for r in cpu_ratios) + ")")
+    print(
+        f"by the workers' CPU time: {statistics.median(cpu_ratios):.2f} (median; per round "
+        + "  ".join(f"{r:.2f}" for r in cpu_ratios)
+        + ")"
+    )
     print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f} on {os.cpu_count()} cores")
 
 

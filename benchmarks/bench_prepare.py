@@ -16,6 +16,7 @@ measurement alike only if it is steady, so read the ratios with it.
 
     .venv/bin/python benchmarks/bench_prepare.py [--work DIR] [--min-tokens 75e6]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,14 +111,23 @@ def prepared_tokens(data_url: str) -> int:
 def whole_command(work: Path, inputs: str, cores: int) -> float:
     """Seconds of ``kiln prepare`` with a config a user would write (everything else at its default)."""
     config = work / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "run": {"name": "bench-prepare", "seed": 0},
-        "data": {"inputs": [inputs], "output": str(work / "data-cli")},
-        "cluster": {"num_cpus": cores},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"name": "bench-prepare", "seed": 0},
+                "data": {"inputs": [inputs], "output": str(work / "data-cli")},
+                "cluster": {"num_cpus": cores},
+            }
+        )
+    )
     started = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "kiln"), "prepare", str(config)], check=True, cwd=work,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "kiln"), "prepare", str(config)],
+        check=True,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -155,15 +165,23 @@ def main() -> None:
     assert tokens == raw_tokens == raw_tokens2 == prepared_tokens(str(work / "data-given")), "token counts differ"
     raw_rate = tokens / ((raw_s + raw_s2) / 2)
     print(f"{load()} at the end")
-    print(f"corpus: {len(docs):,} documents, {sum(len(d.encode()) for d in docs) / 1e6:.1f} MB, {tokens / 1e6:.1f} M tokens "
-          f"(vocab {DataConfig().vocab_size}, tokenizer trained on a "
-          f"{DataConfig().tokenizer_sample_bytes() / 2**20:g} MiB sample)")
-    print(f"raw SentencePieceProcessor.encode(num_threads={cores}): {raw_rate / 1e6:.2f} M tokens/s "
-          f"(runs of {raw_s:.1f} s and {raw_s2:.1f} s)")
-    print(f"kiln prepare, the whole command:       {tokens / command_s / 1e6:.2f} M tokens/s ({command_s:.1f} s)  "
-          f"ratio {tokens / command_s / raw_rate:.2f}")
-    print(f"prepare in process, tokenizer given:   {tokens / steady_s / 1e6:.2f} M tokens/s ({steady_s:.1f} s)  "
-          f"ratio {tokens / steady_s / raw_rate:.2f}")
+    print(
+        f"corpus: {len(docs):,} documents, {sum(len(d.encode()) for d in docs) / 1e6:.1f} MB, {tokens / 1e6:.1f} M tokens "
+        f"(vocab {DataConfig().vocab_size}, tokenizer trained on a "
+        f"{DataConfig().tokenizer_sample_bytes() / 2**20:g} MiB sample)"
+    )
+    print(
+        f"raw SentencePieceProcessor.encode(num_threads={cores}): {raw_rate / 1e6:.2f} M tokens/s "
+        f"(runs of {raw_s:.1f} s and {raw_s2:.1f} s)"
+    )
+    print(
+        f"kiln prepare, the whole command:       {tokens / command_s / 1e6:.2f} M tokens/s ({command_s:.1f} s)  "
+        f"ratio {tokens / command_s / raw_rate:.2f}"
+    )
+    print(
+        f"prepare in process, tokenizer given:   {tokens / steady_s / 1e6:.2f} M tokens/s ({steady_s:.1f} s)  "
+        f"ratio {tokens / steady_s / raw_rate:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ that it does not grow with the corpus.
 
     .venv-bench/bin/python benchmarks/bench_read.py [DATA_URL] [--seq-len 2048 --global-batch 64] [--s3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,6 +71,7 @@ def reset_peak() -> float:
 
 # ---- conversions: the corpus as one token stream, in each peer's format (cached) -------------
 
+
 def token_stream(data_url: str) -> tuple[np.ndarray, np.ndarray]:
     """Every document of the split in manifest order, as one uint16 stream, and the document lengths."""
     manifest = load_manifest(data_url, "train")
@@ -98,9 +100,15 @@ def convert(peer: str, data_url: str, folder: Path, seq_len: int) -> None:
 
         pieces = np.array_split(tokens, max(1, len(tokens) // (1 << 22)))
         shards = load_manifest(data_url, "train").shards  # chunks as big as Kiln's shards, for the same cache
-        optimize(fn=_litdata_piece, inputs=pieces, output_dir=str(folder / "chunks"),
-                 chunk_bytes=sum(s.bytes for s in shards) // len(shards), item_loader=TokensLoader(), num_workers=1,
-                 verbose=False)
+        optimize(
+            fn=_litdata_piece,
+            inputs=pieces,
+            output_dir=str(folder / "chunks"),
+            chunk_bytes=sum(s.bytes for s in shards) // len(shards),
+            item_loader=TokensLoader(),
+            num_workers=1,
+            verbose=False,
+        )
     elif peer == "mosaicml-streaming":
         from streaming import MDSWriter
 
@@ -133,11 +141,18 @@ def best_epoch(epoch, tokens_of) -> tuple[int, float]:
             best = (tokens, seconds)
     return best
 
+
 def read_kiln(data_url: str, folder: Path, seq_len: int, batch: int, mode: str, block_shards: int, cache_gb: float):
     os.environ["KILN_CACHE_DIR"] = str(folder / "kiln-cache")
     started = time.perf_counter()
-    loader = GlobalBatchLoader(data_url, "train", seed=0, seq_len=seq_len, global_batch=batch,
-                               read=ReadConfig(shuffle=mode, block_shards=block_shards, cache_limit_gb=cache_gb))
+    loader = GlobalBatchLoader(
+        data_url,
+        "train",
+        seed=0,
+        seq_len=seq_len,
+        global_batch=batch,
+        read=ReadConfig(shuffle=mode, block_shards=block_shards, cache_limit_gb=cache_gb),
+    )
     for reader in loader.sources:
         reader.epoch(0)
     if not loader.store.bounded:
@@ -159,13 +174,26 @@ def read_olmo(folder: Path, seq_len: int, batch: int, own_loader: bool):
     from olmo_core.data.collator import DataCollator
 
     started = time.perf_counter()
-    dataset = NumpyFSLDataset(str(folder / "tokens.npy"), sequence_length=seq_len + 1, pad_token_id=0, eos_token_id=2,
-                              vocab_size=65535, dtype=np.uint16)
+    dataset = NumpyFSLDataset(
+        str(folder / "tokens.npy"),
+        sequence_length=seq_len + 1,
+        pad_token_id=0,
+        eos_token_id=2,
+        vocab_size=65535,
+        dtype=np.uint16,
+    )
     dataset.work_dir = str(folder / "work")
     dataset.prepare()
     if own_loader:
-        loader = NumpyFSLDataLoader(dataset, collator=DataCollator(pad_token_id=0), global_batch_size=batch * (seq_len + 1),
-                                    work_dir=str(folder / "work"), seed=0, shuffle=True, num_workers=0)
+        loader = NumpyFSLDataLoader(
+            dataset,
+            collator=DataCollator(pad_token_id=0),
+            global_batch_size=batch * (seq_len + 1),
+            work_dir=str(folder / "work"),
+            seed=0,
+            shuffle=True,
+            num_workers=0,
+        )
         loader.reshuffle(epoch=1)
 
         def epoch(e):
@@ -178,6 +206,7 @@ def read_olmo(folder: Path, seq_len: int, batch: int, own_loader: bool):
 
         def epoch(e):
             return iter(torch_loader)
+
     index_s = time.perf_counter() - started
     return (index_s, *best_epoch(epoch, lambda b: b["input_ids"].shape[0] * seq_len))
 
@@ -191,10 +220,18 @@ def read_megatron(folder: Path, seq_len: int, batch: int):
     started = time.perf_counter()
     tokens_total = os.path.getsize(folder / "tokens.bin") // 2
     samples = (tokens_total - 1) // seq_len
-    config = GPTDatasetConfig(random_seed=0, sequence_length=seq_len, blend=([str(folder / "tokens")], None), split="1,0,0",
-                              path_to_cache=str(folder / "index-cache"), tokenizer=NullTokenizer(65534),
-                              reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
-                              create_attention_mask=False)
+    config = GPTDatasetConfig(
+        random_seed=0,
+        sequence_length=seq_len,
+        blend=([str(folder / "tokens")], None),
+        split="1,0,0",
+        path_to_cache=str(folder / "index-cache"),
+        tokenizer=NullTokenizer(65534),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+    )
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [samples, None, None], lambda: True, config).build()
     loader = torch.utils.data.DataLoader(train, batch_size=batch, shuffle=False, num_workers=0, drop_last=True)
     index_s = time.perf_counter() - started
@@ -246,8 +283,15 @@ def child(args) -> None:
     before = reset_peak()
     if peer.startswith("kiln"):
         mode = "block" if "block" in peer else "global"
-        index_s, tokens, seconds = read_kiln(args.data_url, Path(tempfile.mkdtemp(dir=args.work)), args.seq_len,
-                                             args.global_batch, mode, args.block_shards, args.cache_gb)
+        index_s, tokens, seconds = read_kiln(
+            args.data_url,
+            Path(tempfile.mkdtemp(dir=args.work)),
+            args.seq_len,
+            args.global_batch,
+            mode,
+            args.block_shards,
+            args.cache_gb,
+        )
     elif peer.startswith("olmo-core"):
         index_s, tokens, seconds = read_olmo(folder, args.seq_len, args.global_batch, own_loader=peer.endswith("loader"))
     elif peer == "megatron-core":
@@ -255,9 +299,13 @@ def child(args) -> None:
     elif peer == "litdata":
         index_s, tokens, seconds = read_litdata(str(folder / "chunks"), args.seq_len, args.global_batch)
     elif peer == "litdata-s3":
-        index_s, tokens, seconds = read_litdata(args.data_url, args.seq_len, args.global_batch,
-                                                cache=tempfile.mkdtemp(dir=args.work),
-                                                max_cache_size=f"{int(args.cache_gb * 1000)}MB")
+        index_s, tokens, seconds = read_litdata(
+            args.data_url,
+            args.seq_len,
+            args.global_batch,
+            cache=tempfile.mkdtemp(dir=args.work),
+            max_cache_size=f"{int(args.cache_gb * 1000)}MB",
+        )
     else:
         index_s, tokens, seconds = read_mosaic(folder, args.seq_len, args.global_batch)
     print(json.dumps({"index_s": index_s, "tokens": tokens, "seconds": seconds, "peak_rss_mb": _status_mb("VmHWM") - before}))
@@ -267,8 +315,12 @@ def preload(peer: str) -> None:
     """Import a peer before the memory mark is reset: its peak counts reading, not its libraries."""
     import importlib
 
-    packages = {"olmo-core": ["torch", "olmo_core.data"], "megatron-core": ["torch", "megatron.core.datasets.gpt_dataset"],
-                "litdata": ["torch", "litdata"], "mosaicml-streaming": ["torch", "streaming"]}
+    packages = {
+        "olmo-core": ["torch", "olmo_core.data"],
+        "megatron-core": ["torch", "megatron.core.datasets.gpt_dataset"],
+        "litdata": ["torch", "litdata"],
+        "mosaicml-streaming": ["torch", "streaming"],
+    }
     for name in packages.get(_format_of(peer), []):
         importlib.import_module(name)
 
@@ -278,9 +330,23 @@ def _format_of(peer: str) -> str:
 
 
 def run_child(name: str, data_url: str, args) -> dict:
-    cmd = [sys.executable, __file__, data_url, "--child", name, "--work", args.work, "--seq-len", str(args.seq_len),
-           "--global-batch", str(args.global_batch), "--block-shards", str(args.block_shards),
-           "--cache-gb", str(args.cache_gb)]
+    cmd = [
+        sys.executable,
+        __file__,
+        data_url,
+        "--child",
+        name,
+        "--work",
+        args.work,
+        "--seq-len",
+        str(args.seq_len),
+        "--global-batch",
+        str(args.global_batch),
+        "--block-shards",
+        str(args.block_shards),
+        "--cache-gb",
+        str(args.cache_gb),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -296,8 +362,14 @@ def subset(data_url: str, shards: int, folder: Path) -> str:
     for entry in picked:
         for name in filter(None, (entry.path, entry.index)):
             (folder / "train" / name).symlink_to(Path(full.split_url) / name)
-    part = full.model_copy(update={"shards": picked, "total_docs": sum(s.docs for s in picked),
-                                   "total_tokens": sum(s.tokens for s in picked), "split_url": ""})
+    part = full.model_copy(
+        update={
+            "shards": picked,
+            "total_docs": sum(s.docs for s in picked),
+            "total_tokens": sum(s.tokens for s in picked),
+            "split_url": "",
+        }
+    )
     write_manifest(str(folder), part)
     return str(folder)
 
@@ -312,8 +384,12 @@ def s3_copy(data_url: str, args) -> tuple[object, str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)  # binds a free port itself
     server.start()
     _, port = server.get_host_and_port()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="bench")
     storage.upload_dir(load_manifest(data_url, "train").split_url, "s3://bench/kiln/train")
     storage.upload_dir(str(Path(args.work) / "litdata" / "chunks"), "s3://bench/litdata")
@@ -355,10 +431,13 @@ def main() -> None:
         return
     Path(args.work).mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(args.data_url, "train")
-    print(f"data: {args.data_url}: {len(manifest.shards)} shards, "
-          f"{manifest.total_tokens / 1e6:.1f} M tokens ({manifest.dtype}); "
-          f"windows of {args.seq_len + 1} tokens, batch {args.global_batch}, one epoch, one process; "
-          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    print(
+        f"data: {args.data_url}: {len(manifest.shards)} shards, "
+        f"{manifest.total_tokens / 1e6:.1f} M tokens ({manifest.dtype}); "
+        f"windows of {args.seq_len + 1} tokens, batch {args.global_batch}, one epoch, one process; "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        flush=True,
+    )
     names = ["kiln-global", "kiln-block", "olmo-core", "olmo-core-loader", "megatron-core", "litdata", "mosaicml-streaming"]
     rows = {name: run_child(name, args.data_url, args) for name in names}
     report(rows, ("kiln-global", "kiln-block"), LIKE_FOR_LIKE, "litdata")
@@ -374,8 +453,10 @@ def main() -> None:
             args.cache_gb = quarter_gb
             block = max(1, min(args.block_shards, (len(manifest.shards) // 4 - 1) // 2))
             args.block_shards = block
-            s3_rows = {"kiln-block (s3)": run_child("kiln-block", f"{bucket}/kiln", args),
-                       "litdata (s3)": run_child("litdata-s3", f"{bucket}/litdata", args)}
+            s3_rows = {
+                "kiln-block (s3)": run_child("kiln-block", f"{bucket}/kiln", args),
+                "litdata (s3)": run_child("litdata-s3", f"{bucket}/litdata", args),
+            }
         finally:
             server.stop()
         print(f"from S3 (moto), cache limit a quarter of the data ({quarter_gb * 1e3:.0f} MB), kiln block of {block} shards:")

@@ -8,6 +8,7 @@ Both are ratios against a baseline measured in the same run:
 
     .venv/bin/python benchmarks/bench_records.py [--rows 2000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,9 @@ def object_store_bytes(rows: int) -> tuple[int, int, int]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     endpoint = f"http://127.0.0.1:{server.server_port}"
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
     try:
         records = RunRecords("s3://bench/segments", flush_every_s=0.05)
@@ -94,12 +96,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-records-") as folder:
         buffered, appended = per_row_seconds(args.rows, folder)
-    print(f"log_metrics: {buffered * 1e6:.1f} µs/row; append+close: {appended * 1e6:.1f} µs/row; "
-          f"ratio {buffered / appended:.2f}")
+    print(
+        f"log_metrics: {buffered * 1e6:.1f} µs/row; append+close: {appended * 1e6:.1f} µs/row; ratio {buffered / appended:.2f}"
+    )
     segments, rewritten, final = object_store_bytes(args.rows)
-    print(f"{args.rows} rows on S3 (moto): segments PUT {segments:,} B = {segments / final:.2f} x final size; "
-          f"rewriting per row PUT {rewritten:,} B = {rewritten / final:.0f} x; "
-          f"segments / rewrite = {segments / rewritten:.4f}")
+    print(
+        f"{args.rows} rows on S3 (moto): segments PUT {segments:,} B = {segments / final:.2f} x final size; "
+        f"rewriting per row PUT {rewritten:,} B = {rewritten / final:.0f} x; "
+        f"segments / rewrite = {segments / rewritten:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ stops when rank 0 records step 1.  Prints both figures and their ratio.
 
     .venv/bin/python benchmarks/bench_submit.py [--repeats 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,13 @@ def main() -> None:
         write_corpus(f"{tmp}/corpus", max_chars=400_000)
         config = {
             "run": {"name": "bench", "dir": f"{tmp}/run", "seed": 1},
-            "data": {"inputs": [f"{tmp}/corpus/train-*.jsonl.gz"], "val_inputs": [f"{tmp}/corpus/val-*.jsonl.gz"],
-                     "output": f"{tmp}/data", "vocab_size": 400, "shard_mb": 0.05},
+            "data": {
+                "inputs": [f"{tmp}/corpus/train-*.jsonl.gz"],
+                "val_inputs": [f"{tmp}/corpus/val-*.jsonl.gz"],
+                "output": f"{tmp}/data",
+                "vocab_size": 400,
+                "shard_mb": 0.05,
+            },
             "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": 32},
             "train": {"steps": 3, "micro_batch": 2, "global_batch": 4, "nproc": 2, "checkpoint_every": 100},
             "eval": {"max_windows_per_shard": 2},
@@ -71,9 +77,22 @@ def main() -> None:
                 run = f"{tmp}/local-{i}"
                 local.append(seconds_to_first_step(lambda: kiln("run", path, f"run.dir={run}", wait=False), run))
                 run = f"{tmp}/ray-{i}"
-                submitted.append(seconds_to_first_step(
-                    lambda: kiln("submit", path, f"run.dir={run}", "train.launcher=ray", "--address",
-                                 head.dashboard_url, "--follow", env=env, wait=False), run))
+                submitted.append(
+                    seconds_to_first_step(
+                        lambda: kiln(
+                            "submit",
+                            path,
+                            f"run.dir={run}",
+                            "train.launcher=ray",
+                            "--address",
+                            head.dashboard_url,
+                            "--follow",
+                            env=env,
+                            wait=False,
+                        ),
+                        run,
+                    )
+                )
     best_local, best_submit = min(local), min(submitted)
     print(f"kiln run (local torchrun) → first step: {best_local:6.1f} s   (runs: {', '.join(f'{s:.1f}' for s in local)})")
     print(f"kiln submit (Ray Train)  → first step: {best_submit:6.1f} s   (runs: {', '.join(f'{s:.1f}' for s in submitted)})")

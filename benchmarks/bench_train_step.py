@@ -9,6 +9,7 @@ step at a time, in a rotating order, so that machine noise hits all alike; the m
 compared.  On CPU the default clock is the process's CPU time (see ``timed``).  Target: ratio <= 1.05.
 With one fp32 rank every configured stage runs as stage 0 (``llm.layout.ParallelLayout.for_run``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,11 @@ def timed(fn, clock: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zero-stages", default="0,1,2",
-                        help="comma-separated ZeRO stages; each gets its own engine, timed against the same bare loop")
+    parser.add_argument(
+        "--zero-stages",
+        default="0,1,2",
+        help="comma-separated ZeRO stages; each gets its own engine, timed against the same bare loop",
+    )
     parser.add_argument("--steps", type=int, default=60, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dim", type=int, default=192)
@@ -69,25 +73,32 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
-                        help="default: wall on GPU, process CPU time on CPU")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default=None, help="default: wall on GPU, process CPU time on CPU")
     args = parser.parse_args()
     stages = [int(z) for z in args.zero_stages.split(",")]
 
     os.environ.update(external_rank_environment({}))
     model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, seq_len=args.seq_len)
-    train_cfgs = {z: TrainConfig(micro_batch=args.micro_batch, global_batch=args.global_batch, zero_stage=z, nproc=1,
-                                 precision="fp32") for z in stages}
+    train_cfgs = {
+        z: TrainConfig(micro_batch=args.micro_batch, global_batch=args.global_batch, zero_stage=z, nproc=1, precision="fp32")
+        for z in stages
+    }
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     init_distributed(device)
     clock = args.clock or ("wall" if device.type == "cuda" else "cpu")
 
-    engines = {z: build_engine(model_cfg, cfg, ParallelLayout.for_run(cfg, 1, "fp32"), args.vocab, seed=0, device=device)
-               for z, cfg in train_cfgs.items()}
+    engines = {
+        z: build_engine(model_cfg, cfg, ParallelLayout.for_run(cfg, 1, "fp32"), args.vocab, seed=0, device=device)
+        for z, cfg in train_cfgs.items()
+    }
     reference = next(iter(train_cfgs.values()))
     bare = Transformer(model_cfg, args.vocab, seed=0).to(device)
-    optimizer = torch.optim.AdamW(param_groups(bare, reference.weight_decay), lr=reference.lr,
-                                  betas=(reference.beta1, reference.beta2), eps=reference.eps)
+    optimizer = torch.optim.AdamW(
+        param_groups(bare, reference.weight_decay),
+        lr=reference.lr,
+        betas=(reference.beta1, reference.beta2),
+        eps=reference.eps,
+    )
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab, (args.global_batch, args.seq_len + 1), generator=gen)
     micro = batch.to(device).view(-1, args.micro_batch, args.seq_len + 1)
@@ -106,17 +117,21 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in loops}
     names = list(loops)
     for step in range(args.steps):  # one step of each loop per round, in a rotating order
-        for name in names[step % len(names):] + names[: step % len(names)]:
+        for name in names[step % len(names) :] + names[: step % len(names)]:
             times[name].append(timed(loops[name], clock))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"model dim={args.dim} layers={args.layers} seq_len={args.seq_len} batch={args.global_batch} "
-          f"(micro {args.micro_batch}) device={device.type} threads={torch.get_num_threads()} clock={clock} "
-          f"steps={len(times['bare'])} per loop")
+    print(
+        f"model dim={args.dim} layers={args.layers} seq_len={args.seq_len} batch={args.global_batch} "
+        f"(micro {args.micro_batch}) device={device.type} threads={torch.get_num_threads()} clock={clock} "
+        f"steps={len(times['bare'])} per loop"
+    )
     print(f"bare torch        median {medians['bare'] * 1e3:8.2f} ms")
     for z in stages:
         name = f"zero{z}"
-        print(f"kiln ZeRO-{z} step  median {medians[name] * 1e3:8.2f} ms   ratio kiln/bare = "
-              f"{medians[name] / medians['bare']:.3f}  (target <= 1.05; runs as stage {engines[z].zero_stage})")
+        print(
+            f"kiln ZeRO-{z} step  median {medians[name] * 1e3:8.2f} ms   ratio kiln/bare = "
+            f"{medians[name] / medians['bare']:.3f}  (target <= 1.05; runs as stage {engines[z].zero_stage})"
+        )
     dist.destroy_process_group()
 
 

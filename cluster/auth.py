@@ -6,6 +6,7 @@ Ray's own clients do: ``RAY_AUTH_TOKEN``, then the file ``RAY_AUTH_TOKEN_PATH`` 
 then ``~/.ray/auth_token``.  The token is sent only as an HTTP header; it is never
 printed, logged, or put into configs, job metadata or run records.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Config sections owned by the Ray layer: where the cluster is, how evaluation fans out."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -12,7 +13,9 @@ from llm.tasks.heldout import HeldOutEntry
 
 class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    address: str | None = Field(default=None, description="Ray address to join; RAY_ADDRESS also works; none starts a local Ray")
+    address: str | None = Field(
+        default=None, description="Ray address to join; RAY_ADDRESS also works; none starts a local Ray"
+    )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray (default: all)")
     entrypoint_num_cpus: float | None = Field(default=None, ge=0, description="CPUs reserved for a submitted job's driver")
     entrypoint_num_gpus: float | None = Field(default=None, ge=0, description="GPUs reserved for a submitted job's driver")
@@ -29,11 +32,13 @@ class EvalConfig(BaseModel):
     steps: Literal["latest", "all"] | list[int] = Field(default="latest", description="latest, all, or a list of steps")
     step: int | None = Field(default=None, description="old spelling of steps: [N]")
     batch_size: int = Field(default=8, ge=1, description="sequences per forward pass")
-    max_windows_per_shard: int | None = Field(default=None, ge=1,
-                                              description="held-out: cap per val shard; none evaluates all")
+    max_windows_per_shard: int | None = Field(
+        default=None, ge=1, description="held-out: cap per val shard; none evaluates all"
+    )
     slice_size: int = Field(default=64, ge=1, description="windows or examples per unit of work sent to a worker")
-    workers: int | None = Field(default=None, ge=1,
-                                description="eval workers; none: one per GPU, else one per CPU of the cluster")
+    workers: int | None = Field(
+        default=None, ge=1, description="eval workers; none: one per GPU, else one per CPU of the cluster"
+    )
     max_retries: int = Field(default=3, ge=0, description="restarts of a dead worker, and retries of its unfinished work")
     follow_interval_s: float = Field(default=30.0, gt=0, description="--follow: seconds between looks for new checkpoints")
 

@@ -1,4 +1,5 @@
 """Connecting to Ray: join a given cluster, or start a private local one for the duration of a command."""
+
 from __future__ import annotations
 
 import contextlib

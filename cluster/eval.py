@@ -24,6 +24,7 @@ every slice of every task is in)::
 ``format`` is a Python format spec (``format(value, spec)``).  Every task has
 ``examples``; a multiple-choice task also has ``acc`` and ``acc_norm``.
 """
+
 from __future__ import annotations
 
 import time
@@ -65,23 +66,26 @@ class EvalReport(BaseModel):
                 out.update(result.values())
         out["tasks"] = {r.name: r.values() for r in self.results}
         out["display"] = {
-            r.name: {"type": r.type, "metrics": [m.model_dump(exclude={"value"}) for m in r.metrics]}
-            for r in self.results
+            r.name: {"type": r.type, "metrics": [m.model_dump(exclude={"value"}) for m in r.metrics]} for r in self.results
         }
         return out
 
     @classmethod
     def from_json(cls, doc: dict) -> "EvalReport":
         results = [
-            TaskResult(name=name, type=shown["type"],
-                       metrics=[Metric(value=doc["tasks"][name][m["key"]], **m) for m in shown["metrics"]])
+            TaskResult(
+                name=name,
+                type=shown["type"],
+                metrics=[Metric(value=doc["tasks"][name][m["key"]], **m) for m in shown["metrics"]],
+            )
             for name, shown in doc["display"].items()
         ]
         return cls(step=doc["step"], results=results)
 
 
-def steps_to_evaluate(spec: Literal["latest", "all"] | list[int], committed: list[int], latest: int | None,
-                      where: str) -> list[int]:
+def steps_to_evaluate(
+    spec: Literal["latest", "all"] | list[int], committed: list[int], latest: int | None, where: str
+) -> list[int]:
     """The steps ``eval.steps`` names, checked against the committed ones; FileNotFoundError naming a missing one."""
     if not committed:
         raise FileNotFoundError(f"{where} holds no committed checkpoint")
@@ -91,8 +95,9 @@ def steps_to_evaluate(spec: Literal["latest", "all"] | list[int], committed: lis
         return list(committed)
     for step in spec:
         if step not in committed:
-            raise FileNotFoundError(f"eval.steps: step {step} has no committed checkpoint in {where} "
-                                    f"(committed: {', '.join(map(str, committed))})")
+            raise FileNotFoundError(
+                f"eval.steps: step {step} has no committed checkpoint in {where} (committed: {', '.join(map(str, committed))})"
+            )
     return sorted(set(spec))
 
 
@@ -107,16 +112,20 @@ def already_evaluated(run_url: str, step: int, task_names: list[str], options: d
 def run_finished(events: list[dict]) -> bool:
     """Whether the run's last start was followed by its finish, or by its launcher giving up (a rank's own
     failure is not the end: the launcher may restart it; a later `kiln train` starts the run again)."""
-    lifecycle = [e["event"] for e in events
-                 if e.get("event") in ("start", "finish") or (e.get("event") == "failure" and "launcher" in e)]
+    lifecycle = [
+        e["event"]
+        for e in events
+        if e.get("event") in ("start", "finish") or (e.get("event") == "failure" and "launcher" in e)
+    ]
     return bool(lifecycle) and lifecycle[-1] in ("finish", "failure")
 
 
 def build_tasks(eval_cfg: EvalConfig, data_url: str, options: dict | None = None) -> list[EvalTask]:
     """Every configured task, its inputs read and checked."""
     options = options or {}
-    inputs = TaskInputs(data_url=data_url, storage_options=options, tokenizer=Tokenizer.load(data_url, options),
-                        batch_size=eval_cfg.batch_size)
+    inputs = TaskInputs(
+        data_url=data_url, storage_options=options, tokenizer=Tokenizer.load(data_url, options), batch_size=eval_cfg.batch_size
+    )
     return [build_task(entry, inputs) for entry in eval_cfg.task_entries()]
 
 
@@ -149,8 +158,14 @@ class EvalJob:
     tallies reused for every later one.
     """
 
-    def __init__(self, run_url: str, tasks: list[EvalTask], eval_cfg: EvalConfig, options: dict | None = None,
-                 on_progress: Progress | None = None):
+    def __init__(
+        self,
+        run_url: str,
+        tasks: list[EvalTask],
+        eval_cfg: EvalConfig,
+        options: dict | None = None,
+        on_progress: Progress | None = None,
+    ):
         self.run_url = run_url
         self.tasks = tasks
         self.options = options or {}
@@ -177,17 +192,25 @@ class EvalJob:
             total = reduce(lambda a, b: a + b, parts, task.new_tally())
             expected = task.totals(plan.shape)
             if (total.examples, total.tokens) != (expected.examples, expected.tokens):
-                raise RuntimeError(f"task '{task.name}' at step {step}: gathered {total.examples} examples and "
-                                   f"{total.tokens} tokens, expected {expected.examples} and {expected.tokens}")
+                raise RuntimeError(
+                    f"task '{task.name}' at step {step}: gathered {total.examples} examples and "
+                    f"{total.tokens} tokens, expected {expected.examples} and {expected.tokens}"
+                )
             results.append(task.compute(total))
         report = EvalReport(step=step, results=results)
         storage.write_json(eval_url(self.run_url, step), report.to_json(), self.options)
         return report
 
 
-def evaluate_steps(run_url: str, plans: list[StepPlan], tasks: list[EvalTask], eval_cfg: EvalConfig,
-                   options: dict | None = None, on_progress: Progress | None = None,
-                   on_report: Callable[[EvalReport], None] | None = None) -> list[EvalReport]:
+def evaluate_steps(
+    run_url: str,
+    plans: list[StepPlan],
+    tasks: list[EvalTask],
+    eval_cfg: EvalConfig,
+    options: dict | None = None,
+    on_progress: Progress | None = None,
+    on_report: Callable[[EvalReport], None] | None = None,
+) -> list[EvalReport]:
     """Evaluate planned steps in order (inside a Ray session); each writes its eval/step-N.json."""
     reports = []
     with EvalJob(run_url, tasks, eval_cfg, options, on_progress) as job:
@@ -198,9 +221,15 @@ def evaluate_steps(run_url: str, plans: list[StepPlan], tasks: list[EvalTask], e
     return reports
 
 
-def follow_run(run_url: str, tasks: list[EvalTask], eval_cfg: EvalConfig, options: dict | None = None,
-               on_progress: Progress | None = None, on_report: Callable[[EvalReport], None] | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> list[EvalReport]:
+def follow_run(
+    run_url: str,
+    tasks: list[EvalTask],
+    eval_cfg: EvalConfig,
+    options: dict | None = None,
+    on_progress: Progress | None = None,
+    on_report: Callable[[EvalReport], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[EvalReport]:
     """Evaluate every committed step without a complete result, then each new one as it is committed,
     until the run records its finish (inside a Ray session)."""
     options = options or {}

@@ -7,6 +7,7 @@ whose process dies is restarted by Ray, and the calls it had not answered are se
 it again, so a slice is never dropped; results come back in slice order whatever order
 they finish in, so the sums built from them do not depend on scheduling.
 """
+
 from __future__ import annotations
 
 import os
@@ -88,13 +89,16 @@ class EvalWorker:
 class EvalPool:
     """A fixed set of eval workers for one job; ``run`` scores a list of slices of one checkpoint."""
 
-    def __init__(self, run_url: str, storage_options: dict, tasks: list[EvalTask], workers: int | None = None,
-                 max_retries: int = 3):
+    def __init__(
+        self, run_url: str, storage_options: dict, tasks: list[EvalTask], workers: int | None = None, max_retries: int = 3
+    ):
         self.plan = worker_plan(ray.cluster_resources(), workers)
         self.max_retries = max_retries
         actor = ray.remote(EvalWorker).options(
-            num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus,
-            max_restarts=max_retries, max_task_retries=max_retries,
+            num_cpus=self.plan.num_cpus,
+            num_gpus=self.plan.num_gpus,
+            max_restarts=max_retries,
+            max_task_retries=max_retries,
         )
         self.workers = [actor.remote(run_url, storage_options, tasks) for _ in range(self.plan.count)]
 

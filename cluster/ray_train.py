@@ -10,6 +10,7 @@ restart as a run event.
 Ranks run in threads of Ray's worker processes, where Python cannot install signal
 handlers: a stop request reaches them through a small actor that every rank polls.
 """
+
 from __future__ import annotations
 
 import os
@@ -104,8 +105,9 @@ def _failures(job: TrainJob, worker_errors: dict[int, Exception]) -> list[RankFa
     for rank, error in sorted(worker_errors.items()):
         beat = beats.get(rank, {})
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        failures.append(RankFailure(rank=rank, host=str(beat.get("host", "unknown")), pid=beat.get("pid"),
-                                    error=first_line[:300]))
+        failures.append(
+            RankFailure(rank=rank, host=str(beat.get("host", "unknown")), pid=beat.get("pid"), error=first_line[:300])
+        )
     return failures
 
 
@@ -123,7 +125,10 @@ class RecordRestarts(UserCallback):
             return  # the launcher records the final failure
         records = RunRecords(self.job.run_dir, self.job.storage_options)
         records.event(
-            "restart", launcher="ray", attempt=self.failures_seen, max_restarts=max_restarts,
+            "restart",
+            launcher="ray",
+            attempt=self.failures_seen,
+            max_restarts=max_restarts,
             failures=[f.model_dump(exclude_none=True) for f in _failures(self.job, worker_exceptions)],
             step=latest_committed_step(self.job.run_dir, self.job.storage_options) or 0,
         )

@@ -3,6 +3,7 @@
 Every failure a user can cause (a wrong address, a cluster that is down, a missing or wrong
 token, a job id that does not exist) is a :class:`JobsError` with one line that says what to do.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,9 +51,7 @@ class Jobs:
             client = JobSubmissionClient(address, headers=headers)
         except AuthenticationError:
             found = "refused the token Kiln found" if headers else "requires a token and Kiln found none"
-            raise JobsError(
-                f"the Ray cluster at {address} {found}; Kiln looked in {', '.join(token_locations())}"
-            ) from None
+            raise JobsError(f"the Ray cluster at {address} {found}; Kiln looked in {', '.join(token_locations())}") from None
         except ConnectionError:
             raise JobsError(
                 f"cannot reach a Ray dashboard at {address}: is the cluster up, and is this its dashboard address "
@@ -65,17 +64,35 @@ class Jobs:
             return call()
         except RuntimeError as e:
             if job_id is not None and "404" in str(e):
-                raise JobsError(f"no job {job_id!r} on the Ray cluster at {self.address} (`kiln jobs list` shows them)") from None
+                raise JobsError(
+                    f"no job {job_id!r} on the Ray cluster at {self.address} (`kiln jobs list` shows them)"
+                ) from None
             raise JobsError(f"{what} failed on {self.address}: {str(e).strip().splitlines()[0]}") from None
         except ConnectionError:
             raise JobsError(f"lost the connection to the Ray dashboard at {self.address}") from None
 
-    def submit(self, *, entrypoint: str, runtime_env: dict, metadata: dict[str, str], submission_id: str,
-               entrypoint_num_cpus: float | None, entrypoint_num_gpus: float | None) -> str:
-        return self._request("submitting the job", None, lambda: self.client.submit_job(
-            entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata, submission_id=submission_id,
-            entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
-        ))
+    def submit(
+        self,
+        *,
+        entrypoint: str,
+        runtime_env: dict,
+        metadata: dict[str, str],
+        submission_id: str,
+        entrypoint_num_cpus: float | None,
+        entrypoint_num_gpus: float | None,
+    ) -> str:
+        return self._request(
+            "submitting the job",
+            None,
+            lambda: self.client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                metadata=metadata,
+                submission_id=submission_id,
+                entrypoint_num_cpus=entrypoint_num_cpus,
+                entrypoint_num_gpus=entrypoint_num_gpus,
+            ),
+        )
 
     def details(self, job_id: str) -> JobDetails:
         return self._request("reading the job", job_id, lambda: self.client.get_job_info(job_id))

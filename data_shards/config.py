@@ -1,4 +1,5 @@
 """Typed configuration of the data stage (the ``data:`` section of a Kiln config)."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
@@ -47,9 +48,7 @@ class DedupExact(_Strict):
     name: Literal["dedup_exact"] = "dedup_exact"
 
 
-FilterConfig = Annotated[
-    Union[StripMarkup, NormalizeUnicode, MinLength, MaskPII, DedupExact], Field(discriminator="name")
-]
+FilterConfig = Annotated[Union[StripMarkup, NormalizeUnicode, MinLength, MaskPII, DedupExact], Field(discriminator="name")]
 FILTER_NAMES = ("strip_markup", "normalize_unicode", "min_length", "mask_pii", "dedup_exact")
 
 

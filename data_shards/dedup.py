@@ -5,6 +5,7 @@ pairs into buckets by hash; one reduce task per bucket sees every copy of a text
 keeps the smallest doc_id, so the result is independent of scheduling.  No process
 ever holds the whole corpus's hashes.
 """
+
 from __future__ import annotations
 
 import ray

@@ -3,6 +3,7 @@
 ``dedup_exact`` is not a per-document step: prepare runs it across the whole corpus
 (see :mod:`data_shards.dedup`) on the text the other steps produce.
 """
+
 from __future__ import annotations
 
 import html

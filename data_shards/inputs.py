@@ -6,6 +6,7 @@ fsspec URLs.  Readers stream: memory stays bounded whatever the file size.  File
 bigger than the partition size are split so several tasks share them: uncompressed
 JSON lines by byte range (a line belongs to the range it starts in), parquet by row group.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -34,9 +35,7 @@ def file_format(url: str) -> str:
         return "txt"
     if any(name.endswith(s + c) for s in JSONL_SUFFIXES for c in COMPRESSIONS):
         return "jsonl"
-    raise DataError(
-        f"input {url}: unknown format; use .jsonl/.jsonl.gz/.jsonl.zst, .txt or .parquet"
-    )
+    raise DataError(f"input {url}: unknown format; use .jsonl/.jsonl.gz/.jsonl.zst, .txt or .parquet")
 
 
 @dataclass
@@ -63,16 +62,19 @@ def filesystem_for(url: str, key: str, storage_options: dict | None = None):
     try:
         return storage.filesystem(url, storage_options)
     except ValueError as exc:
-        raise DataError(f"{key}: {url} has an unknown scheme ({exc}); use a local path or a URL such as "
-                        f"s3://bucket/path") from None
+        raise DataError(
+            f"{key}: {url} has an unknown scheme ({exc}); use a local path or a URL such as s3://bucket/path"
+        ) from None
     except ImportError as exc:
         raise DataError(f"{key}: {url} needs a package that is not installed ({exc})") from None
 
 
 def unreachable(url: str, key: str, exc: Exception) -> DataError:
     first = (str(exc).splitlines() or [""])[0]
-    return DataError(f"{key}: cannot reach {url} ({type(exc).__name__}: {first}); check the address, the credentials "
-                     f"(AWS_* variables, AWS_ENDPOINT_URL, storage.options) and the network")
+    return DataError(
+        f"{key}: cannot reach {url} ({type(exc).__name__}: {first}); check the address, the credentials "
+        f"(AWS_* variables, AWS_ENDPOINT_URL, storage.options) and the network"
+    )
 
 
 def expand(pattern: str, storage_options: dict | None = None) -> list[tuple[str, int]]:
@@ -202,7 +204,9 @@ def _decompressed(raw, url: str):
         try:
             import zstandard
         except ImportError:
-            raise DataError(f"input {url}: reading .zst needs the zstandard package (pip install 'kiln-pretrain[zstd]')") from None
+            raise DataError(
+                f"input {url}: reading .zst needs the zstandard package (pip install 'kiln-pretrain[zstd]')"
+            ) from None
         return io.BufferedReader(_ZstdFrames(raw, zstandard.ZstdDecompressor().decompressobj), 1 << 20)
     return raw
 
@@ -317,9 +321,7 @@ def _json_text(line: bytes, where: str, field: str, on_error: str, counts: ReadC
         counts.missing_field += 1
         if on_error == "skip":
             return None
-        raise DataError(
-            f"{where}: no string field {field!r} (data.text_field); set data.on_error=skip to skip such lines"
-        )
+        raise DataError(f"{where}: no string field {field!r} (data.text_field); set data.on_error=skip to skip such lines")
     return text
 
 

@@ -1,4 +1,5 @@
 """``kiln data inspect DATA_URL``: what a prepared dataset holds, as a rich renderable."""
+
 from __future__ import annotations
 
 from rich.console import Group
@@ -19,7 +20,15 @@ def _summary(manifests: dict) -> Table:
     for col in ("split", "shards", "docs", "tokens", "bytes", "dtype", "fingerprint"):
         table.add_column(col, justify="right" if col in ("shards", "docs", "tokens", "bytes") else "left")
     for split, m in manifests.items():
-        table.add_row(split, str(len(m.shards)), f"{m.total_docs:,}", f"{m.total_tokens:,}", f"{sum(s.bytes for s in m.shards):,}", m.dtype, m.fingerprint)
+        table.add_row(
+            split,
+            str(len(m.shards)),
+            f"{m.total_docs:,}",
+            f"{m.total_tokens:,}",
+            f"{sum(s.bytes for s in m.shards):,}",
+            m.dtype,
+            m.fingerprint,
+        )
     return table
 
 
@@ -51,7 +60,8 @@ def inspect(data_url: str, storage_options: dict | None = None, samples: int = 3
     train = manifests["train"]
     tok = Tokenizer.load(data_url, storage_options)
     head = Text(
-        f"{data_url}\ntokenizer: vocab {tok.vocab_size:,}, sha256 {tok.sha256[:16]}…, bos {tok.bos_id} eos {tok.eos_id} pad {tok.pad_id}\n"
+        f"{data_url}\ntokenizer: vocab {tok.vocab_size:,}, sha256 {tok.sha256[:16]}…, "
+        f"bos {tok.bos_id} eos {tok.eos_id} pad {tok.pad_id}\n"
         f"config hash {train.config_hash}"
     )
     parts = [head, _summary(manifests), _sources(manifests), _counts(manifests)]

@@ -1,4 +1,5 @@
 """Per-rank reading of the global sample order, and whole-shard views for evaluation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,13 +34,23 @@ class SourceReader:
     ``first_doc : first_doc + len(layout.doc_lengths)``.
     """
 
-    def __init__(self, name: str, manifest: Manifest, shard_ids: list[int], lengths: list[np.ndarray], first_doc: int,
-                 seed: int, seq_len: int, shuffle: Shuffle):
+    def __init__(
+        self,
+        name: str,
+        manifest: Manifest,
+        shard_ids: list[int],
+        lengths: list[np.ndarray],
+        first_doc: int,
+        seed: int,
+        seq_len: int,
+        shuffle: Shuffle,
+    ):
         self.name, self.seed, self.seq_len, self.shuffle = name, seed, seq_len, shuffle
         self.shard_ids = np.asarray(shard_ids, dtype=np.int64)
         self.first_doc = first_doc
-        doc_shard = np.concatenate([np.full(len(n), s, dtype=np.int32) for s, n in enumerate(lengths)]
-                                   or [np.zeros(0, np.int32)])
+        doc_shard = np.concatenate(
+            [np.full(len(n), s, dtype=np.int32) for s, n in enumerate(lengths)] or [np.zeros(0, np.int32)]
+        )
         self.layout = SourceLayout(np.concatenate(lengths or [np.zeros(0, np.int64)]), doc_shard, len(shard_ids))
         self.total_tokens = int(self.layout.doc_lengths.sum())
         self.samples_per_epoch = sample_order.samples_per_epoch(self.total_tokens, seq_len)
@@ -247,9 +258,7 @@ class GlobalBatchLoader:
         shards' unsigned token dtype (widen on the device: 2 or 4 bytes a token travel, not 8)."""
         started = time.perf_counter()
         if self.consumed_samples % self.global_batch:
-            raise DataError(
-                f"consumed_samples={self.consumed_samples} is not a multiple of global_batch={self.global_batch}"
-            )
+            raise DataError(f"consumed_samples={self.consumed_samples} is not a multiple of global_batch={self.global_batch}")
         b = self.consumed_samples // self.global_batch
         plan = self._plan_for(b)
         rows = self.global_batch // self.dp_world
@@ -283,10 +292,12 @@ class GlobalBatchLoader:
         ``PLAN_ROWS`` rows hold (working them out batch by batch costs more than copying)."""
         rows = self.global_batch // self.dp_world
         batches = max(1, min(PLAN_ROWS // rows, self._min_epoch_samples // self.global_batch))
-        numbers = np.concatenate([
-            np.fromiter(sample_order.rank_slice(first + k, self.global_batch, self.dp_rank, self.dp_world), dtype=np.int64)
-            for k in range(batches)
-        ])
+        numbers = np.concatenate(
+            [
+                np.fromiter(sample_order.rank_slice(first + k, self.global_batch, self.dp_rank, self.dp_world), dtype=np.int64)
+                for k in range(batches)
+            ]
+        )
         if self._blend is None:
             src, idx = np.zeros(len(numbers), dtype=np.int64), numbers
         else:
@@ -300,8 +311,15 @@ class GlobalBatchLoader:
         row, doc, begin, take = (np.concatenate(column) for column in zip(*parts))
         order = np.argsort(row, kind="stable")  # interleaves the sources' rows; each row's pieces keep column order
         row, doc, itemsize = row[order], doc[order], self.dtype.itemsize
-        plan = _ReadPlan(first, batches, np.searchsorted(row, np.arange(len(numbers) + 1)), self._doc_shard[doc], doc,
-                         begin[order] * itemsize, take[order] * itemsize)
+        plan = _ReadPlan(
+            first,
+            batches,
+            np.searchsorted(row, np.arange(len(numbers) + 1)),
+            self._doc_shard[doc],
+            doc,
+            begin[order] * itemsize,
+            take[order] * itemsize,
+        )
         if not self.store.bounded:  # every shard stays at hand: place the byte ranges once for the whole plan
             for i in np.unique(plan.shard).tolist():
                 self._open(i)
@@ -361,9 +379,7 @@ class GlobalBatchLoader:
                 raise DataError(f"data loader state lacks {key!r}; it was not written by this loader")
             if state[key] != mine:
                 what = "the prepared data changed" if key == "fingerprint" else f"{key} changed"
-                raise DataError(
-                    f"cannot resume: {what} since the checkpoint ({key} {state[key]!r} there, {mine!r} now)"
-                )
+                raise DataError(f"cannot resume: {what} since the checkpoint ({key} {state[key]!r} there, {mine!r} now)")
         saved_shuffle = state.get("shuffle", "global")  # written before there was a choice
         if saved_shuffle != self.shuffle.key:
             raise DataError(

@@ -1,4 +1,5 @@
 """``manifest.json``: the commit point of a prepared split, and its content fingerprint."""
+
 from __future__ import annotations
 
 import hashlib

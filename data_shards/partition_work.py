@@ -4,6 +4,7 @@ Tokenizing a partition writes its shards, then its completion marker; a partitio
 with a marker is never redone, one without is redone from scratch and rewrites the
 same shard names, so a killed prepare resumes without losing or duplicating documents.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -139,7 +140,9 @@ class _SplitShards:
     def add(self, tokens: np.ndarray, doc: int) -> None:
         if self.writer is None:
             name = self.job.shard_name(self.partition.index, len(self.entries))
-            self.writer = ShardWriter(os.path.join(self.workdir, f"{self.split}-{name}"), self.partition.source, self.job.dtype, self.job.batch_bytes)
+            self.writer = ShardWriter(
+                os.path.join(self.workdir, f"{self.split}-{name}"), self.partition.source, self.job.dtype, self.job.batch_bytes
+            )
             self.name = name
         self.writer.add(tokens, doc)
         if self.writer.payload_bytes >= self.job.shard_bytes:

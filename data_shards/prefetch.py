@@ -1,4 +1,5 @@
 """Fetching shards ahead of the reader, as far ahead as the download and consumption rates ask."""
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ sentencepiece training → optional corpus-wide exact de-duplication → one tok
 task per partition, each leaving a completion marker → the val manifest, then the
 train manifest, written last.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,9 @@ def _settings_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _tokenizer(data: DataConfig, seed: int, partitions: list[Partition], storage_options,
-               show: PrepareProgress) -> tuple[Tokenizer, bool]:
+def _tokenizer(
+    data: DataConfig, seed: int, partitions: list[Partition], storage_options, show: PrepareProgress
+) -> tuple[Tokenizer, bool]:
     """The user's tokenizer, the one already trained with these settings, or a newly trained one (saved);
     and whether it was trained now."""
     if data.tokenizer:
@@ -112,7 +114,10 @@ def _save_tokenizer(tok: Tokenizer, data_url: str, storage_options, extra: dict)
     so no reader ever pairs old shards with a new tokenizer."""
     for split in ("val", "train"):
         url = manifest_url(data_url, split)
-        if storage.exists(url, storage_options) and storage.read_json(url, storage_options).get("tokenizer_sha256") != tok.sha256:
+        if (
+            storage.exists(url, storage_options)
+            and storage.read_json(url, storage_options).get("tokenizer_sha256") != tok.sha256
+        ):
             storage.remove(url, storage_options)
     tok.save(data_url, storage_options, extra=extra)
 
@@ -131,8 +136,9 @@ class _Counter:
         return self.docs, self.tokens
 
 
-def _tokenize_all(partitions, job: TokenizeJob, drops: dict[int, frozenset], max_inflight: int,
-                  show: PrepareProgress) -> tuple[list[dict], int]:
+def _tokenize_all(
+    partitions, job: TokenizeJob, drops: dict[int, frozenset], max_inflight: int, show: PrepareProgress
+) -> tuple[list[dict], int]:
     """Run a tokenize task per partition without a marker, at most ``max_inflight`` at once; every
     partition's marker, and how many partitions were tokenized now."""
     markers: dict[int, dict] = {}
@@ -255,8 +261,12 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
         )
     write_manifest(data.output, manifests["val"], options)
     write_manifest(data.output, manifests["train"], options)
-    summary = {"seconds": round(time.perf_counter() - started, 2), "partitions": len(partitions),
-               "partitions_tokenized": tokenized, "tokenizer_trained": tokenizer_trained}
+    summary = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "partitions": len(partitions),
+        "partitions_tokenized": tokenized,
+        "tokenizer_trained": tokenizer_trained,
+    }
     for split, m in manifests.items():
         summary.update({f"{split}_docs": m.total_docs, f"{split}_tokens": m.total_tokens, f"{split}_shards": len(m.shards)})
     return summary

@@ -1,4 +1,5 @@
 """The rich progress display of ``kiln prepare``: documents and tokens per second."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Collecting Ray task results so that a task's DataError reaches the user as one plain line."""
+
 from __future__ import annotations
 
 import ray

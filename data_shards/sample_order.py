@@ -13,6 +13,7 @@ source's token count; sample ``j`` of a source lies in epoch ``j // samples_per_
 Several sources are interleaved by weight (:func:`blend_chunk`).  Nothing here depends
 on world size, worker count or restarts.
 """
+
 from __future__ import annotations
 
 import hashlib

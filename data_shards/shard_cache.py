@@ -16,6 +16,7 @@ Eviction takes the least wanted first: a rank that lets go of a shard its upcomi
 does not need sets its mtime to 0; a rank that reads or prefetches a shard sets it to now.
 A crashed download leaves a part file whose lock nobody holds; it is removed when space is needed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -305,8 +306,9 @@ def _fetch_into(url: str, storage_options: dict | None, part: str, size: int) ->
             except FileNotFoundError:
                 raise DataError(f"shard {url} named by the manifest is missing") from None
             if len(data) != end - start:
-                raise DataError(f"shard {url} is damaged: it is shorter than the manifest's {size:,} bytes "
-                                "(re-run `kiln prepare`)")
+                raise DataError(
+                    f"shard {url} is damaged: it is shorter than the manifest's {size:,} bytes (re-run `kiln prepare`)"
+                )
             out.write(data)
             digest.update(data)
     return digest.hexdigest()

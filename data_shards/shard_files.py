@@ -4,6 +4,7 @@ Nothing is mapped or cached: each range goes from the kernel's page cache straig
 the destination, so the reader's resident memory is its output buffer whatever the
 corpus size.  At most ``MAX_OPEN_FILES`` descriptors stay open (the oldest opened is closed first).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ A shard is an Arrow IPC *file* (footer with batch offsets, uncompressed) with
 ``tokens: large_list<uint16|uint32>`` (EOS already appended), ``doc_id: uint64`` and
 ``source: dictionary<string>``.  Any Arrow reader opens it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -185,7 +186,9 @@ def read_docs(local_path: str) -> list[np.ndarray]:
     with pa.memory_map(local_path, "r") as source:
         table = pa.ipc.open_file(source).read_all()
     column = table.column("tokens")
-    return [np.asarray(chunk.values.to_numpy()[o0:o1]) for chunk in column.chunks for o0, o1 in _pairs(chunk.offsets.to_numpy())]
+    return [
+        np.asarray(chunk.values.to_numpy()[o0:o1]) for chunk in column.chunks for o0, o1 in _pairs(chunk.offsets.to_numpy())
+    ]
 
 
 def _pairs(offsets: np.ndarray):

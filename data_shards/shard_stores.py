@@ -5,6 +5,7 @@ once; shards on object storage stream through the node's bounded shared cache wi
 prefetcher ahead of the reader.  A reader acquires the shards of a batch, reads them,
 and releases them, saying whether its upcoming order still needs each.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The sentencepiece tokenizer of a prepared dataset: loading, training, byte lengths of pieces."""
+
 from __future__ import annotations
 
 import hashlib
@@ -115,7 +116,9 @@ class Tokenizer:
         """Write tokenizer.model, then meta.json (with ``extra`` fields such as training settings)."""
         storage.write_bytes(storage.join(data_url, MODEL_PATH), self.model_bytes, storage_options)
         meta = {**self.meta(), **(extra or {})}
-        storage.write_text(storage.join(data_url, META_PATH), json.dumps(meta, indent=2, sort_keys=True) + "\n", storage_options)
+        storage.write_text(
+            storage.join(data_url, META_PATH), json.dumps(meta, indent=2, sort_keys=True) + "\n", storage_options
+        )
 
 
 def _newline_is_a_boundary(model_bytes: bytes) -> bool:

@@ -12,6 +12,7 @@ serves about :data:`PREFIX_GETS_PER_S` GET requests per second.
   bytes of the window only) costs a GET per document piece, and a window of ``seq_len + 1``
   tokens crosses ``seq_len / doc_tokens`` document boundaries on average.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Which accelerator DeepSpeed should use in this process and the Ray workers it starts."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """`kiln ckpt verify|prune`: check and trim a run's checkpoints from outside the job."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,14 @@ from ops.checkpoints import list_checkpoints
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("[bold]verify"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True)
+    return Progress(
+        TextColumn("[bold]verify"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 def verify(run_url: str, options: dict | None = None) -> list[str]:
@@ -76,9 +83,11 @@ def print_verify(run_url: str, options: dict | None = None) -> int:
             console.print(f"[red]✗[/red] {p}", soft_wrap=True)
         return 1
     committed = [e for e in list_checkpoints(run_url, options) if e.committed]
-    console.print(f"[green]✓[/green] {checkpoints_url(run_url)}: {len(committed)} committed checkpoint(s), every "
-                  f"file as recorded; latest → {step_name(committed[-1].step)}, its weights load and are finite",
-                  soft_wrap=True)
+    console.print(
+        f"[green]✓[/green] {checkpoints_url(run_url)}: {len(committed)} committed checkpoint(s), every "
+        f"file as recorded; latest → {step_name(committed[-1].step)}, its weights load and are finite",
+        soft_wrap=True,
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ Every command that takes a CONFIG also takes dotted overrides (``train.steps=50`
 User errors end with one line on stderr and exit code 2, never a traceback.
 Heavy imports (torch, DeepSpeed, Ray) happen inside the commands, so ``kiln --help`` is instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ def cmd_eval(args) -> int:
 def cmd_eval_make_cloze(args) -> int:
     from llm.cloze import write_cloze
 
-    count = write_cloze(args.data_url, args.out, args.n, args.context_tokens, args.continuation_tokens, args.choices,
-                        args.seed)
+    count = write_cloze(
+        args.data_url, args.out, args.n, args.context_tokens, args.continuation_tokens, args.choices, args.seed
+    )
     print(f"wrote {count} cloze examples to {args.out}")
     return 0
 
@@ -84,8 +86,11 @@ def _follow(jobs, job_id: str) -> int:
     try:
         info = jobs.follow(job_id)
     except KeyboardInterrupt:
-        print(f"kiln: detached; job {job_id} keeps running. Reattach with: "
-              f"kiln jobs logs {job_id} --address {jobs.address} --follow", file=sys.stderr)
+        print(
+            f"kiln: detached; job {job_id} keeps running. Reattach with: "
+            f"kiln jobs logs {job_id} --address {jobs.address} --follow",
+            file=sys.stderr,
+        )
         return 130
     print(f"kiln: job {job_id} {info.status.value.lower()}", file=sys.stderr)
     return exit_code(info)
@@ -96,8 +101,11 @@ def cmd_submit(args) -> int:
 
     jobs, job_id = submit(_config(args), _address(args))
     print(job_id)
-    print(f"kiln: submitted {job_id} to {jobs.address}; follow it with: "
-          f"kiln jobs logs {job_id} --address {jobs.address} --follow", file=sys.stderr)
+    print(
+        f"kiln: submitted {job_id} to {jobs.address}; follow it with: "
+        f"kiln jobs logs {job_id} --address {jobs.address} --follow",
+        file=sys.stderr,
+    )
     return _follow(jobs, job_id) if args.follow else 0
 
 
@@ -113,8 +121,12 @@ def cmd_jobs(args) -> int:
         for col in ("job id", "status", "run", "entrypoint"):
             table.add_column(col)
         for info in sorted(jobs.list_jobs(), key=lambda j: j.start_time or 0):
-            table.add_row(info.submission_id or info.job_id or "—", info.status.value,
-                          (info.metadata or {}).get("kiln.run", "—"), info.entrypoint)
+            table.add_row(
+                info.submission_id or info.job_id or "—",
+                info.status.value,
+                (info.metadata or {}).get("kiln.run", "—"),
+                info.entrypoint,
+            )
         Console().print(table)
         return 0
     if not args.job_id:
@@ -227,8 +239,16 @@ def cmd_launch_slurm(args) -> int:
     from launch.render.options import SlurmOptions, validated
 
     options = validated(
-        SlurmOptions, nodes=args.nodes, gpus_per_node=args.gpus_per_node, partition=args.partition, time=args.time,
-        account=args.account, qos=args.qos, signal=args.signal, signal_lead=args.signal_lead, ray=args.ray,
+        SlurmOptions,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        partition=args.partition,
+        time=args.time,
+        account=args.account,
+        qos=args.qos,
+        signal=args.signal,
+        signal_lead=args.signal_lead,
+        ray=args.ray,
     )
     launch_slurm(_config(args), options, args.output, args.submit)
     return 0
@@ -239,8 +259,13 @@ def cmd_launch_k8s(args) -> int:
     from launch.render.options import KubernetesOptions, validated
 
     options = validated(
-        KubernetesOptions, nodes=args.nodes, gpus_per_node=args.gpus_per_node, image=args.image,
-        namespace=args.namespace, secret=args.secret, cpus_per_node=args.cpus_per_node,
+        KubernetesOptions,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        image=args.image,
+        namespace=args.namespace,
+        secret=args.secret,
+        cpus_per_node=args.cpus_per_node,
         memory_per_node=args.memory_per_node,
     )
     launch_k8s(_config(args), options, args.output)
@@ -259,7 +284,9 @@ def _with_job_shape(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kiln", description="Pretrain Llama-style language models: prepare → train → eval → monitor.")
+    parser = argparse.ArgumentParser(
+        prog="kiln", description="Pretrain Llama-style language models: prepare → train → eval → monitor."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable, help_text: str, parent=sub) -> argparse.ArgumentParser:
@@ -271,10 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(add("train", cmd_train, "pretrain with DeepSpeed ranks, resuming from the latest checkpoint"))
     p = add("eval", cmd_eval, "evaluate checkpoints on the held-out split and the eval.tasks")
     _with_config(p)
-    p.add_argument("--follow", action="store_true",
-                   help="keep watching the run: evaluate each newly committed checkpoint until the run finishes")
-    p.epilog = ("CONFIG may also be a RUN_URL (its saved config.yaml is used).  "
-                "kiln eval make-cloze DATA_URL OUT.jsonl [--n N] builds a cloze task from held-out documents.")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep watching the run: evaluate each newly committed checkpoint until the run finishes",
+    )
+    p.epilog = (
+        "CONFIG may also be a RUN_URL (its saved config.yaml is used).  "
+        "kiln eval make-cloze DATA_URL OUT.jsonl [--n N] builds a cloze task from held-out documents."
+    )
     _with_config(add("run", cmd_run, "prepare → train → eval, skipping stages whose output is committed"))
 
     p = add("submit", cmd_submit, "submit `kiln run` of a config to a Ray cluster through its Jobs API")
@@ -293,8 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
 
-    p = add("status", cmd_status, "one summary of a run's records; exit 0 healthy or finished, 1 failed or a rank "
-            "dead, 3 stalled or a rank unresponsive")
+    p = add(
+        "status",
+        cmd_status,
+        "one summary of a run's records; exit 0 healthy or finished, 1 failed or a rank "
+        "dead, 3 stalled or a rank unresponsive",
+    )
     p.add_argument("run_url")
     p.add_argument("--json", action="store_true", help="machine-readable output (schema: ops.status.RunStatus)")
 
@@ -358,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_make_cloze_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kiln eval make-cloze",
-                                description="a multiple-choice cloze task (JSONL) from a prepared dataset's val documents")
+    p = argparse.ArgumentParser(
+        prog="kiln eval make-cloze", description="a multiple-choice cloze task (JSONL) from a prepared dataset's val documents"
+    )
     p.set_defaults(func=cmd_eval_make_cloze)
     p.add_argument("data_url", help="prepared data (DATA_URL)")
     p.add_argument("out", help="task file to write (local path or URL)")

@@ -1,4 +1,5 @@
 """`kiln launch`: render a cluster job, write it to a file or print it, and submit it to SLURM."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 A config error is one line naming the file and the key, with the closest valid key
 when the key is unknown, never a pydantic traceback.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -126,8 +127,14 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any]:
         if typing.get_origin(current) is Annotated:
             current = typing.get_args(current)[0]
         if typing.get_origin(current) in (Union, types.UnionType):
-            tagged = [m for m in typing.get_args(current) if isinstance(m, type) and issubclass(m, BaseModel)
-                      and "type" in m.model_fields and part in typing.get_args(m.model_fields["type"].annotation)]
+            tagged = [
+                m
+                for m in typing.get_args(current)
+                if isinstance(m, type)
+                and issubclass(m, BaseModel)
+                and "type" in m.model_fields
+                and part in typing.get_args(m.model_fields["type"].annotation)
+            ]
             # pydantic names the union member it tried (a tag, or a type such as "list[int]"): not a key
             current = tagged[0] if tagged else None
             continue

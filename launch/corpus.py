@@ -5,6 +5,7 @@ works on any machine without a network.  Same layout as python-docs: gzip JSON l
 ``{"id", "text"}``, several train files and one val file.  Deterministic: files are
 taken in sorted order and every twentieth one, the first included, is held out.
 """
+
 from __future__ import annotations
 
 import argparse

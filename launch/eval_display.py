@@ -1,4 +1,5 @@
 """What `kiln eval` shows: a progress bar per evaluated step, and a table of whatever the tasks report."""
+
 from __future__ import annotations
 
 from rich.console import Console
@@ -29,8 +30,13 @@ class EvalProgress:
 
     def __init__(self):
         self._progress = Progress(
-            TextColumn("[bold]eval step {task.fields[step]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-            TextColumn("slices"), TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+            TextColumn("[bold]eval step {task.fields[step]}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("slices"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self._tasks: dict[int, int] = {}
 

@@ -1,4 +1,5 @@
 """`kiln plan`: the capacity plan of a config on a given number and kind of GPU, as a rich table."""
+
 from __future__ import annotations
 
 import math
@@ -40,9 +41,14 @@ def traffic_for(cfg: KilnConfig, gpus: int, gpus_per_node: int, tokens_per_s_per
     per_node = min(gpus, gpus_per_node)
     return {
         mode: traffic_plan(
-            nodes=math.ceil(gpus / per_node), gpus_per_node=per_node, tokens_per_s_per_gpu=tokens_per_s_per_gpu,
-            seq_len=cfg.model.seq_len, token_bytes=4 if token_dtype(cfg.data.vocab_size) == "uint32" else 2,
-            shard_bytes=int(cfg.data.shard_mb * 2**20), shuffle=mode, block_shards=cfg.data.block_shards,
+            nodes=math.ceil(gpus / per_node),
+            gpus_per_node=per_node,
+            tokens_per_s_per_gpu=tokens_per_s_per_gpu,
+            seq_len=cfg.model.seq_len,
+            token_bytes=4 if token_dtype(cfg.data.vocab_size) == "uint32" else 2,
+            shard_bytes=int(cfg.data.shard_mb * 2**20),
+            shuffle=mode,
+            block_shards=cfg.data.block_shards,
         )
         for mode in ("block", "global")
     }
@@ -62,18 +68,26 @@ def _bytes(n: float) -> str:
 
 def print_traffic(cfg: KilnConfig, plans: dict[str, TrafficPlan]) -> None:
     first = next(iter(plans.values()))
-    table = Table(title=f"object-store traffic · {first.nodes} nodes × {first.gpus_per_node} GPUs · "
-                        f"{first.tokens_per_s_per_gpu:,.0f} tokens/s per GPU")
+    table = Table(
+        title=f"object-store traffic · {first.nodes} nodes × {first.gpus_per_node} GPUs · "
+        f"{first.tokens_per_s_per_gpu:,.0f} tokens/s per GPU"
+    )
     for column in ("data.shuffle", "GET/s on the data prefix", "per node per hour", "shards a node holds"):
         table.add_column(column, justify="left" if column == "data.shuffle" else "right")
     mine = config_shuffle(cfg)
     for mode, t in plans.items():
         limit = "within" if t.within_prefix_limit else "OVER"
         held = _bytes(t.node_cache_bytes) if t.node_cache_bytes is not None else "none (range reads)"
-        table.add_row(f"{mode}{' ◀' if mode == mine else ''}", f"{t.gets_per_s:,.0f} ({limit} {PREFIX_GETS_PER_S:,})",
-                      _bytes(t.bytes_per_node_per_hour), held)
-    table.caption = (f"block: every node fetches every block, {cfg.data.block_shards} shards of {cfg.data.shard_mb:g} MiB; "
-                     f"global: one ranged GET per document piece, documents of ~{ASSUMED_DOC_TOKENS:,} tokens assumed")
+        table.add_row(
+            f"{mode}{' ◀' if mode == mine else ''}",
+            f"{t.gets_per_s:,.0f} ({limit} {PREFIX_GETS_PER_S:,})",
+            _bytes(t.bytes_per_node_per_hour),
+            held,
+        )
+    table.caption = (
+        f"block: every node fetches every block, {cfg.data.block_shards} shards of {cfg.data.shard_mb:g} MiB; "
+        f"global: one ranged GET per document piece, documents of ~{ASSUMED_DOC_TOKENS:,} tokens assumed"
+    )
     Console().print(table)
 
 
@@ -100,7 +114,9 @@ def print_plan(cfg: KilnConfig, gpus: int, gpu: str, mfu: float, gpus_per_node: 
     table.add_row("total per GPU", f"{p['total_gb']:,.2f} of {p['gpu_memory_gb']:.0f} GiB ({fits})")
     table.add_row(f"tokens/s at {mfu:.0%} MFU", f"{p['tokens_per_s']:,.0f}")
     table.add_row("step time", f"{p['step_time_s']:.2f} s")
-    table.add_row(f"time to train.steps={cfg.train.steps:,} ({p['train_tokens'] / 1e9:,.2f} B tokens)", _duration(p["time_to_steps_s"]))
+    table.add_row(
+        f"time to train.steps={cfg.train.steps:,} ({p['train_tokens'] / 1e9:,.2f} B tokens)", _duration(p["time_to_steps_s"])
+    )
     Console().print(table)
     print_traffic(cfg, traffic_for(cfg, gpus, gpus_per_node, p["tokens_per_s"] / gpus))
     return p

@@ -1,4 +1,5 @@
 """The training progress bar: steps, loss and throughput as rank 0 records them, whatever the launcher."""
+
 from __future__ import annotations
 
 import contextlib

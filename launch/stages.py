@@ -1,4 +1,5 @@
 """The four stages as commands see them: prepare, train, eval, and run (all three, skipping finished ones)."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -6,8 +7,16 @@ from functools import partial
 from rich.console import Console
 
 from cluster.connect import ray_session
-from cluster.eval import (EvalReport, already_evaluated, build_tasks, eval_url, evaluate_steps, follow_run, plan_step,
-                          plan_steps)
+from cluster.eval import (
+    EvalReport,
+    already_evaluated,
+    build_tasks,
+    eval_url,
+    evaluate_steps,
+    follow_run,
+    plan_step,
+    plan_steps,
+)
 from data_shards.config import READ_KEYS
 from data_shards.prepare import check_output, is_prepared, prepare
 from launch.accelerator import use_cpu_accelerator_without_cuda
@@ -90,7 +99,9 @@ def run_stages(cfg: KilnConfig, progress: bool = True) -> int:
         prepare_stage(cfg, progress=progress)
     done = latest_committed_step(cfg.run_url, options)
     if done is not None and done >= cfg.train.steps:
-        console.print(f"train: skipped — {cfg.run_url} has a committed checkpoint at step {done} (train.steps={cfg.train.steps})")
+        console.print(
+            f"train: skipped — {cfg.run_url} has a committed checkpoint at step {done} (train.steps={cfg.train.steps})"
+        )
     else:
         rc = train_stage(cfg)
         if rc != 0:

@@ -5,6 +5,7 @@ a private folder that Ray uploads as the job's working directory, so the cluster
 what was submitted, whatever is installed there.  The nodes must share the run's storage: a
 config whose paths are relative or local is refused for a cluster on another machine.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -50,8 +51,10 @@ def cluster_is_on_this_machine(address: str) -> bool:
 
 def _path_fields(cfg: KilnConfig) -> list[tuple[str, str, Callable[[str], None]]]:
     """(config key, value, setter) of every path the cluster's nodes must reach."""
-    fields = [("run.dir", cfg.run_url, lambda v: setattr(cfg.run, "dir", v)),
-              ("data.output", cfg.data.output, lambda v: setattr(cfg.data, "output", v))]
+    fields = [
+        ("run.dir", cfg.run_url, lambda v: setattr(cfg.run, "dir", v)),
+        ("data.output", cfg.data.output, lambda v: setattr(cfg.data, "output", v)),
+    ]
     if cfg.data.tokenizer:
         fields.append(("data.tokenizer", cfg.data.tokenizer, lambda v: setattr(cfg.data, "tokenizer", v)))
     for key, items in (("data.inputs", cfg.data.inputs), ("data.val_inputs", cfg.data.val_inputs)):
@@ -59,8 +62,9 @@ def _path_fields(cfg: KilnConfig) -> list[tuple[str, str, Callable[[str], None]]
             fields.append((key, value, lambda v, items=items, i=i: items.__setitem__(i, v)))
     for source in cfg.data.sources:
         for i, value in enumerate(source.inputs):
-            fields.append((f"data.sources.{source.name}.inputs", value,
-                           lambda v, items=source.inputs, i=i: items.__setitem__(i, v)))
+            fields.append(
+                (f"data.sources.{source.name}.inputs", value, lambda v, items=source.inputs, i=i: items.__setitem__(i, v))
+            )
     return fields
 
 

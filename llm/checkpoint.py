@@ -7,6 +7,7 @@
 file with its size and sha256; readers load only listed files, after checking them.
 Saving is ``llm.checkpoint_save``; resuming a training run is ``llm.checkpoint_resume``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,11 @@ def step_dirs(run_url: str, storage_options: dict | None = None) -> list[int]:
 
 
 def committed_steps(run_url: str, storage_options: dict | None = None) -> list[int]:
-    return [s for s in step_dirs(run_url, storage_options)
-            if storage.exists(storage.join(step_url(run_url, s), COMMITTED), storage_options)]
+    return [
+        s
+        for s in step_dirs(run_url, storage_options)
+        if storage.exists(storage.join(step_url(run_url, s), COMMITTED), storage_options)
+    ]
 
 
 def latest_committed_step(run_url: str, storage_options: dict | None = None) -> int | None:
@@ -90,7 +94,7 @@ def steps_to_prune(all_steps: list[int], committed: list[int], keep: int) -> lis
     if not committed:
         return []
     newest = committed[-1]
-    kept = set(sorted(committed)[-max(1, keep):])
+    kept = set(sorted(committed)[-max(1, keep) :])
     return [s for s in all_steps if s < newest and s not in kept]
 
 
@@ -108,8 +112,7 @@ def prune(run_url: str, keep: int, storage_options: dict | None = None) -> list[
 
 
 @contextlib.contextmanager
-def local_files(run_url: str, step: int, entries: list[FileEntry],
-                storage_options: dict | None = None) -> Iterator[str]:
+def local_files(run_url: str, step: int, entries: list[FileEntry], storage_options: dict | None = None) -> Iterator[str]:
     """A local folder holding ``entries`` of a committed step, each checked against its size and sha256.
 
     A local run's step folder is checked in place; on an object store the files are fetched
@@ -140,8 +143,9 @@ def _committed(run_url: str, step: int | None, storage_options: dict | None) -> 
     return step
 
 
-def load_model_state(run_url: str, step: int | None = None,
-                     storage_options: dict | None = None) -> tuple[int, dict[str, torch.Tensor]]:
+def load_model_state(
+    run_url: str, step: int | None = None, storage_options: dict | None = None
+) -> tuple[int, dict[str, torch.Tensor]]:
     """Consolidated fp32 weights of a committed checkpoint in ``Transformer.state_dict()`` naming.
 
     Works for every ZeRO stage and pipeline layout, in a plain process without

@@ -3,6 +3,7 @@ read back (or checked in place) against the size and sha256 the record lists.
 
 Nothing here knows what is inside a file; that is ``llm.deepspeed_files``'s business.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,9 @@ class _HashingWriter:
         self.sink.flush()
 
 
-def write_file(step_url: str, name: str, produce: Callable[[_HashingWriter], None], rank: int,
-               options: dict | None = None) -> FileEntry:
+def write_file(
+    step_url: str, name: str, produce: Callable[[_HashingWriter], None], rank: int, options: dict | None = None
+) -> FileEntry:
     """Write ``step_url/name`` through ``produce(stream)``; returns its entry once the bytes are durable
     (fsynced on a local disk, the upload completed on an object store)."""
     url = storage.join(step_url, name)
@@ -101,11 +103,14 @@ def fetch(step_url: str, entry: FileEntry, local_dir: str, options: dict | None 
     target = os.path.join(local_dir, entry.path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     if storage.is_local(url):
+
         def read():
             return open(path, "rb")
     else:
+
         def read():
             return fs.open(path, "rb", block_size=CHUNK, cache_type="none")
+
     with open(target, "wb") as sink:
         problem = _check(url, entry, read, sink)
     if problem is not None:

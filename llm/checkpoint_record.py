@@ -5,6 +5,7 @@ parallel layout and model config it was trained with, where the data stood, ever
 random-number state, and every file of the checkpoint with its size and sha256.  Readers
 (resume, eval, export, generate, ``kiln ckpt``) trust only what this record lists.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,8 +38,7 @@ class FileEntry(BaseModel):
     def _relative_inside(cls, path: str) -> str:
         """A record can come from anyone who can write the bucket: a path must stay inside the step folder."""
         normal = posixpath.normpath(path)
-        if (not path or path.startswith("/") or "\\" in path or normal != path
-                or normal == ".." or normal.startswith("../")):
+        if not path or path.startswith("/") or "\\" in path or normal != path or normal == ".." or normal.startswith("../"):
             raise ValueError(f"file path {path!r} is not a plain relative path inside the step folder")
         return path
 
@@ -58,8 +58,12 @@ class RngState(BaseModel):
         version, words, gauss = random.getstate()
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         cuda = _b64(torch.cuda.get_rng_state()) if torch.cuda.is_available() else None
-        return cls(python=[version, list(words), gauss], numpy=[kind, keys.tolist(), pos, has_gauss, cached],
-                   torch=_b64(torch.get_rng_state()), cuda=cuda)
+        return cls(
+            python=[version, list(words), gauss],
+            numpy=[kind, keys.tolist(), pos, has_gauss, cached],
+            torch=_b64(torch.get_rng_state()),
+            cuda=cuda,
+        )
 
     def restore(self) -> None:
         version, words, gauss = self.python

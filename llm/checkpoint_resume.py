@@ -14,6 +14,7 @@ The ranks agree on the outcome.  A damaged or missing file anywhere makes all of
 back to the previous committed checkpoint, with a warning naming the file; when none is
 left, a CheckpointError says so.  :func:`load` then restores the engine, weights only.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,9 @@ def _check_files(url: str, entries: list[FileEntry], into: str | None, options: 
     return [p for e in entries if (p := checkpoint_files.fetch(url, e, into, options))]
 
 
-def _as_saved(run_url: str, record: CheckpointRecord, layout: ParallelLayout, options: dict | None,
-              point: ResumePoint) -> list[str]:
+def _as_saved(
+    run_url: str, record: CheckpointRecord, layout: ParallelLayout, options: dict | None, point: ResumePoint
+) -> list[str]:
     """This rank's own files, checked; fills in where DeepSpeed finds them."""
     url = checkpoint.step_url(run_url, record.step)
     tag = checkpoint.step_name(record.step)
@@ -112,8 +114,9 @@ def _prepare(run_url: str, step: int, layout: ParallelLayout, options: dict | No
     if point is not None and point.route is not None and point.scratch is None:
         on_this_host = [folder for h, folder, _ in reports if h == host and folder]
         if not on_this_host:
-            raise CheckpointError(f"no rank on host {host} converted {checkpoint.step_url(run_url, step)} "
-                                  "(the rank with LOCAL_RANK=0 does)")
+            raise CheckpointError(
+                f"no rank on host {host} converted {checkpoint.step_url(run_url, step)} (the rank with LOCAL_RANK=0 does)"
+            )
         point.load_dir = on_this_host[0]
     return point, list(dict.fromkeys(p for _, _, rank_problems in reports for p in rank_problems))
 
@@ -131,11 +134,16 @@ def find(run_url: str, layout: ParallelLayout, storage_options: dict | None = No
             point.cleanup()
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         rejected.append(f"{checkpoint.step_name(step)}: {problems[0]}{more}")
-        warnings.warn(f"cannot resume from {checkpoint.step_url(run_url, step)}: {problems[0]}{more}; "
-                      "trying the previous committed checkpoint", stacklevel=2)
+        warnings.warn(
+            f"cannot resume from {checkpoint.step_url(run_url, step)}: {problems[0]}{more}; "
+            "trying the previous committed checkpoint",
+            stacklevel=2,
+        )
     if candidates:
-        raise CheckpointError(f"no committed checkpoint under {checkpoint.checkpoints_url(run_url)} passes its "
-                              f"checks ({rejected[-1]}); move the damaged step folders away to start afresh")
+        raise CheckpointError(
+            f"no committed checkpoint under {checkpoint.checkpoints_url(run_url)} passes its "
+            f"checks ({rejected[-1]}); move the damaged step folders away to start afresh"
+        )
     return None
 
 

@@ -15,6 +15,7 @@ At most one save is in flight: the next one, the end of the run and a preemption
 it first.  A crash at any moment, the writer's included, leaves the previous committed
 checkpoint as the resume point.
 """
+
 from __future__ import annotations
 
 import threading
@@ -52,8 +53,14 @@ class CheckpointSaver:
     """One rank's side of the save protocol; every rank makes one, in the same order, and calls
     :meth:`save` together."""
 
-    def __init__(self, ds_engine, run_url: str, keep: int, storage_options: dict | None = None,
-                 on_commit: Callable[[CheckpointRecord, str], None] | None = None):
+    def __init__(
+        self,
+        ds_engine,
+        run_url: str,
+        keep: int,
+        storage_options: dict | None = None,
+        on_commit: Callable[[CheckpointRecord, str], None] | None = None,
+    ):
         self.ds_engine = ds_engine
         self.run_url = run_url
         self.keep = keep
@@ -72,8 +79,7 @@ class CheckpointSaver:
         dist.barrier()
         snapshot = deepspeed_files.snapshot(self.ds_engine, checkpoint.step_name(record.step))
         inflight = _Save(record=record, snapshot=snapshot)
-        inflight.thread = threading.Thread(target=self._write, args=(inflight,), name="kiln-checkpoint-writer",
-                                           daemon=True)
+        inflight.thread = threading.Thread(target=self._write, args=(inflight,), name="kiln-checkpoint-writer", daemon=True)
         self._inflight = inflight
         inflight.thread.start()
 
@@ -112,8 +118,11 @@ class CheckpointSaver:
         try:
             snapshot.copy()
             for name, state in snapshot.files():
-                inflight.files.append(checkpoint_files.write_file(
-                    target, name, lambda stream, state=state: torch.save(state, stream), self.rank, self.options))
+                inflight.files.append(
+                    checkpoint_files.write_file(
+                        target, name, lambda stream, state=state: torch.save(state, stream), self.rank, self.options
+                    )
+                )
         except Exception as error:
             inflight.problem = f"rank {self.rank} could not write its part of {target}: {type(error).__name__}: {error}"
         finally:
@@ -136,6 +145,9 @@ class CheckpointSaver:
     def _commit(self, record: CheckpointRecord) -> None:
         step_url = checkpoint.step_url(self.run_url, record.step)
         storage.write_text(storage.join(step_url, COMMITTED), record.model_dump_json(indent=2) + "\n", self.options)
-        storage.write_text(storage.join(checkpoint.checkpoints_url(self.run_url), LATEST),
-                           checkpoint.step_name(record.step) + "\n", self.options)
+        storage.write_text(
+            storage.join(checkpoint.checkpoints_url(self.run_url), LATEST),
+            checkpoint.step_name(record.step) + "\n",
+            self.options,
+        )
         checkpoint.prune(self.run_url, self.keep, self.options)

@@ -7,6 +7,7 @@ text on its left does not end in whitespace: no token spans such a cut, so the c
 and every choice encode after one another exactly as they stand alone, and each choice
 keeps tokens of its own after the context.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,19 +40,27 @@ def _usable(text: str) -> bool:
     return bool(text.strip()) and "\ufffd" not in text
 
 
-def make_cloze(docs: list[np.ndarray], tokenizer: Tokenizer, n: int, context_tokens: int = 48,
-               continuation_tokens: int = 8, choices: int = 4, seed: int = 0) -> list[dict]:
+def make_cloze(
+    docs: list[np.ndarray],
+    tokenizer: Tokenizer,
+    n: int,
+    context_tokens: int = 48,
+    continuation_tokens: int = 8,
+    choices: int = 4,
+    seed: int = 0,
+) -> list[dict]:
     """``n`` examples ``{"context", "choices", "label"}`` from token documents (end-of-sequence tokens excluded)."""
     if min(n, context_tokens, continuation_tokens) < 1 or choices < 2:
-        raise DataError("make-cloze: --n, --context-tokens and --continuation-tokens must be at least 1, "
-                        "--choices at least 2")
+        raise DataError("make-cloze: --n, --context-tokens and --continuation-tokens must be at least 1, --choices at least 2")
     texts = token_texts(tokenizer)
     docs = [doc[doc != tokenizer.eos_id] for doc in docs]
     cuts = [clean_cuts(doc, texts, context_tokens, continuation_tokens) for doc in docs]
     usable = [i for i, c in enumerate(cuts) if len(c)]
     if len(usable) < choices:
-        raise DataError(f"make-cloze needs {choices} val documents with {context_tokens + continuation_tokens}+ tokens "
-                        f"and a clean cut; found {len(usable)}")
+        raise DataError(
+            f"make-cloze needs {choices} val documents with {context_tokens + continuation_tokens}+ tokens "
+            f"and a clean cut; found {len(usable)}"
+        )
     rng = np.random.default_rng(seed)
     out: list[dict] = []
     for _ in range(50 * n):
@@ -60,18 +69,17 @@ def make_cloze(docs: list[np.ndarray], tokenizer: Tokenizer, n: int, context_tok
         picked = rng.choice(usable, size=choices, replace=False)
         source, others = int(picked[0]), [int(d) for d in picked[1:]]
         cut = int(rng.choice(cuts[source]))
-        context = tokenizer.decode(docs[source][cut - context_tokens:cut])
-        texts_of = [tokenizer.decode(docs[source][cut:cut + continuation_tokens])]
+        context = tokenizer.decode(docs[source][cut - context_tokens : cut])
+        texts_of = [tokenizer.decode(docs[source][cut : cut + continuation_tokens])]
         for other in others:
             at = int(rng.choice(cuts[other]))
-            texts_of.append(tokenizer.decode(docs[other][at:at + continuation_tokens]))
+            texts_of.append(tokenizer.decode(docs[other][at : at + continuation_tokens]))
         # lm-evaluation-harness reads an all-digit context as a choice index; skip those.
         if not _usable(context) or context.isdigit() or not all(map(_usable, texts_of)) or len(set(texts_of)) < choices:
             continue
         label = int(rng.integers(choices))
         distractors = texts_of[1:]
-        out.append({"context": context, "choices": distractors[:label] + [texts_of[0]] + distractors[label:],
-                    "label": label})
+        out.append({"context": context, "choices": distractors[:label] + [texts_of[0]] + distractors[label:], "label": label})
     if len(out) < n:
         raise DataError(f"make-cloze found only {len(out)} of {n} examples in the val documents; ask for fewer")
     return out
@@ -90,11 +98,20 @@ def val_documents(data_url: str, storage_options: dict | None = None) -> list[np
     return docs
 
 
-def write_cloze(data_url: str, out_url: str, n: int, context_tokens: int = 48, continuation_tokens: int = 8,
-                choices: int = 4, seed: int = 0, storage_options: dict | None = None) -> int:
+def write_cloze(
+    data_url: str,
+    out_url: str,
+    n: int,
+    context_tokens: int = 48,
+    continuation_tokens: int = 8,
+    choices: int = 4,
+    seed: int = 0,
+    storage_options: dict | None = None,
+) -> int:
     """Build a cloze task from DATA_URL's val split and write it as JSONL (in one write); returns the count."""
     tokenizer = Tokenizer.load(data_url, storage_options)
-    examples = make_cloze(val_documents(data_url, storage_options), tokenizer, n, context_tokens,
-                          continuation_tokens, choices, seed)
+    examples = make_cloze(
+        val_documents(data_url, storage_options), tokenizer, n, context_tokens, continuation_tokens, choices, seed
+    )
     storage.write_text(out_url, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), storage_options)
     return len(examples)

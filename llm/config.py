@@ -1,4 +1,5 @@
 """Typed model and training configs (the `model:` and `train:` sections of a Kiln config)."""
+
 from __future__ import annotations
 
 from typing import Literal

@@ -5,6 +5,7 @@ A rank runs on CUDA when the machine it runs on has a GPU, else on DeepSpeed's C
 accelerator over gloo.  CPU ranks share the machine's cores evenly, so ranks on one
 node do not oversubscribe it with one full thread pool each.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Building the DeepSpeed engine around the single-device model, and one optimizer step with it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     return cfg.precision
 
 
-def deepspeed_config(cfg: TrainConfig, layout: ParallelLayout, precision: str, device: torch.device,
-                     load_universal: bool = False) -> dict:
+def deepspeed_config(
+    cfg: TrainConfig, layout: ParallelLayout, precision: str, device: torch.device, load_universal: bool = False
+) -> dict:
     """The DeepSpeed config a Kiln train section means on ``layout`` (``load_universal``: resume from a
     universal checkpoint)."""
     stage = layout.zero_stage
@@ -70,8 +72,9 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_module(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: ParallelLayout, vocab_size: int,
-                 seed: int) -> nn.Module:
+def build_module(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, layout: ParallelLayout, vocab_size: int, seed: int
+) -> nn.Module:
     """The module DeepSpeed wraps: the Transformer, or its PipelineModule form when pipelined."""
     if layout.pipelined:
         from llm.pipeline import build_pipeline
@@ -144,8 +147,15 @@ class TrainEngine:
         return None if norm is None else float(norm)
 
 
-def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: ParallelLayout, vocab_size: int, seed: int,
-                 device: torch.device, load_universal: bool = False) -> TrainEngine:
+def build_engine(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    layout: ParallelLayout,
+    vocab_size: int,
+    seed: int,
+    device: torch.device,
+    load_universal: bool = False,
+) -> TrainEngine:
     """The DeepSpeed engine of this rank, saving and loading through Kiln's checkpoint engine."""
     from llm.deepspeed_files import use_kiln_checkpoint_engine
 
@@ -168,8 +178,10 @@ def build_engine(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Paralle
         rank = dist.get_rank()
         placed = (engine.grid.get_stage_id(), engine.grid.get_data_parallel_id())
         if placed != (layout.stage_of(rank), layout.data_rank_of(rank)):
-            raise RuntimeError(f"DeepSpeed placed rank {rank} at (stage, data rank) {placed}; the layout expects "
-                               f"{(layout.stage_of(rank), layout.data_rank_of(rank))}")
+            raise RuntimeError(
+                f"DeepSpeed placed rank {rank} at (stage, data rank) {placed}; the layout expects "
+                f"{(layout.stage_of(rank), layout.data_rank_of(rank))}"
+            )
     return TrainEngine(
         engine=engine,
         layout=layout,

@@ -1,4 +1,5 @@
 """Held-out loss of a model over packed token windows (the per-rank math of `kiln eval`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ def window_nll(model: Transformer, windows: np.ndarray, batch_size: int = 8) -> 
     count = 0
     try:
         for start in range(0, len(windows), batch_size):
-            batch = torch.from_numpy(windows[start:start + batch_size].astype(np.int64)).to(device)
+            batch = torch.from_numpy(windows[start : start + batch_size].astype(np.int64)).to(device)
             logits = model(batch[:, :-1])
             nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
             total += float(nll.double())
@@ -32,8 +33,7 @@ def window_nll(model: Transformer, windows: np.ndarray, batch_size: int = 8) -> 
 
 
 @torch.no_grad()
-def continuation_logprobs(model: Transformer, requests: list[tuple[list[int], list[int]]],
-                          batch_size: int = 8) -> list[float]:
+def continuation_logprobs(model: Transformer, requests: list[tuple[list[int], list[int]]], batch_size: int = 8) -> list[float]:
     """Summed log-likelihood (nats) of each continuation's tokens after its context.
 
     A request is ``(context_tokens, continuation_tokens)``.  As lm-evaluation-harness does,
@@ -49,22 +49,22 @@ def continuation_logprobs(model: Transformer, requests: list[tuple[list[int], li
     out: list[float] = []
     try:
         for first in range(0, len(requests), batch_size):
-            chunk = requests[first:first + batch_size]
+            chunk = requests[first : first + batch_size]
             inputs, targets = [], []
             for context, continuation in chunk:
                 if not continuation or len(continuation) > limit:
                     raise ValueError(f"a continuation must hold 1 to seq_len={limit} tokens, got {len(continuation)}")
-                window = (list(context) + list(continuation))[-(limit + 1):]
+                window = (list(context) + list(continuation))[-(limit + 1) :]
                 inputs.append(window[:-1])
                 targets.append(list(continuation))
             width = max(len(x) for x in inputs)
             batch = torch.zeros((len(inputs), width), dtype=torch.long)
             for row, tokens in enumerate(inputs):
-                batch[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                batch[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             logits = model(batch.to(device))
             for row, (tokens, continuation) in enumerate(zip(inputs, targets)):
                 end = len(tokens)
-                scored = F.log_softmax(logits[row, end - len(continuation):end].float(), dim=-1)
+                scored = F.log_softmax(logits[row, end - len(continuation) : end].float(), dim=-1)
                 wanted = torch.tensor(continuation, dtype=torch.long, device=device)[:, None]
                 out.append(float(scored.gather(1, wanted).sum()))
     finally:

@@ -13,6 +13,7 @@ weights are renamed, never permuted.  The safetensors file is written here direc
 (an 8-byte header length, a JSON header, then raw little-endian tensor bytes), so
 exporting needs neither ``safetensors`` nor ``transformers``.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,11 @@ _BLOCK_NAMES = {
     "ffn.w3.weight": "mlp.up_proj.weight",
     "ffn.w2.weight": "mlp.down_proj.weight",
 }
-_TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "head.norm.weight": "model.norm.weight",
-              "head.proj.weight": "lm_head.weight"}
+_TOP_NAMES = {
+    "embed.weight": "model.embed_tokens.weight",
+    "head.norm.weight": "model.norm.weight",
+    "head.proj.weight": "lm_head.weight",
+}
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
@@ -73,8 +77,11 @@ def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dic
         else:
             array = tensor.numpy()
             data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -146,27 +153,35 @@ def _write_tokenizer(out_dir: str, model_bytes: bytes, seq_len: int) -> tuple[in
     with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer_json(model_bytes), f, ensure_ascii=False)
     special = {}
-    for role, piece_id in (("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()),
-                           ("pad_token", sp.pad_id())):
+    for role, piece_id in (
+        ("bos_token", sp.bos_id()),
+        ("eos_token", sp.eos_id()),
+        ("unk_token", sp.unk_id()),
+        ("pad_token", sp.pad_id()),
+    ):
         if piece_id >= 0:
             special[role] = sp.id_to_piece(piece_id)
     _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
     # The generic fast class reads tokenizer.json as written; split_special_tokens keeps "</s>" in
     # text as plain characters, as sentencepiece encodes it.
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "split_special_tokens": True,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": seq_len,
-        **special,
-    })
+    _write_json(
+        os.path.join(out_dir, "tokenizer_config.json"),
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "split_special_tokens": True,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": seq_len,
+            **special,
+        },
+    )
     return sp.bos_id(), sp.eos_id()
 
 
-def export_hf(run_url: str, out_dir: str, step: int | None = None, storage_options: dict | None = None,
-              data_url: str | None = None) -> int:
+def export_hf(
+    run_url: str, out_dir: str, step: int | None = None, storage_options: dict | None = None, data_url: str | None = None
+) -> int:
     """Write a Hugging Face Llama folder for a committed checkpoint; returns the exported step.
 
     The tokenizer comes from the run's data (``data_url`` overrides where that is).
@@ -180,8 +195,13 @@ def export_hf(run_url: str, out_dir: str, step: int | None = None, storage_optio
     os.makedirs(out_dir, exist_ok=True)
     bos_id, eos_id = _write_tokenizer(out_dir, tokenizer.model_bytes, cfg.seq_len)
     _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg, info.vocab_size, bos_id, eos_id))
-    _write_json(os.path.join(out_dir, "generation_config.json"),
-                {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": True, "temperature": 0.8, "top_k": 50})
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), hf_state_dict(state, cfg.tie_embeddings),
-                      {"format": "pt", "kiln_step": str(step)})
+    _write_json(
+        os.path.join(out_dir, "generation_config.json"),
+        {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": True, "temperature": 0.8, "top_k": 50},
+    )
+    write_safetensors(
+        os.path.join(out_dir, "model.safetensors"),
+        hf_state_dict(state, cfg.tie_embeddings),
+        {"format": "pt", "kiln_step": str(step)},
+    )
     return step

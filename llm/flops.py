@@ -1,4 +1,5 @@
 """FLOPs per token and the device peak that turns measured throughput into TFLOP/s and MFU."""
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ def device_peak_tflops(override: float | None = None) -> float | None:
     return None
 
 
-def throughput(flops_token: float, tokens: int, seconds: float, devices: int,
-               peak_tflops: float | None) -> tuple[float, float | None]:
+def throughput(
+    flops_token: float, tokens: int, seconds: float, devices: int, peak_tflops: float | None
+) -> tuple[float, float | None]:
     """Achieved TFLOP/s per device and MFU (None without a peak) for ``tokens`` processed in ``seconds``."""
     tflops = flops_token * tokens / max(seconds, 1e-12) / devices / 1e12
     return tflops, (tflops / peak_tflops if peak_tflops else None)

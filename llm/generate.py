@@ -1,4 +1,5 @@
 """Sampling text from a checkpoint with a KV cache, to read what a model has learned so far."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,15 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int, generator: 
 
 
 @torch.no_grad()
-def sample_tokens(model: Transformer, prompt: list[int], max_tokens: int, temperature: float = 0.8,
-                  top_k: int = 50, seed: int = 0, stop_id: int | None = None) -> list[int]:
+def sample_tokens(
+    model: Transformer,
+    prompt: list[int],
+    max_tokens: int,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    seed: int = 0,
+    stop_id: int | None = None,
+) -> list[int]:
     """Continue ``prompt`` by up to ``max_tokens`` tokens, one forward step per token through the cache.
 
     When the cache reaches the trained context length, it is rebuilt from the last
@@ -44,14 +52,22 @@ def sample_tokens(model: Transformer, prompt: list[int], max_tokens: int, temper
         tokens.append(token)
         if cache.length >= context:
             cache = KVCache(model.cfg.layers)
-            logits = model(torch.tensor([tokens[-(context // 2):]], device=device), cache=cache)[0, -1]
+            logits = model(torch.tensor([tokens[-(context // 2) :]], device=device), cache=cache)[0, -1]
         else:
             logits = model(torch.tensor([[token]], device=device), cache=cache)[0, -1]
     return out
 
 
-def generate(run_url: str, prompt: str, max_tokens: int = 64, temperature: float = 0.8, top_k: int = 50,
-             seed: int = 0, step: int | None = None, storage_options: dict | None = None) -> str:
+def generate(
+    run_url: str,
+    prompt: str,
+    max_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    seed: int = 0,
+    step: int | None = None,
+    storage_options: dict | None = None,
+) -> str:
     """The text a committed checkpoint writes after ``prompt`` (the continuation only).
 
     The prompt is read as the start of a document (it follows an end-of-sequence

@@ -20,6 +20,7 @@ How the two encoders line up, for the models ``data_shards.tokenizer.train_token
   never produces in sentencepiece; ``split_special_tokens`` in tokenizer_config.json keeps it
   so here.
 """
+
 from __future__ import annotations
 
 from sentencepiece import sentencepiece_model_pb2
@@ -74,10 +75,17 @@ def tokenizer_json(model_bytes: bytes) -> dict:
     added = []
     for i, p in enumerate(proto.pieces):
         if p.type in (_PIECE.CONTROL, _PIECE.UNKNOWN, _PIECE.USER_DEFINED):
-            added.append({
-                "id": i, "content": p.piece, "single_word": False, "lstrip": False, "rstrip": False,
-                "normalized": False, "special": p.type != _PIECE.USER_DEFINED,
-            })
+            added.append(
+                {
+                    "id": i,
+                    "content": p.piece,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": p.type != _PIECE.USER_DEFINED,
+                }
+            )
     unk = next((p.piece for p in proto.pieces if p.type == _PIECE.UNKNOWN), None)
     return {
         "version": "1.0",
@@ -87,14 +95,24 @@ def tokenizer_json(model_bytes: bytes) -> dict:
         "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
         "pre_tokenizer": None,
         "post_processor": None,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
-            {"type": "ByteFallback"},
-            {"type": "Fuse"},
-        ]},
+        "decoder": {
+            "type": "Sequence",
+            "decoders": [
+                {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ],
+        },
         "model": {
-            "type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
-            "vocab": vocab, "merges": [list(m) for m in bpe_merges(normal)],
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": unk,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [list(m) for m in bpe_merges(normal)],
         },
     }

@@ -1,4 +1,5 @@
 """Everything one training rank needs, as one JSON file the launcher writes and each rank reads."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -8,6 +8,7 @@ index varies fastest, so rank ``r`` is stage ``r // data_parallel``, data-parall
 
 Nothing here imports torch, so ``kiln plan`` stays instant.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -54,9 +55,7 @@ class ParallelLayout(BaseModel):
         if world_size < 1:
             raise LayoutError(f"world size {world_size} must be at least 1")
         if world_size % train.pipeline_stages:
-            raise LayoutError(
-                f"world size {world_size} is not a multiple of train.pipeline_stages={train.pipeline_stages}"
-            )
+            raise LayoutError(f"world size {world_size} is not a multiple of train.pipeline_stages={train.pipeline_stages}")
         data_parallel = world_size // train.pipeline_stages
         per_step = train.micro_batch * data_parallel
         if train.global_batch % per_step:
@@ -65,8 +64,12 @@ class ParallelLayout(BaseModel):
                 f"x {data_parallel} data-parallel ranks; choose a global_batch that is a multiple of {per_step}"
             )
         plain = train.pipeline_stages == 1 and data_parallel == 1 and precision == "fp32"
-        return cls(world_size=world_size, data_parallel=data_parallel, pipeline_stages=train.pipeline_stages,
-                   zero_stage=0 if plain else train.zero_stage)
+        return cls(
+            world_size=world_size,
+            data_parallel=data_parallel,
+            pipeline_stages=train.pipeline_stages,
+            zero_stage=0 if plain else train.zero_stage,
+        )
 
     @property
     def pipelined(self) -> bool:

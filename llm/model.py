@@ -14,6 +14,7 @@ Initialisation is deterministic per part: the embedding, each block and the head
 draw from their own generator seeded by (seed, part index), so a pipeline stage
 that builds only some parts gets exactly the weights the full model would have.
 """
+
 from __future__ import annotations
 
 import math
@@ -145,8 +146,12 @@ class Block(nn.Module):
         # Projections back into the residual stream are scaled down by depth (GPT-2 / Llama practice).
         residual_std = cfg.init_std / math.sqrt(2 * cfg.layers)
         for linear, std in (
-            (self.attn.wq, cfg.init_std), (self.attn.wk, cfg.init_std), (self.attn.wv, cfg.init_std),
-            (self.attn.wo, residual_std), (self.ffn.w1, cfg.init_std), (self.ffn.w3, cfg.init_std),
+            (self.attn.wq, cfg.init_std),
+            (self.attn.wk, cfg.init_std),
+            (self.attn.wv, cfg.init_std),
+            (self.attn.wo, residual_std),
+            (self.ffn.w1, cfg.init_std),
+            (self.ffn.w3, cfg.init_std),
             (self.ffn.w2, residual_std),
         ):
             init_normal_(linear.weight, std, generator)

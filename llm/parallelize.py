@@ -1,4 +1,5 @@
 """Training-time transformations applied around the single-device model (never inside it)."""
+
 from __future__ import annotations
 
 from torch import nn

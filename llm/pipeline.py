@@ -5,6 +5,7 @@ Layer ``i`` of the list is part ``i`` of the model (0 the embedding, 1..L the bl
 L+1 the head), so its weights come from the same seeded generator as in
 ``Transformer`` and pipeline checkpoints map back to ``Transformer`` names.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Learning-rate schedule: linear warmup, then cosine decay to ``min_lr`` at the last step."""
+
 from __future__ import annotations
 
 import math

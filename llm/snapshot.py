@@ -11,6 +11,7 @@ in the file), but only the bytes some tensor of a file covers are copied: a laye
 parameters that are views into one flat buffer do not drag the whole buffer into the
 layer's file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -83,15 +84,22 @@ class Snapshot:
             self._spans.append(_Span(whole, start, end))
         span = self._spans[by_storage[key]]
         span.start, span.end = min(span.start, start), max(span.end, end)
-        return _TensorSlot(by_storage[key], start, tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype,
-                           tensor.requires_grad, isinstance(tensor, torch.nn.Parameter))
+        return _TensorSlot(
+            by_storage[key],
+            start,
+            tuple(tensor.shape),
+            tuple(tensor.stride()),
+            tensor.dtype,
+            tensor.requires_grad,
+            isinstance(tensor, torch.nn.Parameter),
+        )
 
     def copy(self) -> None:
         """Copy every remembered tensor's bytes to CPU memory; afterwards the live tensors may change."""
         try:
             for span in self._spans:
                 span.start -= span.start % _ALIGN
-                span.copy = span.source[span.start:span.end].to("cpu", copy=True)
+                span.copy = span.source[span.start : span.end].to("cpu", copy=True)
                 span.source = None  # let go of the live storage
         finally:
             self._copied.set()
@@ -111,7 +119,8 @@ class Snapshot:
                 raise RuntimeError("snapshot read before it was copied")
             item = torch.empty(0, dtype=obj.dtype).element_size()
             tensor = torch.empty(0, dtype=obj.dtype).set_(
-                span.copy.untyped_storage(), (obj.offset - span.start) // item, obj.size, obj.stride)
+                span.copy.untyped_storage(), (obj.offset - span.start) // item, obj.size, obj.stride
+            )
             if obj.parameter:
                 return torch.nn.Parameter(tensor, requires_grad=obj.requires_grad)
             return tensor.requires_grad_(obj.requires_grad)

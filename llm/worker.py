@@ -10,6 +10,7 @@ raise a flag.  At the next step boundary the ranks agree (an all-reduce of the f
 checkpoint together and exit with REQUEUE_EXIT_CODE, which launchers read as "requeue me".
 Before the first step there is nothing to save, and these signals end the rank at once.
 """
+
 from __future__ import annotations
 
 import os
@@ -126,15 +127,29 @@ class Trainer:
         self.precision = resolve_precision(self.cfg, self.device)
         self.layout = ParallelLayout.for_run(self.cfg, self.world, self.precision)
         self.resume_point = checkpoint_resume.find(job.run_dir, self.layout, job.storage_options)
-        self.engine = build_engine(job.model, self.cfg, self.layout, self.vocab_size, job.seed, self.device,
-                                   load_universal=self.resume_point is not None and self.resume_point.route == "universal")
-        self.saver = CheckpointSaver(self.engine.engine, job.run_dir, self.cfg.keep_checkpoints, job.storage_options,
-                                     on_commit=self.committed)
+        self.engine = build_engine(
+            job.model,
+            self.cfg,
+            self.layout,
+            self.vocab_size,
+            job.seed,
+            self.device,
+            load_universal=self.resume_point is not None and self.resume_point.route == "universal",
+        )
+        self.saver = CheckpointSaver(
+            self.engine.engine, job.run_dir, self.cfg.keep_checkpoints, job.storage_options, on_commit=self.committed
+        )
         self.engine.before_optimizer_step = self.saver.hold_until_copied
         self.loader = GlobalBatchLoader(
-            job.data_url, "train", job.seed, job.model.seq_len, self.cfg.global_batch,
-            dp_rank=self.layout.data_rank_of(self.rank), dp_world=self.layout.data_parallel,
-            storage_options=job.storage_options, read=job.read,
+            job.data_url,
+            "train",
+            job.seed,
+            job.model.seq_len,
+            self.cfg.global_batch,
+            dp_rank=self.layout.data_rank_of(self.rank),
+            dp_world=self.layout.data_parallel,
+            storage_options=job.storage_options,
+            read=job.read,
         )
         self.flops_token = flops_per_token(job.model, self.vocab_size)
         self.peak = device_peak_tflops(self.cfg.peak_tflops) if self.precision == "bf16" or self.cfg.peak_tflops else None
@@ -149,11 +164,22 @@ class Trainer:
         rng, rng_of_rank = distinct_states(states)
         loader = self.loader.state_dict()
         return CheckpointRecord(
-            step=self.step, tokens=self.tokens, time=time.time(), layout=self.layout, precision=self.precision,
-            model=self.job.model, vocab_size=self.vocab_size, config_hash=self.job.config_hash,
-            data=DataPosition(url=self.job.data_url, fingerprint=self.loader.fingerprint,
-                              consumed_samples=self.loader.consumed_samples, loader=loader),
-            rng=rng, rng_of_rank=rng_of_rank,
+            step=self.step,
+            tokens=self.tokens,
+            time=time.time(),
+            layout=self.layout,
+            precision=self.precision,
+            model=self.job.model,
+            vocab_size=self.vocab_size,
+            config_hash=self.job.config_hash,
+            data=DataPosition(
+                url=self.job.data_url,
+                fingerprint=self.loader.fingerprint,
+                consumed_samples=self.loader.consumed_samples,
+                loader=loader,
+            ),
+            rng=rng,
+            rng_of_rank=rng_of_rank,
         )
 
     def save(self) -> None:
@@ -176,16 +202,27 @@ class Trainer:
         saved.rng_for(self.rank).restore()
         self.step, self.tokens, self.saved_step = saved.step, saved.tokens, saved.step
         if self.rank == 0:
-            self.records.event("resume", step=saved.step, tokens=self.tokens, reshaped=point.route is not None,
-                               world_size=self.world, config_hash_changed=saved.config_hash != self.job.config_hash,
-                               rejected=point.rejected)
+            self.records.event(
+                "resume",
+                step=saved.step,
+                tokens=self.tokens,
+                reshaped=point.route is not None,
+                world_size=self.world,
+                config_hash_changed=saved.config_hash != self.job.config_hash,
+                rejected=point.rejected,
+            )
 
     def run(self, stop: StopRequest, heartbeat: HeartbeatThread) -> int:
         if self.rank == 0:
             self.records.event(
-                "start", world_size=self.world, zero_stage=self.layout.zero_stage,
-                pipeline_stages=self.layout.pipeline_stages, precision=self.precision, steps=self.cfg.steps,
-                device=self.device.type, config_hash=self.job.config_hash,
+                "start",
+                world_size=self.world,
+                zero_stage=self.layout.zero_stage,
+                pipeline_stages=self.layout.pipeline_stages,
+                precision=self.precision,
+                steps=self.cfg.steps,
+                device=self.device.type,
+                config_hash=self.job.config_hash,
             )
         self.resume()
         heartbeat.at_step(self.step)
@@ -220,19 +257,21 @@ class Trainer:
         if self.rank != 0:
             return
         tflops, mfu = throughput(self.flops_token, tokens_per_step, elapsed, self.world, self.peak)
-        self.records.log_metrics({
-            "step": self.step,
-            "tokens": self.tokens,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": self.engine.grad_norm(),
-            "step_time_s": elapsed,
-            "tokens_per_s": tokens_per_step / max(elapsed, 1e-12),
-            "tflops": tflops,
-            "mfu": mfu,
-            "mem_gb": memory_gb(self.device),
-            "data_wait_s": data_wait,
-        })
+        self.records.log_metrics(
+            {
+                "step": self.step,
+                "tokens": self.tokens,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": self.engine.grad_norm(),
+                "step_time_s": elapsed,
+                "tokens_per_s": tokens_per_step / max(elapsed, 1e-12),
+                "tflops": tflops,
+                "mfu": mfu,
+                "mem_gb": memory_gb(self.device),
+                "data_wait_s": data_wait,
+            }
+        )
 
     def preempt(self, stop: StopRequest) -> int:
         if self.saved_step != self.step:

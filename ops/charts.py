@@ -1,4 +1,5 @@
 """Line charts with axes for the terminal, drawn by plotext and handed to rich as styled text."""
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ The layout is DESIGN.md's: ``checkpoints/step-00000100/`` with a ``COMMITTED`` m
 written after every rank's files, and ``checkpoints/latest`` naming the newest
 committed step.  A directory without ``COMMITTED`` is a save that never finished.
 """
+
 from __future__ import annotations
 
 import re

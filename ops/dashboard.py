@@ -4,6 +4,7 @@ This module only draws: what the facts are is ``ops.status`` and ``ops.health``'
 ``render`` lays one frame out for a terminal of the given size: charts side by side on a
 wide terminal, stacked on a narrow one, shrunk or left out when the height is short.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,10 +28,16 @@ MAX_CHART_HEIGHT = 16
 BOTTOM_RESERVE = 10  # lines kept for checkpoints, evaluation and events below the charts
 MAX_RANK_ROWS = 16
 
-RUN_STYLES = {"running": "bold green", "starting": "yellow", "restarting": "bold yellow", "stalled": "bold red",
-              "failed": "bold red", "preempted": "bold magenta", "finished": "bold cyan"}
-RANK_STYLES = {"ok": "green", "waiting": "yellow", "unresponsive": "bold red", "dead": "bold white on red",
-               "exited": "dim"}
+RUN_STYLES = {
+    "running": "bold green",
+    "starting": "yellow",
+    "restarting": "bold yellow",
+    "stalled": "bold red",
+    "failed": "bold red",
+    "preempted": "bold magenta",
+    "finished": "bold cyan",
+}
+RANK_STYLES = {"ok": "green", "waiting": "yellow", "unresponsive": "bold red", "dead": "bold white on red", "exited": "dim"}
 RANK_ORDER = {"dead": 0, "unresponsive": 1, "waiting": 2, "ok": 3, "exited": 4}
 
 
@@ -82,7 +89,7 @@ def header(status: RunStatus, width: int, error: str | None = None) -> Panel:
         grid.add_column(no_wrap=True, ratio=1)
     for i in range(0, len(pairs), per_row):
         cells: list[RenderableType] = []
-        for label, value in pairs[i:i + per_row]:
+        for label, value in pairs[i : i + per_row]:
             cells += [label, value]
         grid.add_row(*cells)
     body: RenderableType = grid
@@ -105,8 +112,15 @@ def ranks_panel(status: RunStatus, max_rows: int = MAX_RANK_ROWS) -> Panel:
         counts[r.state] = counts.get(r.state, 0) + 1
     summary = " · ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: RANK_ORDER[kv[0]]))
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
-    for name, justify in (("rank", "right"), ("host", "left"), ("step", "right"), ("step time", "right"),
-                          ("idle", "right"), ("beat age", "right"), ("state", "left")):
+    for name, justify in (
+        ("rank", "right"),
+        ("host", "left"),
+        ("step", "right"),
+        ("step time", "right"),
+        ("idle", "right"),
+        ("beat age", "right"),
+        ("state", "left"),
+    ):
         table.add_column(name, justify=justify, no_wrap=True)
     shown = sorted(status.ranks, key=lambda r: (RANK_ORDER[r.state], not r.straggler, r.rank))[:max_rows]
     for r in shown:
@@ -116,15 +130,20 @@ def ranks_panel(status: RunStatus, max_rows: int = MAX_RANK_ROWS) -> Panel:
         lines.append(Text(f"… {len(status.ranks) - len(shown)} more ranks, all {shown[-1].state} or better", style="dim"))
     if status.step_time:
         spread = status.step_time
-        text = Text(f"step time min {duration(spread.min_s)} · median {duration(spread.median_s)} · "
-                    f"max {duration(spread.max_s)}")
+        text = Text(
+            f"step time min {duration(spread.min_s)} · median {duration(spread.median_s)} · max {duration(spread.max_s)}"
+        )
         if status.stragglers:
             text.append(f" · stragglers: rank {', '.join(map(str, status.stragglers))}", style="bold yellow")
         lines.append(text)
     t = status.thresholds
-    lines.append(Text(f"waiting after {duration(t.waiting_after_s)} without a step · unresponsive after "
-                      f"{duration(t.unresponsive_after_s)} without a beat · dead after {duration(t.dead_after_s)}",
-                      style="dim"))
+    lines.append(
+        Text(
+            f"waiting after {duration(t.waiting_after_s)} without a step · unresponsive after "
+            f"{duration(t.unresponsive_after_s)} without a beat · dead after {duration(t.dead_after_s)}",
+            style="dim",
+        )
+    )
     if not status.ranks:
         lines = [Text("no heartbeats yet", style="dim")]
     return Panel(Group(*lines), title=f"ranks · {summary}" if summary else "ranks", title_align="left", box=box.ROUNDED)
@@ -211,8 +230,9 @@ def _measure(console: Console, renderable: RenderableType, width: int) -> int:
     return len(console.render_lines(renderable, console.options.update(width=width), pad=False))
 
 
-def render(snapshot: Snapshot, width: int, height: int | None = None, error: str | None = None,
-           console: Console | None = None) -> RenderableType:
+def render(
+    snapshot: Snapshot, width: int, height: int | None = None, error: str | None = None, console: Console | None = None
+) -> RenderableType:
     """One dashboard frame ``width`` columns wide; with ``height``, charts shrink (or go) to fit it."""
     status = snapshot.status
     top = [header(status, width, error), ranks_panel(status)]
@@ -235,8 +255,9 @@ def render_summary(status: RunStatus, width: int) -> RenderableType:
     return Group(header(status, width), ranks_panel(status), bottom(status, width))
 
 
-def monitor(run_url: str, once: bool = False, interval_s: float = 2.0, options: dict | None = None,
-            console: Console | None = None) -> None:
+def monitor(
+    run_url: str, once: bool = False, interval_s: float = 2.0, options: dict | None = None, console: Console | None = None
+) -> None:
     """Redraw the dashboard every ``interval_s`` until the run finishes or Ctrl-C; ``once``: print one frame.
 
     The live view uses the terminal's alternate screen, so Ctrl-C (or the end) gives back the

@@ -6,6 +6,7 @@ launchers (restart, failure), which may add rank, host, exit_code, attempt, max_
 and the ``failures`` they saw (``ops.rank_failure``).  Each kind has a sentence; any other kind
 is written as its name and fields.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -30,7 +31,7 @@ def human_count(n: float) -> str:
 
 
 def _who(e: dict[str, Any]) -> str:
-    """"rank 3 on host b", "the ranks" when no rank is named."""
+    """ "rank 3 on host b", "the ranks" when no rank is named."""
     if e.get("rank") is None:
         return "the ranks" + (f" on host {e['host']}" if e.get("host") and e.get("event") == "restart" else "")
     return f"rank {e['rank']}" + (f" on host {e['host']}" if e.get("host") else "")
@@ -123,8 +124,13 @@ def _finish(e: dict[str, Any]) -> str:
 
 
 SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
-    "start": _start, "resume": _resume, "restart": _restart, "failure": _failure,
-    "checkpoint": _checkpoint, "preemption": _preemption, "finish": _finish,
+    "start": _start,
+    "resume": _resume,
+    "restart": _restart,
+    "failure": _failure,
+    "checkpoint": _checkpoint,
+    "preemption": _preemption,
+    "finish": _finish,
 }
 
 

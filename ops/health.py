@@ -13,6 +13,7 @@ A rank is
                 for it after its last beat;
   exited        a last beat saying it stopped by plan, or silent after the run ended.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -23,8 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field
 RankState = Literal["ok", "waiting", "unresponsive", "dead", "exited"]
 RunState = Literal["starting", "running", "restarting", "preempted", "stalled", "finished", "failed"]
 
-LIFECYCLE = {"start": "running", "resume": "running", "restart": "restarting", "failure": "failed",
-             "preemption": "preempted", "finish": "finished"}
+LIFECYCLE = {
+    "start": "running",
+    "resume": "running",
+    "restart": "restarting",
+    "failure": "failed",
+    "preemption": "preempted",
+    "finish": "finished",
+}
 TERMINAL_STATES = ("finished", "failed", "preempted")
 
 DEFAULT_BEAT_INTERVAL_S = 10.0  # heartbeats written before they carried their interval
@@ -113,8 +120,9 @@ def health_thresholds(beat_intervals: list[float], step_times: list[float]) -> H
     )
 
 
-def rank_state(beat: Heartbeat, now: float, thresholds: HealthThresholds, run_over: bool,
-               failed_at: float | None = None) -> RankState:
+def rank_state(
+    beat: Heartbeat, now: float, thresholds: HealthThresholds, run_over: bool, failed_at: float | None = None
+) -> RankState:
     """State of one rank; ``failed_at``: time of the newest failure recorded for this rank, if any."""
     if beat.state == "failed" or (failed_at is not None and failed_at >= beat.time):
         return "dead"
@@ -135,8 +143,9 @@ def _idle(beat: Heartbeat) -> float:
     return max(0.0, beat.time - since) if since is not None else 0.0
 
 
-def assess_ranks(beats: list[Heartbeat], now: float, run_over: bool = False,
-                 failures: dict[int, float] | None = None) -> RankReport:
+def assess_ranks(
+    beats: list[Heartbeat], now: float, run_over: bool = False, failures: dict[int, float] | None = None
+) -> RankReport:
     """Health of every rank, the step-time spread of the live ones and who among them straggles.
 
     ``failures``: rank → time of the newest failure event naming it.
@@ -155,8 +164,17 @@ def assess_ranks(beats: list[Heartbeat], now: float, run_over: bool = False,
         if len(live) > 1:
             stragglers = sorted(b.rank for b in live if b.step_time_s > thresholds.straggler_ratio * median)
     ranks = [
-        RankHealth(rank=b.rank, host=b.host, pid=b.pid, step=b.step, step_time_s=b.step_time_s, idle_s=_idle(b),
-                   age_s=max(0.0, now - b.time), state=states[b.rank], straggler=b.rank in stragglers)
+        RankHealth(
+            rank=b.rank,
+            host=b.host,
+            pid=b.pid,
+            step=b.step,
+            step_time_s=b.step_time_s,
+            idle_s=_idle(b),
+            age_s=max(0.0, now - b.time),
+            state=states[b.rank],
+            straggler=b.rank in stragglers,
+        )
         for b in sorted(beats, key=lambda b: b.rank)
     ]
     return RankReport(ranks=ranks, thresholds=thresholds, step_time=spread, stragglers=stragglers)
@@ -195,7 +213,7 @@ def recent_throughput(rows: list[dict[str, Any]], window: int = THROUGHPUT_WINDO
     for i in range(1, len(rows)):
         if (rows[i].get("step") or 0) <= (rows[i - 1].get("step") or 0):
             start = i
-    recent = rows[max(start, len(rows) - window):]
+    recent = rows[max(start, len(rows) - window) :]
     steps_per_s = None
     if len(recent) >= 2:
         dt = recent[-1].get("time", 0.0) - recent[0].get("time", 0.0)

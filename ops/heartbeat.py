@@ -6,6 +6,7 @@ waits), only its last step grows old; a stopped, swapped-out or dead process sto
 writes under a lock); storage is touched by the thread alone, so a slow or failing store never
 holds up a step.
 """
+
 from __future__ import annotations
 
 import sys
@@ -62,12 +63,16 @@ class HeartbeatThread:
         with self._lock:
             fields = {"step_time_s": self._step_time_s, "last_step_at": self._last_step_at, "step": self._step}
         try:
-            self.records.heartbeat(self.rank, fields.pop("step"), state=state, started_at=self.started_at,
-                                   interval_s=self.interval_s, **fields)
+            self.records.heartbeat(
+                self.rank, fields.pop("step"), state=state, started_at=self.started_at, interval_s=self.interval_s, **fields
+            )
         except Exception as exc:  # a store that is down must not end the rank; the next beat tries again
             if not self._failing:
-                print(f"kiln: rank {self.rank}: heartbeat not written ({type(exc).__name__}: {exc}); retrying",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"kiln: rank {self.rank}: heartbeat not written ({type(exc).__name__}: {exc}); retrying",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self._failing = True
         else:
             self._failing = False

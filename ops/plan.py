@@ -8,6 +8,7 @@ fp32 gradients (4), fp32 master weights (4) and Adam's two moments (8).  ZeRO
 partitions the 18 (stage 2) and then the bf16 parameters too (stage 3, which keeps
 one whole module gathered at a time).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Protocol
@@ -111,8 +112,9 @@ def model_state_bytes(total_params: int, largest_module_params: int, zero_stage:
     raise ValueError(f"zero_stage={zero_stage} is not one of 0, 1, 2, 3")
 
 
-def activation_bytes(model: Any, vocab_size: int, seq_len: int, micro_batch: int,
-                     activation_checkpointing: bool = False) -> int:
+def activation_bytes(
+    model: Any, vocab_size: int, seq_len: int, micro_batch: int, activation_checkpointing: bool = False
+) -> int:
     """Estimated bf16 activations kept for the backward pass of one micro-batch.
 
     Per block and token: the inputs of both norms and their outputs, q/k/v, the
@@ -130,8 +132,18 @@ def activation_bytes(model: Any, vocab_size: int, seq_len: int, micro_batch: int
     return blocks + logits
 
 
-def plan(model: Any, vocab_size: int, seq_len: int, micro_batch: int, global_batch: int, steps: int,
-         layout: Layout, gpu: str, mfu: float = 0.4, activation_checkpointing: bool = False) -> dict[str, Any]:
+def plan(
+    model: Any,
+    vocab_size: int,
+    seq_len: int,
+    micro_batch: int,
+    global_batch: int,
+    steps: int,
+    layout: Layout,
+    gpu: str,
+    mfu: float = 0.4,
+    activation_checkpointing: bool = False,
+) -> dict[str, Any]:
     """Everything `kiln plan` prints, as one dict of plain numbers.
 
     ZeRO partitions over the data-parallel ranks; each pipeline stage holds about

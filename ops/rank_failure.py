@@ -1,4 +1,5 @@
 """What launchers know about a rank that failed, as they record it in ``failure`` and ``restart`` events."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

@@ -9,6 +9,7 @@ segment was written, so a follower re-lists only the newest partitions instead o
 every segment of a long run.  Runs written before segments existed keep one file per
 stream (``LEGACY_FILES``); readers merge it with the segments.
 """
+
 from __future__ import annotations
 
 import calendar

@@ -6,6 +6,7 @@ up to its last complete line, so a half-written last line is picked up once it i
 ``ChangedFiles`` returns the small whole-object records (heartbeats, evaluation results)
 that are new or were rewritten since the last call.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,11 @@ class StreamFollower:
         self.listed: set[str] = set()
 
     def new_rows(self) -> list[dict[str, Any]]:
-        grown = [(path, self.consumed.get(path, 0), size) for path, size in self._sizes().items()
-                 if size > self.consumed.get(path, 0)]
+        grown = [
+            (path, self.consumed.get(path, 0), size)
+            for path, size in self._sizes().items()
+            if size > self.consumed.get(path, 0)
+        ]
         if not grown:
             return []
         paths, starts, ends = zip(*grown)
@@ -82,8 +86,11 @@ class StreamFollower:
                 if not self.legacy_checked:
                     self.legacy = None  # a run of the segment era: never look again
             self.legacy_checked = True
-        partitions = {e["name"].rstrip("/"): partition_start(e["name"].rstrip("/").rsplit("/", 1)[-1])
-                      for e in fresh_listing(self.fs, self.root) if e.get("type") == "directory"}
+        partitions = {
+            e["name"].rstrip("/"): partition_start(e["name"].rstrip("/").rsplit("/", 1)[-1])
+            for e in fresh_listing(self.fs, self.root)
+            if e.get("type") == "directory"
+        }
         partitions = {p: start for p, start in partitions.items() if start is not None}
         newest = max(partitions.values(), default=0.0)
         for path, start in sorted(partitions.items()):

@@ -7,6 +7,7 @@ flushes whatever is left, so rows reach storage before the process ends by any p
 kill.  A failed flush keeps its segment and writes it again at the next flush; the failure is
 reported on stderr once, and so is the recovery.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -26,8 +27,9 @@ def _stderr(message: str) -> None:
 
 
 class RecordWriter:
-    def __init__(self, sink: SegmentSink, flush_every_s: float, describe: str = "run records",
-                 report: Callable[[str], None] = _stderr):
+    def __init__(
+        self, sink: SegmentSink, flush_every_s: float, describe: str = "run records", report: Callable[[str], None] = _stderr
+    ):
         self.sink = sink
         self.flush_every_s = flush_every_s
         self.describe = describe
@@ -70,8 +72,10 @@ class RecordWriter:
                 except Exception as exc:  # storage of any kind: keep the rows, never crash the caller
                     self.failed_flushes += 1
                     if self.failed_flushes == 1:
-                        self.report(f"could not write {self.describe} ({type(exc).__name__}: {exc}); "
-                                    f"keeping the rows and retrying every {self.flush_every_s:g} s")
+                        self.report(
+                            f"could not write {self.describe} ({type(exc).__name__}: {exc}); "
+                            f"keeping the rows and retrying every {self.flush_every_s:g} s"
+                        )
                     return False
                 self._pending.pop(0)
             if self.failed_flushes:

@@ -6,6 +6,7 @@ Where they live is ``ops.record_layout``'s business; how rows reach storage is
 ``ops.record_writer``'s (buffered, flushed as segments every few seconds and at exit);
 how they are read back incrementally is ``ops.record_readers``'s.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ run; so on them every flush is a new, immutable object with a name of its own.  
 network) file systems can append cheaply, so there a writer keeps one file per partition.
 Readers treat both alike: files whose size grew, read from where they stopped.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ follows one run: each ``refresh`` reads only the records that changed since the 
 markers not seen yet) and returns a ``Snapshot``: the status plus the curves the dashboard
 draws.  The health judgements themselves are ``ops.health``'s pure functions.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,18 @@ from ops import storage
 from ops.checkpoints import CHECKPOINTS_DIR, COMMITTED, LATEST, parse_step, step_name
 from ops.event_sentences import sentence
 from ops.health import (
-    LIFECYCLE, TERMINAL_STATES, HealthThresholds, Heartbeat, RankHealth, RunState, StepTimeSpread, assess_ranks, eta_seconds,
-    failures_by_rank, recent_throughput, run_state,
+    LIFECYCLE,
+    TERMINAL_STATES,
+    HealthThresholds,
+    Heartbeat,
+    RankHealth,
+    RunState,
+    StepTimeSpread,
+    assess_ranks,
+    eta_seconds,
+    failures_by_rank,
+    recent_throughput,
+    run_state,
 )
 from ops.record_layout import EVENTS_STREAM, HEARTBEATS_DIR, METRICS_STREAM
 from ops.record_readers import ChangedFiles, StreamFollower, fresh_listing
@@ -44,7 +55,8 @@ class CheckpointStatus(BaseModel):
 
     step: int
     state: Literal["committed", "incomplete"] = Field(
-        description="incomplete: no COMMITTED marker (being written, or abandoned)")
+        description="incomplete: no COMMITTED marker (being written, or abandoned)"
+    )
     latest: bool = Field(description="named by checkpoints/latest")
 
 
@@ -144,11 +156,15 @@ def _number(value: Any) -> float:
 
 
 def eval_status(result: dict[str, Any]) -> EvalStatus:
-    metrics = {k: float(v) for k, v in result.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+    metrics = {
+        k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+    }
     tasks = result.get("tasks") if isinstance(result.get("tasks"), dict) else {}
-    return EvalStatus(step=result.get("step") if isinstance(result.get("step"), int) else None, metrics=metrics,
-                      tasks={str(k): v for k, v in tasks.items() if isinstance(v, dict)})
+    return EvalStatus(
+        step=result.get("step") if isinstance(result.get("step"), int) else None,
+        metrics=metrics,
+        tasks={str(k): v for k, v in tasks.items() if isinstance(v, dict)},
+    )
 
 
 class CheckpointFollower:
@@ -170,8 +186,10 @@ class CheckpointFollower:
         latest = None
         if steps and LATEST in names:
             latest = parse_step(storage.read_text(storage.join(self.root, LATEST), self.options).strip())
-        return [CheckpointStatus(step=s, state="committed" if s in self.committed else "incomplete", latest=s == latest)
-                for s in steps]
+        return [
+            CheckpointStatus(step=s, state="committed" if s in self.committed else "incomplete", latest=s == latest)
+            for s in steps
+        ]
 
 
 class RunWatcher:
@@ -218,9 +236,15 @@ class RunWatcher:
         if not self.refreshed and not (self.config or self.events or self.recent_rows or self.beats or checkpoints):
             raise FileNotFoundError(f"{self.run_url}: no Kiln run here (no config.yaml, run records or checkpoints)")
         self.refreshed = True
-        return Snapshot(status=self._status(time.time() if now is None else now, checkpoints),
-                        series=RunSeries(**{name: bucket_means(np.frombuffer(curve, dtype=np.float64), MAX_CHART_POINTS)
-                                            for name, curve in self.curves.items()}))
+        return Snapshot(
+            status=self._status(time.time() if now is None else now, checkpoints),
+            series=RunSeries(
+                **{
+                    name: bucket_means(np.frombuffer(curve, dtype=np.float64), MAX_CHART_POINTS)
+                    for name, curve in self.curves.items()
+                }
+            ),
+        )
 
     def _status(self, now: float, checkpoints: list[CheckpointStatus]) -> RunStatus:
         last_lifecycle = next((e for e in reversed(self.events) if e.get("event") in LIFECYCLE), None)
@@ -253,9 +277,15 @@ class RunWatcher:
             step_time=report.step_time,
             thresholds=report.thresholds,
             last_eval=self._last_eval(),
-            recent_events=[EventStatus(time=e.get("time", 0.0), event=str(e.get("event")), sentence=sentence(e),
-                                       rank=e.get("rank") if isinstance(e.get("rank"), int) else None)
-                           for e in self.events[-RECENT_EVENTS:]],
+            recent_events=[
+                EventStatus(
+                    time=e.get("time", 0.0),
+                    event=str(e.get("event")),
+                    sentence=sentence(e),
+                    rank=e.get("rank") if isinstance(e.get("rank"), int) else None,
+                )
+                for e in self.events[-RECENT_EVENTS:]
+            ],
             updated_at=now,
         )
 

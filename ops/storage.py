@@ -5,6 +5,7 @@ objects are all-or-nothing: local files go through a temporary name and a rename
 object stores get a single PUT, which is atomic per object.  Commit markers are
 written with these helpers after the data they vouch for.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Fixtures shared by every test folder: a real S3 server (moto) on 127.0.0.1."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,11 +58,15 @@ def tiny_config(tmp_path_factory):
     def make(folder, seed: int = 7, **sections):
         config = {
             "run": {"name": "tiny", "dir": str(folder / "run"), "seed": seed},
-            "data": {"inputs": [str(corpus / "train-*.jsonl.gz")], "val_inputs": [str(corpus / "val-*.jsonl.gz")],
-                     "output": str(folder / "data"), "vocab_size": 400, "shard_mb": 0.05},
+            "data": {
+                "inputs": [str(corpus / "train-*.jsonl.gz")],
+                "val_inputs": [str(corpus / "val-*.jsonl.gz")],
+                "output": str(folder / "data"),
+                "vocab_size": 400,
+                "shard_mb": 0.05,
+            },
             "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": 32},
-            "train": {"steps": 6, "micro_batch": 2, "global_batch": 4, "nproc": 2, "checkpoint_every": 3,
-                      "warmup_steps": 2},
+            "train": {"steps": 6, "micro_batch": 2, "global_batch": 4, "nproc": 2, "checkpoint_every": 3, "warmup_steps": 2},
             "cluster": {"num_cpus": 2},
         }
         for section, values in sections.items():

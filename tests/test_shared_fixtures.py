@@ -1,4 +1,5 @@
 """Fixtures shared across folders leave nothing behind for the next test, whatever the order tests run in."""
+
 import pytest
 
 from ops import storage

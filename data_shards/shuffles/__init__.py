@@ -6,6 +6,7 @@ It builds an epoch's arrays once (the loader keeps them on disk under a key of t
 inputs) and then answers which window of the epoch's document stream each sample reads.
 Adding a mode is one new module registered in :data:`SHUFFLES`.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

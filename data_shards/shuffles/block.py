@@ -11,6 +11,7 @@ two blocks per source and the shards of one window's worth of documents of the b
 after.  Like global mode it is a pure function of (documents, shards, seed, source,
 epoch, seq_len, block_shards).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -32,8 +33,9 @@ def shard_blocks(shards: int, block_shards: int, seed: int, source: str, epoch: 
     return blocks
 
 
-def block_doc_order(layout: SourceLayout, block_shards: int, seed: int, source: str,
-                    epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def block_doc_order(
+    layout: SourceLayout, block_shards: int, seed: int, source: str, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Documents in stream order (block by block, shuffled within each) and each one's block."""
     doc_block = shard_blocks(layout.shards, block_shards, seed, source, epoch)[layout.doc_shard]
     keys = sample_order.rng_for(seed, source, epoch, "documents").random(len(doc_block))

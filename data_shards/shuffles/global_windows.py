@@ -4,6 +4,7 @@ Documents shuffled over the whole source, packed into windows, windows shuffled 
 whole epoch.  Any span of the order reads from every shard, so the working set is the corpus:
 the mode for data on a local or shared filesystem.
 """
+
 from __future__ import annotations
 
 from typing import Mapping

@@ -3,6 +3,7 @@
 A new launcher is a module with a :class:`~launch.launchers.base.Launcher` subclass, named here
 under the ``train.launcher`` value that picks it.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -5,6 +5,7 @@ ask them to save and stop.  :func:`run_job` does the rest the same way for all o
 stop signals, restarts up to ``train.max_restarts``, failure and restart events, and the
 progress bar.  Adding a launcher is one new module with one :class:`Launcher` subclass.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -130,10 +131,22 @@ def run_job(launcher: Launcher) -> int:
                 return REQUEUE_EXIT_CODE  # stopped while failing: resume from the last committed checkpoint
             failures = [f.model_dump(exclude_none=True) for f in result.failures]
             if not launcher.restarts_failed_attempts or attempt >= max_restarts:
-                records.event("failure", launcher=launcher.name, exit_code=result.exit_code, failures=failures,
-                              attempts=attempt + 1, max_restarts=max_restarts)
+                records.event(
+                    "failure",
+                    launcher=launcher.name,
+                    exit_code=result.exit_code,
+                    failures=failures,
+                    attempts=attempt + 1,
+                    max_restarts=max_restarts,
+                )
                 return result.exit_code
             attempt += 1
-            records.event("restart", launcher=launcher.name, exit_code=result.exit_code, failures=failures,
-                          attempt=attempt, max_restarts=max_restarts,
-                          step=latest_committed_step(job.run_dir, job.storage_options) or 0)
+            records.event(
+                "restart",
+                launcher=launcher.name,
+                exit_code=result.exit_code,
+                failures=failures,
+                attempt=attempt,
+                max_restarts=max_restarts,
+                step=latest_committed_step(job.run_dir, job.storage_options) or 0,
+            )

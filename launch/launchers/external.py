@@ -5,6 +5,7 @@ otherwise SLURM's srun task variables are translated (the batch script exports
 MASTER_ADDR/MASTER_PORT); otherwise this is a single rank on 127.0.0.1.  Whoever started
 the rank restarts it: a failure ends this process.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """``train.launcher=ray``: the ranks as Ray Train workers on the cluster ``cluster.address`` names
 (or a private local Ray).  Ray Train restarts failed workers itself (``train.max_restarts``)."""
+
 from __future__ import annotations
 
 from cluster.config import ClusterConfig

@@ -10,6 +10,7 @@ MASTER_ADDR is hosts the rendezvous, and gloo binds the interface on the route t
 A stop request writes the stop file the ranks watch (torchrun forwards neither SIGUSR1
 nor SIGUSR2, and a SIGTERM to torchrun would kill the ranks instead of letting them save).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,13 +58,20 @@ def torchrun_arguments(train: TrainConfig, run_url: str, environ: dict[str, str]
     node_rank = environ.get("NODE_RANK", "0")
     local_address = this_node_address(environ)
     arguments = [
-        "--nnodes", str(train.nodes),
-        "--node_rank", node_rank,
-        "--rdzv_backend", "c10d",
-        "--rdzv_endpoint", f"{host}:{port}",
-        "--rdzv_id", rendezvous_id,
-        "--local_addr", local_address,
-        "--nproc_per_node", str(train.nproc),
+        "--nnodes",
+        str(train.nodes),
+        "--node_rank",
+        node_rank,
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"{host}:{port}",
+        "--rdzv_id",
+        rendezvous_id,
+        "--local_addr",
+        local_address,
+        "--nproc_per_node",
+        str(train.nproc),
     ]
     if node_rank == "0" and local_address == socket.gethostbyname(host):
         # torch guesses whether this node hosts the rendezvous by resolving its own hostname, which on
@@ -78,8 +86,10 @@ def this_node_address(environ: dict[str, str]) -> str:
     try:
         return address_towards(host, int(environ["MASTER_PORT"]))
     except OSError as e:
-        raise ConfigError(f"MASTER_ADDR={host!r} cannot be reached from this node ({e.strerror or e}): "
-                          "give the first node's address as the other nodes reach it") from None
+        raise ConfigError(
+            f"MASTER_ADDR={host!r} cannot be reached from this node ({e.strerror or e}): "
+            "give the first node's address as the other nodes reach it"
+        ) from None
 
 
 class TorchrunLauncher(Launcher):
@@ -89,8 +99,9 @@ class TorchrunLauncher(Launcher):
         super().__init__(job)
         self.environ = dict(os.environ if environ is None else environ)
         self.arguments = torchrun_arguments(job.train, job.run_dir, self.environ)
-        self.network_environment = (gloo_interface_environment(this_node_address(self.environ), self.environ)
-                                    if job.train.nodes > 1 else {})
+        self.network_environment = (
+            gloo_interface_environment(this_node_address(self.environ), self.environ) if job.train.nodes > 1 else {}
+        )
         self.folder = tempfile.mkdtemp(prefix="kiln-job-")  # private (0700): the job file names storage options
         self.job_path = os.path.join(self.folder, "job.json")
         self.stop_file = os.path.join(self.folder, "stop")
@@ -101,8 +112,16 @@ class TorchrunLauncher(Launcher):
         env = rank_environment(self.job.train.nproc, self.environ)
         env.update(self.network_environment)
         env[STOP_FILE_ENV] = self.stop_file
-        cmd = [sys.executable, "-m", "launch.launchers.torchrun_agent", failures_path, *self.arguments,
-               "-m", "llm.worker", self.job_path]
+        cmd = [
+            sys.executable,
+            "-m",
+            "launch.launchers.torchrun_agent",
+            failures_path,
+            *self.arguments,
+            "-m",
+            "llm.worker",
+            self.job_path,
+        ]
         # Its own session: a terminal's Ctrl-C reaches this launcher alone, which turns it into a stop request.
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         try:

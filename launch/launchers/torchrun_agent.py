@@ -5,6 +5,7 @@ only prints it.  This runs torchrun's own launch and writes the failed ranks to
 FAILURES_JSON for the launcher's events.  It exits 75 when every failed rank asked to be
 requeued, else 1 on failure, 0 on success.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,11 @@ def main(argv: list[str]) -> int:
         os.replace(tmp, failures_path)
         if all(f["exit_code"] == REQUEUE_EXIT_CODE for f in failures):
             return REQUEUE_EXIT_CODE
-        print(f"torchrun: {len(failures)} rank(s) failed: "
-              + ", ".join(f"rank {f['rank']} exit code {f['exit_code']}" for f in failures), file=sys.stderr)
+        print(
+            f"torchrun: {len(failures)} rank(s) failed: "
+            + ", ".join(f"rank {f['rank']} exit code {f['exit_code']}" for f in failures),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,4 +1,5 @@
 """The config a cluster job carries: the resolved config with the launcher and the job's shape filled in."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """Kubernetes: a KubeRay RayJob (ray.io/v1) that runs `kiln run` on a Ray cluster of GPU pods, plus the
 ConfigMap holding the resolved config it runs."""
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 Every field is named after its command-line flag (``gpus_per_node`` is ``--gpus-per-node``), so a
 validation error becomes one line naming the flag, the value and what would be valid.
 """
+
 from __future__ import annotations
 
 import re

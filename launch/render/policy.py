@@ -5,6 +5,7 @@ values or Secret objects in the manifest; every pod runs as a non-root user with
 escalation; GPU workers declare their GPU limit; Ray uses token authentication and neither its
 dashboard nor anything else is exposed outside the cluster.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,7 @@ def _pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], b
         yield f"worker group {group.get('groupName')}", group.get("template") or {}, True
 
 
-def _container_violations(where: str, container: dict[str, Any], pod_security: dict[str, Any],
-                          gpus: int) -> Iterator[str]:
+def _container_violations(where: str, container: dict[str, Any], pod_security: dict[str, Any], gpus: int) -> Iterator[str]:
     name = f"{where} container {container.get('name')}"
     for env in container.get("env") or []:
         if "value" in env and CREDENTIAL_NAME.search(env.get("name", "")):
@@ -65,12 +65,15 @@ def manifest_violations(documents: list[dict[str, Any]], gpus_per_node: int) -> 
         if (cluster.get("authOptions") or {}).get("mode") != "token":
             violations.append(f"{kind} {name}: Ray must use token authentication (authOptions: {{mode: token}})")
         if (cluster.get("headGroupSpec") or {}).get("serviceType", "ClusterIP") != "ClusterIP" or cluster.get("enableIngress"):
-            violations.append(f"{kind} {name}: the Ray head and its dashboard must stay inside the cluster "
-                              "(ClusterIP, no ingress)")
+            violations.append(
+                f"{kind} {name}: the Ray head and its dashboard must stay inside the cluster (ClusterIP, no ingress)"
+            )
         for where, template, is_worker in _pod_templates(doc):
             pod = template.get("spec") or {}
             for container in pod.get("containers") or []:
-                violations.extend(_container_violations(
-                    where, container, pod.get("securityContext") or {}, gpus_per_node if is_worker else 0
-                ))
+                violations.extend(
+                    _container_violations(
+                        where, container, pod.get("securityContext") or {}, gpus_per_node if is_worker else 0
+                    )
+                )
     return violations

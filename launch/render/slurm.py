@@ -1,4 +1,5 @@
 """SLURM batch scripts: one task per node runs `kiln train` (or, with ``--ray``, a Ray cluster runs `kiln run`)."""
+
 from __future__ import annotations
 
 from launch.config import KilnConfig

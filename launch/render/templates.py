@@ -1,4 +1,5 @@
 """The jinja2 environment over the templates shipped in ``launch/render/templates``."""
+
 from __future__ import annotations
 
 from functools import lru_cache

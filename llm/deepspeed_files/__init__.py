@@ -9,6 +9,7 @@ The rest of Kiln calls only what this package exports:
 * ``reshard``      per-parameter state for fp32 stage-0 engines (behind ``universal``);
 * ``consolidate``  fp32 weights in ``Transformer`` naming, for every layout.
 """
+
 from llm.deepspeed_files.consolidate import consolidate, trained_weights
 from llm.deepspeed_files.engine_io import (
     KilnCheckpointEngine,

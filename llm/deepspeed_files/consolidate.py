@@ -3,6 +3,7 @@
 In a bf16 run these are the optimizer's fp32 master weights, not the bf16 copies the model
 trained with.  Every file is read weights only.
 """
+
 from __future__ import annotations
 
 import contextlib

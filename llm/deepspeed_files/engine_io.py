@@ -6,6 +6,7 @@ state in a :class:`~llm.snapshot.Snapshot`, which the background writer copies a
 later.  ``engine.load_checkpoint`` reads through the same engine, weights only, and only
 files the resume has verified.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,8 +73,7 @@ def load_as_saved(ds_engine, load_dir: str, tag: str, verified: list[str]) -> No
     engine.verified = {os.path.abspath(p) for p in verified}
     try:
         with deepspeed_loads_weights_only():
-            path, _ = ds_engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=False)
+            path, _ = ds_engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
     finally:
         engine.verified = None
     if path is None:
@@ -83,8 +83,7 @@ def load_as_saved(ds_engine, load_dir: str, tag: str, verified: list[str]) -> No
 def load_universal(ds_engine, load_dir: str, tag: str) -> None:
     """Collective: restore a ZeRO engine built with ``checkpoint.load_universal`` from the universal form."""
     with deepspeed_loads_weights_only():
-        path, _ = ds_engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
-                                            load_lr_scheduler_states=False)
+        path, _ = ds_engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load the universal checkpoint {os.path.join(load_dir, tag)}")
 
@@ -97,8 +96,9 @@ def repair_optimizer_groups(ds_engine, cfg: TrainConfig) -> None:
     while not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer.optimizer
     if len(optimizer.param_groups) != 2:
-        raise RuntimeError(f"expected the optimizer's two parameter groups (decay, no decay), "
-                           f"found {len(optimizer.param_groups)}")
+        raise RuntimeError(
+            f"expected the optimizer's two parameter groups (decay, no decay), found {len(optimizer.param_groups)}"
+        )
     for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
         group.update(weight_decay=decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     for state in optimizer.state.values():

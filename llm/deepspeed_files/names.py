@@ -1,12 +1,13 @@
 """DeepSpeed's checkpoint file names, and which of them each rank reads back.
 
-    mp_rank_SS_model_states.pt                     module and engine state of pipeline stage SS
-                                                   (stage 00 without pipelining); ZeRO 0-2
-    zero_pp_rank_D_mp_rank_SS_model_states.pt      the same, per data-parallel rank D; ZeRO-3
-    [bf16_]zero_pp_rank_D_mp_rank_SS_optim_states.pt   data-parallel rank D's optimizer partition
-    layer_LL-model_states.pt                       pipeline layer LL, written by its stage's first
-                                                   data-parallel rank
+mp_rank_SS_model_states.pt                     module and engine state of pipeline stage SS
+                                               (stage 00 without pipelining); ZeRO 0-2
+zero_pp_rank_D_mp_rank_SS_model_states.pt      the same, per data-parallel rank D; ZeRO-3
+[bf16_]zero_pp_rank_D_mp_rank_SS_optim_states.pt   data-parallel rank D's optimizer partition
+layer_LL-model_states.pt                       pipeline layer LL, written by its stage's first
+                                               data-parallel rank
 """
+
 from __future__ import annotations
 
 import re

@@ -9,6 +9,7 @@ for fp32 stage-0 engines (which one data-parallel rank runs, see ``llm.layout``)
 * a stage-0 checkpoint written as a universal one, so ZeRO engines of any size load it;
 * a universal checkpoint loaded into a stage-0 engine.
 """
+
 from __future__ import annotations
 
 import glob
@@ -61,14 +62,17 @@ def zero0_to_universal(step_dir: str, out_parent: str, tag: str) -> None:
             _save_state(folder, "exp_avg_sq", moments["exp_avg_sq"])
             torch.save(torch.as_tensor(moments["step"], dtype=torch.float32), os.path.join(folder, "step.pt"))
     step = torch.as_tensor(next(iter(optim["state"].values()))["step"], dtype=torch.float32)
-    torch.save({  # no clip_grad: the loading engine keeps its own
-        "dynamic_loss_scale": False,
-        "overflow": False,
-        "ds_version": deepspeed.__version__,
-        "param_groups": optim["param_groups"],
-        # where ZeRO-3 engines read the step and group settings
-        "optimizer_state_dict": {"state": {0: {"step": step}}, "param_groups": optim["param_groups"]},
-    }, os.path.join(zero_dir, "optimizer_state.pt"))
+    torch.save(
+        {  # no clip_grad: the loading engine keeps its own
+            "dynamic_loss_scale": False,
+            "overflow": False,
+            "ds_version": deepspeed.__version__,
+            "param_groups": optim["param_groups"],
+            # where ZeRO-3 engines read the step and group settings
+            "optimizer_state_dict": {"state": {0: {"step": step}}, "param_groups": optim["param_groups"]},
+        },
+        os.path.join(zero_dir, "optimizer_state.pt"),
+    )
     model_states = {k: v for k, v in states.items() if k != "optimizer"}
     for name in (MODEL_STATES, ZERO3_MODEL_STATES):
         torch.save(model_states, os.path.join(out, name))

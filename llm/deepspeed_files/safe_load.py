@@ -10,6 +10,7 @@ engine (which Kiln replaces, see ``engine_io``) and directly in its universal-ch
 conversion code.  :func:`deepspeed_loads_weights_only` covers the direct calls for as long as
 Kiln has DeepSpeed load on its behalf.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ DeepSpeed's converter (``deepspeed.checkpoint.ds_to_universal``) runs in a child
 (it starts worker processes of its own, which a rank holding gloo threads must not fork):
 ``python -m llm.deepspeed_files.to_universal STEP_DIR OUT_DIR``, with every load weights only.
 """
+
 from __future__ import annotations
 
 import os

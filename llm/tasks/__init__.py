@@ -3,6 +3,7 @@
 ``AnyTaskEntry`` is the typed ``eval.tasks`` list (entries told apart by ``type``), and
 :func:`build_task` turns one entry into its task.
 """
+
 from __future__ import annotations
 
 import importlib

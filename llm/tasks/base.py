@@ -10,6 +10,7 @@ and tokens its slices hold in total, so a lost slice cannot go unnoticed.
 Adding a task is one new module in this package with an :class:`EvalTask` subclass
 and its config entry (a pydantic model whose ``type`` is a one-value ``Literal``).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

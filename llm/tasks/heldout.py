@@ -7,6 +7,7 @@ targets, of a unigram model fitted on the train shards (add-one smoothed): a mod
 that has learned anything beyond token frequencies is clearly below it.  Counting the
 train shards does not involve the model, so a job does it once for all checkpoints.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,14 +88,20 @@ class HeldOutTask(EvalTask):
 
     def slices(self, shape: ModelShape, slice_size: int) -> list[Slice]:
         if shape.vocab_size != self.train.vocab_size:
-            raise DataError(f"{self.data_url}: the data's vocabulary has {self.train.vocab_size} tokens, "
-                            f"the checkpoint's model {shape.vocab_size}")
+            raise DataError(
+                f"{self.data_url}: the data's vocabulary has {self.train.vocab_size} tokens, "
+                f"the checkpoint's model {shape.vocab_size}"
+            )
         counts = self._window_counts(shape.seq_len)
         if sum(counts) == 0:
-            raise DataError(f"{self.data_url}: the val shards hold no complete window of "
-                            f"seq_len+1 = {shape.seq_len + 1} tokens")
-        out = [Slice(task=self.name, source="val", part=shard, start=start, stop=min(start + slice_size, n))
-               for shard, n in enumerate(counts) for start in range(0, n, slice_size)]
+            raise DataError(
+                f"{self.data_url}: the val shards hold no complete window of seq_len+1 = {shape.seq_len + 1} tokens"
+            )
+        out = [
+            Slice(task=self.name, source="val", part=shard, start=start, stop=min(start + slice_size, n))
+            for shard, n in enumerate(counts)
+            for start in range(0, n, slice_size)
+        ]
         out += [Slice(task=self.name, source="train", part=shard, uses_model=False) for shard in range(len(self.train.shards))]
         return out
 
@@ -115,9 +122,9 @@ class HeldOutTask(EvalTask):
         if piece.source == "train":
             yield _TrainShard(piece.part)
             return
-        windows = self._windows(piece.part, model.cfg.seq_len)[piece.start:piece.stop]
+        windows = self._windows(piece.part, model.cfg.seq_len)[piece.start : piece.stop]
         for first in range(0, len(windows), self.batch_size):
-            yield _Windows(windows[first:first + self.batch_size])
+            yield _Windows(windows[first : first + self.batch_size])
 
     def score(self, model: Transformer | None, batch: _Windows | _TrainShard) -> HeldOutTally:
         if isinstance(batch, _TrainShard):
@@ -137,16 +144,21 @@ class HeldOutTask(EvalTask):
         unigram_nll = -float(tally.target_counts @ unigram_log_probs(tally.train_counts))
         loss, unigram_loss = tally.nll / tally.tokens, unigram_nll / tally.tokens
         bits = 1 / math.log(2) / max(tally.bytes, 1)
-        return TaskResult(name=self.name, type=self.type, metrics=[
-            Metric(key="loss", label="loss (nats/token)", value=loss),
-            Metric(key="perplexity", label="perplexity", value=math.exp(loss), format=".2f"),
-            Metric(key="bits_per_byte", label="bits per byte", value=tally.nll * bits),
-            Metric(key="unigram_loss", label="unigram baseline loss", value=unigram_loss),
-            Metric(key="unigram_perplexity", label="unigram baseline perplexity", value=math.exp(unigram_loss),
-                   format=".2f"),
-            Metric(key="unigram_bits_per_byte", label="unigram baseline bits per byte", value=unigram_nll * bits),
-            Metric(key="tokens", label="target tokens", value=tally.tokens, format=",d"),
-            Metric(key="bytes", label="target bytes", value=tally.bytes, format=",d"),
-            Metric(key="examples", label="windows", value=tally.examples, format=",d"),
-            Metric(key="val_shards", label="val shards", value=len(self.val.shards), format=",d"),
-        ])
+        return TaskResult(
+            name=self.name,
+            type=self.type,
+            metrics=[
+                Metric(key="loss", label="loss (nats/token)", value=loss),
+                Metric(key="perplexity", label="perplexity", value=math.exp(loss), format=".2f"),
+                Metric(key="bits_per_byte", label="bits per byte", value=tally.nll * bits),
+                Metric(key="unigram_loss", label="unigram baseline loss", value=unigram_loss),
+                Metric(
+                    key="unigram_perplexity", label="unigram baseline perplexity", value=math.exp(unigram_loss), format=".2f"
+                ),
+                Metric(key="unigram_bits_per_byte", label="unigram baseline bits per byte", value=unigram_nll * bits),
+                Metric(key="tokens", label="target tokens", value=tally.tokens, format=",d"),
+                Metric(key="bytes", label="target bytes", value=tally.bytes, format=",d"),
+                Metric(key="examples", label="windows", value=tally.examples, format=",d"),
+                Metric(key="val_shards", label="val shards", value=len(self.val.shards), format=",d"),
+            ],
+        )

@@ -10,6 +10,7 @@ Tokens are split between context and choice the harness's way: whitespace at the
 the context moves to the front of the choice, the whole text is encoded, and the choice's
 tokens are those after as many tokens as the context alone encodes to.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,10 @@ def parse_examples(text: str, path: str) -> list[tuple[int, Example]]:
         if not example.choices:
             raise DataError(f"{path} line {number}: 'choices' is empty")
         if not 0 <= example.label < len(example.choices):
-            raise DataError(f"{path} line {number}: label {example.label} is out of range for "
-                            f"{len(example.choices)} choices (0 to {len(example.choices) - 1})")
+            raise DataError(
+                f"{path} line {number}: label {example.label} is out of range for "
+                f"{len(example.choices)} choices (0 to {len(example.choices) - 1})"
+            )
         empty = [i for i, choice in enumerate(example.choices) if not choice]
         if empty:
             raise DataError(f"{path} line {number}: choice {empty[0]} is an empty string")
@@ -90,7 +93,7 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer.encode(context + continuation)
     context_tokens = tokenizer.encode(context)
-    return context_tokens, whole[len(context_tokens):]
+    return context_tokens, whole[len(context_tokens) :]
 
 
 @dataclass(frozen=True)
@@ -123,26 +126,37 @@ class MultipleChoiceTask(EvalTask):
             raise DataError(f"eval task '{entry.name}': task file {entry.path} does not exist")
         parsed = parse_examples(storage.read_text(entry.path, inputs.storage_options), entry.path)
         if entry.limit is not None:
-            parsed = parsed[:entry.limit]
+            parsed = parsed[: entry.limit]
         encoded = []
         for line, example in parsed:
             pairs = [encode_pair(inputs.tokenizer, example.context, choice) for choice in example.choices]
             for i, (_, continuation) in enumerate(pairs):
                 if not continuation:
                     raise DataError(f"{entry.path} line {line}: choice {i} encodes to no token of its own after the context")
-            encoded.append(EncodedExample(line=line, context=pairs[0][0], continuations=[c for _, c in pairs],
-                                          choice_chars=[len(c) for c in example.choices], label=example.label))
+            encoded.append(
+                EncodedExample(
+                    line=line,
+                    context=pairs[0][0],
+                    continuations=[c for _, c in pairs],
+                    choice_chars=[len(c) for c in example.choices],
+                    label=example.label,
+                )
+            )
         return cls(entry.name, entry.path, encoded, inputs.batch_size)
 
     def slices(self, shape: ModelShape, slice_size: int) -> list[Slice]:
         for example in self.examples:
             for i, continuation in enumerate(example.continuations):
                 if len(continuation) > shape.seq_len:
-                    raise DataError(f"{self.path} line {example.line}: choice {i} is {len(continuation)} tokens, "
-                                    f"more than the model's seq_len {shape.seq_len}")
+                    raise DataError(
+                        f"{self.path} line {example.line}: choice {i} is {len(continuation)} tokens, "
+                        f"more than the model's seq_len {shape.seq_len}"
+                    )
         n = len(self.examples)
-        return [Slice(task=self.name, source="examples", start=start, stop=min(start + slice_size, n))
-                for start in range(0, n, slice_size)]
+        return [
+            Slice(task=self.name, source="examples", start=start, stop=min(start + slice_size, n))
+            for start in range(0, n, slice_size)
+        ]
 
     def totals(self, shape: ModelShape) -> Tally:
         tokens = sum(len(c) for example in self.examples for c in example.continuations)
@@ -152,9 +166,9 @@ class MultipleChoiceTask(EvalTask):
         return MultipleChoiceTally()
 
     def batches(self, piece: Slice, model: Transformer | None) -> Iterator[list[EncodedExample]]:
-        examples = self.examples[piece.start:piece.stop]
+        examples = self.examples[piece.start : piece.stop]
         for first in range(0, len(examples), self.batch_size):
-            yield examples[first:first + self.batch_size]
+            yield examples[first : first + self.batch_size]
 
     def score(self, model: Transformer | None, batch: list[EncodedExample]) -> MultipleChoiceTally:
         requests = [(example.context, continuation) for example in batch for continuation in example.continuations]
@@ -162,7 +176,7 @@ class MultipleChoiceTask(EvalTask):
         tally = MultipleChoiceTally()
         first = 0
         for example in batch:
-            lls = np.asarray(scores[first:first + len(example.continuations)], dtype=np.float64)
+            lls = np.asarray(scores[first : first + len(example.continuations)], dtype=np.float64)
             first += len(example.continuations)
             tally.examples += 1
             tally.tokens += sum(len(c) for c in example.continuations)
@@ -171,11 +185,15 @@ class MultipleChoiceTask(EvalTask):
         return tally
 
     def compute(self, tally: MultipleChoiceTally) -> TaskResult:
-        return TaskResult(name=self.name, type=self.type, metrics=[
-            Metric(key="acc", label="accuracy", value=tally.correct / tally.examples),
-            Metric(key="acc_norm", label="accuracy, length-normalised", value=tally.correct_norm / tally.examples),
-            Metric(key="examples", label="examples", value=tally.examples, format=",d"),
-            Metric(key="correct", label="correct", value=tally.correct, format=",d"),
-            Metric(key="correct_norm", label="correct, length-normalised", value=tally.correct_norm, format=",d"),
-            Metric(key="tokens", label="choice tokens scored", value=tally.tokens, format=",d"),
-        ])
+        return TaskResult(
+            name=self.name,
+            type=self.type,
+            metrics=[
+                Metric(key="acc", label="accuracy", value=tally.correct / tally.examples),
+                Metric(key="acc_norm", label="accuracy, length-normalised", value=tally.correct_norm / tally.examples),
+                Metric(key="examples", label="examples", value=tally.examples, format=",d"),
+                Metric(key="correct", label="correct", value=tally.correct, format=",d"),
+                Metric(key="correct_norm", label="correct, length-normalised", value=tally.correct_norm, format=",d"),
+                Metric(key="tokens", label="choice tokens scored", value=tally.tokens, format=",d"),
+            ],
+        )

@@ -1,4 +1,5 @@
 """A real token-authenticated Ray head for the tests of this folder (started once per module)."""
+
 import pytest
 
 from support.ray_head import RayHead

@@ -1,5 +1,6 @@
 """Commands join the Ray cluster that `cluster.address` or `RAY_ADDRESS` names rather than starting a Ray of
 their own: the head (token authentication on) lists each command's process as a driver of its own."""
+
 import os
 import subprocess
 import sys
@@ -24,14 +25,21 @@ def driver_pids(head) -> set[int]:
     """The process ids of every driver that has connected to the head, as its Jobs API lists them."""
     token = Path(head.token_path).read_text().strip()
     client = JobSubmissionClient(head.dashboard_url, headers={"Authorization": f"Bearer {token}"})
-    return {int(job.driver_info.pid) for job in client.list_jobs()
-            if job.type == JobType.DRIVER and job.driver_info is not None}
+    return {
+        int(job.driver_info.pid) for job in client.list_jobs() if job.type == JobType.DRIVER and job.driver_info is not None
+    }
 
 
 def prepare_on(head, config: Path, *overrides: str, env: dict[str, str]) -> int:
     """`kiln prepare CONFIG ...` as a user runs it; the pid of the process (the Ray driver)."""
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "prepare", str(config), *overrides], env=env,
-                            cwd=config.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "prepare", str(config), *overrides],
+        env=env,
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-2000:] + err[-4000:]
     return proc.pid

@@ -1,4 +1,5 @@
 """Ray Train launches the same per-rank loop as torchrun: same loss curve, same committed checkpoints."""
+
 import subprocess
 import sys
 

@@ -1,5 +1,6 @@
 """`kiln submit` and `kiln jobs` against a real Ray head started with token authentication, and Ray Train
 runs that survive a killed worker or a stop request with the uninterrupted loss curve."""
+
 import json
 import os
 import signal
@@ -20,8 +21,9 @@ STEPS = 400
 
 
 def kiln(*args, env=None, cwd=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def client_env(head, with_token=True, home=None):
@@ -55,9 +57,13 @@ def wait_for_step(run_dir, step, alive=lambda: True, timeout_s=600):
 def setup(tmp_path_factory, tiny_config):
     """Prepared data, a Ray Train config, and the uninterrupted curve (Ray Train equals torchrun bit for bit)."""
     tmp = tmp_path_factory.mktemp("submit")
-    path = tiny_config(tmp, seed=11, run={"dir": str(tmp / "straight")},
-                       train={"steps": STEPS, "checkpoint_every": 100, "launcher": "ray", "warmup_steps": 5},
-                       eval={"max_windows_per_shard": 4})
+    path = tiny_config(
+        tmp,
+        seed=11,
+        run={"dir": str(tmp / "straight")},
+        train={"steps": STEPS, "checkpoint_every": 100, "launcher": "ray", "warmup_steps": 5},
+        eval={"max_windows_per_shard": 4},
+    )
     prepared = kiln("prepare", str(path), cwd=tmp)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     straight = kiln("train", str(path), "train.launcher=local", cwd=tmp)
@@ -67,21 +73,33 @@ def setup(tmp_path_factory, tiny_config):
     return tmp, path, reference
 
 
-def test_submit_follow_runs_prepare_train_eval_on_the_cluster_and_keeps_the_token_out_of_everything(
-        setup, ray_head, tmp_path):
+def test_submit_follow_runs_prepare_train_eval_on_the_cluster_and_keeps_the_token_out_of_everything(setup, ray_head, tmp_path):
     tmp, path, reference = setup
     run = tmp_path / "run"
     data = tmp_path / "data"
-    done = kiln("submit", str(path), f"run.dir={run}", f"data.output={data}", "--address", ray_head.dashboard_url,
-                "--follow", env=client_env(ray_head), cwd=tmp)
+    done = kiln(
+        "submit",
+        str(path),
+        f"run.dir={run}",
+        f"data.output={data}",
+        "--address",
+        ray_head.dashboard_url,
+        "--follow",
+        env=client_env(ray_head),
+        cwd=tmp,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     job_id = done.stdout.strip().splitlines()[0]
     assert job_id.startswith("kiln-tiny-")
 
     assert curve(run) == reference
     assert json.loads((run / "eval" / f"step-{STEPS:08d}.json").read_text())["step"] == STEPS
-    listed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "job", "list", "--address",
-                             ray_head.dashboard_url], env=client_env(ray_head), capture_output=True, text=True)
+    listed = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "list", "--address", ray_head.dashboard_url],
+        env=client_env(ray_head),
+        capture_output=True,
+        text=True,
+    )
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert f"submission_id='{job_id}'" in listed.stdout and "status=<JobStatus.SUCCEEDED" in listed.stdout
 
@@ -97,8 +115,9 @@ def test_submit_follow_runs_prepare_train_eval_on_the_cluster_and_keeps_the_toke
 
 def test_a_submission_without_the_token_is_refused_with_one_line(setup, ray_head, tmp_path):
     _, path, _ = setup
-    refused = kiln("submit", str(path), "--address", ray_head.dashboard_url,
-                   env=client_env(ray_head, with_token=False, home=tmp_path))
+    refused = kiln(
+        "submit", str(path), "--address", ray_head.dashboard_url, env=client_env(ray_head, with_token=False, home=tmp_path)
+    )
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     assert "requires a token" in refused.stderr and "RAY_AUTH_TOKEN_PATH" in refused.stderr
@@ -108,9 +127,22 @@ def test_a_killed_ray_train_worker_is_restarted_and_the_curve_is_unchanged(setup
     tmp, path, reference = setup
     run = tmp_path / "killed"
     env = client_env(ray_head)
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(path), f"run.dir={run}",
-                             f"cluster.address={ray_head.gcs_address}", "train.max_restarts=2"],
-                            env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "train",
+            str(path),
+            f"run.dir={run}",
+            f"cluster.address={ray_head.gcs_address}",
+            "train.max_restarts=2",
+        ],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_step(run, 105, alive=lambda: proc.poll() is None)  # past the checkpoint at step 100
         victim = next(b for b in RunRecords(str(run)).heartbeats() if b["rank"] == 1)["pid"]
@@ -151,8 +183,7 @@ def test_stopping_a_submitted_job_saves_it_and_the_resubmission_continues_the_cu
     assert 3 <= preemption["step"] < STEPS
     assert max(curve(run)) == preemption["step"]
 
-    again = kiln("submit", str(path), f"run.dir={run}", "--address", ray_head.dashboard_url, "--follow",
-                 env=env, cwd=tmp)
+    again = kiln("submit", str(path), f"run.dir={run}", "--address", ray_head.dashboard_url, "--follow", env=env, cwd=tmp)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert curve(run) == reference
 
@@ -160,9 +191,13 @@ def test_stopping_a_submitted_job_saves_it_and_the_resubmission_continues_the_cu
 def test_a_stop_signal_to_the_ray_train_driver_saves_and_exits_75(setup, ray_head, tmp_path):
     tmp, path, _ = setup
     run = tmp_path / "usr2"
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(path), f"run.dir={run}",
-                             f"cluster.address={ray_head.gcs_address}"],
-                            env=client_env(ray_head), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "train", str(path), f"run.dir={run}", f"cluster.address={ray_head.gcs_address}"],
+        env=client_env(ray_head),
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_step(run, 3, alive=lambda: proc.poll() is None)
         proc.send_signal(signal.SIGUSR2)

@@ -1,4 +1,5 @@
 """What `kiln submit` refuses before it reaches a cluster, and how it says so."""
+
 import socket
 import subprocess
 import sys
@@ -45,7 +46,11 @@ def test_relative_paths_are_refused_for_a_cluster_on_another_machine(config):
 def test_absolute_and_object_store_paths_go_to_another_machine_unchanged(config):
     cfg = load_config(config, ["run.dir=s3://bucket/runs/r", "data.output=/shared/data/r", "data.inputs=[s3://b/raw/*]"])
     resolved = config_for_cluster(cfg, on_this_machine=False)
-    assert (resolved.run_url, resolved.data.output, resolved.data.inputs) == ("s3://bucket/runs/r", "/shared/data/r", ["s3://b/raw/*"])
+    assert (resolved.run_url, resolved.data.output, resolved.data.inputs) == (
+        "s3://bucket/runs/r",
+        "/shared/data/r",
+        ["s3://b/raw/*"],
+    )
 
 
 def test_relative_paths_become_absolute_for_a_cluster_on_this_machine(config, tmp_path, monkeypatch):
@@ -59,8 +64,12 @@ def test_relative_paths_become_absolute_for_a_cluster_on_this_machine(config, tm
 def test_loopback_and_this_machines_own_address_are_this_machine_but_others_are_not():
     assert cluster_is_on_this_machine("http://127.0.0.1:8265")
     assert cluster_is_on_this_machine("http://localhost:8265")
-    own = next(a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-               if a.family == socket.AF_INET and not a.address.startswith("127."))
+    own = next(
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    )
     assert cluster_is_on_this_machine(f"http://{own}:8265")
     assert not cluster_is_on_this_machine("http://203.0.113.7:8265")
     assert not cluster_is_on_this_machine("http://no-such-host.invalid:8265")

@@ -1,4 +1,5 @@
 """Fixtures for the data layer: tiny token datasets written with the real shard writer."""
+
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,5 @@
 """Block shuffle as pure functions: each span of the order reads a bounded set of shards."""
+
 import numpy as np
 import pytest
 

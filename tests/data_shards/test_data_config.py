@@ -39,6 +39,8 @@ def test_a_data_section_dumps_the_same_after_a_round_trip_through_a_saved_config
     import yaml
 
     cfg = DataConfig(inputs=["a.jsonl"], sources=[{"name": "code", "inputs": ["b.jsonl"]}], shard_mb=4)
-    for saved in (DataConfig.model_validate_json(cfg.model_dump_json()),
-                  DataConfig.model_validate(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json"))))):
+    for saved in (
+        DataConfig.model_validate_json(cfg.model_dump_json()),
+        DataConfig.model_validate(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))),
+    ):
         assert json.dumps(saved.model_dump(), sort_keys=True) == json.dumps(cfg.model_dump(), sort_keys=True)

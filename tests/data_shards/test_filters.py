@@ -1,4 +1,5 @@
 """The named cleaning steps as pure functions, and their counts."""
+
 from data_shards.config import MaskPII, MinLength, NormalizeUnicode, StripMarkup
 from data_shards.filters import FilterChain, mask_pii, normalize_unicode, strip_markup
 

@@ -1,4 +1,5 @@
 """Input discovery and the streaming readers of every supported format."""
+
 import gzip
 import json
 

@@ -1,4 +1,5 @@
 """GlobalBatchLoader and the whole-shard readers against real shard files."""
+
 import os
 
 import numpy as np
@@ -46,10 +47,12 @@ def reference_order(docs, seed, seq_len, epoch, mode, cuts=SHARD_CUTS, source="d
     layout = SourceLayout(lengths, doc_shards(len(docs), cuts), len(cuts) + 1)
     order, ordered_blocks = blocks.block_doc_order(layout, BLOCK_SHARDS, seed, source, epoch)
     bounds = blocks.window_bounds(so.doc_starts(lengths, order), ordered_blocks, -(-layout.shards // BLOCK_SHARDS), seq_len)
-    windows = np.concatenate([
-        bounds[k] + blocks.block_window_perm(int(bounds[k + 1] - bounds[k]), seed, source, epoch, k)
-        for k in range(len(bounds) - 1)
-    ])
+    windows = np.concatenate(
+        [
+            bounds[k] + blocks.block_window_perm(int(bounds[k + 1] - bounds[k]), seed, source, epoch, k)
+            for k in range(len(bounds) - 1)
+        ]
+    )
     return order, windows
 
 
@@ -92,8 +95,10 @@ def test_global_sequence_is_independent_of_data_parallel_world(dataset, mode):
     url, _ = dataset
     one = read_all(GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, read=reading(mode)), 5)
     for world in (2, 4):
-        ranks = [GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, dp_rank=r, dp_world=world,
-                                   read=reading(mode)) for r in range(world)]
+        ranks = [
+            GlobalBatchLoader(url, "train", seed=3, seq_len=SEQ, global_batch=8, dp_rank=r, dp_world=world, read=reading(mode))
+            for r in range(world)
+        ]
         batches = [np.concatenate([rk.next_batch() for rk in ranks]) for _ in range(5)]
         assert np.array_equal(np.concatenate(batches), one)
         assert all(rk.consumed_samples == 40 for rk in ranks)
@@ -102,8 +107,10 @@ def test_global_sequence_is_independent_of_data_parallel_world(dataset, mode):
 def test_two_ranks_then_one_rank_equals_one_rank_throughout(dataset, mode):
     url, _ = dataset
     reference = read_all(GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, read=reading(mode)), 10)
-    ranks = [GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, dp_rank=r, dp_world=2, read=reading(mode))
-             for r in range(2)]
+    ranks = [
+        GlobalBatchLoader(url, "train", seed=9, seq_len=SEQ, global_batch=4, dp_rank=r, dp_world=2, read=reading(mode))
+        for r in range(2)
+    ]
     first = [np.concatenate([rk.next_batch() for rk in ranks]) for _ in range(4)]
     state = ranks[0].state_dict()
     assert state == ranks[1].state_dict()
@@ -148,8 +155,9 @@ def test_blended_sources_follow_weights_and_count_per_source(tmp_path, kit, mode
     web = kit.random_docs(1, 40, 500)
     code = kit.random_docs(2, 40, 500)
     url = str(tmp_path / "data")
-    kit.write_split(url, "train", {"web": [web[:15], web[15:]], "code": [code[:25], code[25:]]},
-                    weights={"web": 3.0, "code": 1.0})
+    kit.write_split(
+        url, "train", {"web": [web[:15], web[15:]], "code": [code[:25], code[25:]]}, weights={"web": 3.0, "code": 1.0}
+    )
     loader = GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, read=reading(mode))
     batch = np.concatenate([loader.next_batch() for _ in range(5)])
     state = loader.state_dict()
@@ -162,8 +170,9 @@ def test_blended_sources_follow_weights_and_count_per_source(tmp_path, kit, mode
     resumed.load_state_dict(state)
     assert np.array_equal(resumed.next_batch(), loader.next_batch()[4:])
     with pytest.raises(DataError, match="blend weights changed"):
-        GlobalBatchLoader(url, "train", seed=0, seq_len=SEQ, global_batch=8, blend={"web": 1.0, "code": 1.0},
-                          read=reading(mode)).load_state_dict(state)
+        GlobalBatchLoader(
+            url, "train", seed=0, seq_len=SEQ, global_batch=8, blend={"web": 1.0, "code": 1.0}, read=reading(mode)
+        ).load_state_dict(state)
 
 
 def flip_a_byte_of_shard_1(url: str) -> None:

@@ -1,4 +1,5 @@
 """A manifest is untrusted input: what it names must stay inside its split folder, and its checksums are digests."""
+
 import json
 import os
 

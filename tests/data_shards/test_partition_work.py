@@ -1,4 +1,5 @@
 """One partition's work, run directly (no Ray): shards, markers, held-out split, tokenizer reuse."""
+
 import json
 
 import pyarrow as pa
@@ -12,9 +13,18 @@ TEXTS = [f"line {i} of the text with some words: alpha beta gamma {i * 7}" for i
 
 
 def make_job(tmp_path, tok, **overrides):
-    base = dict(output=str(tmp_path / "out"), config_hash="c0ffee0123456789", seed=4, tokenizer_bytes=tok.model_bytes,
-                filters=[MinLength(min_chars=10)], on_error="stop", val_fraction=0.2, shard_bytes=2000,
-                batch_bytes=500, dtype="uint16")
+    base = dict(
+        output=str(tmp_path / "out"),
+        config_hash="c0ffee0123456789",
+        seed=4,
+        tokenizer_bytes=tok.model_bytes,
+        filters=[MinLength(min_chars=10)],
+        on_error="stop",
+        val_fraction=0.2,
+        shard_bytes=2000,
+        batch_bytes=500,
+        dtype="uint16",
+    )
     base.update(overrides)
     return pw.TokenizeJob(**base)
 

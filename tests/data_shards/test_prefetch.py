@@ -1,4 +1,5 @@
 """Prefetch depth from the measured rates, and the prefetch thread against the reader's upcoming shards."""
+
 import threading
 
 from data_shards.prefetch import Prefetcher, prefetch_depth

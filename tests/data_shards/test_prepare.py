@@ -1,4 +1,5 @@
 """prepare() on a real local Ray cluster: the shard contract, determinism and bad input."""
+
 import gzip
 import hashlib
 import json
@@ -188,22 +189,41 @@ def test_kiln_data_inspect_prints_the_manifests_counts_and_a_decoded_sample(prep
     root, summary, _ = prepared
     data = root / "a"
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "data", "inspect", str(data)], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "data", "inspect", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip().strip("│").split("│")]
-                                              for line in proc.stdout.splitlines()) if len(cells) == 7}
+    rows = {
+        cells[0]: cells[1:]
+        for cells in ([c.strip() for c in line.strip().strip("│").split("│")] for line in proc.stdout.splitlines())
+        if len(cells) == 7
+    }
     for split in ("train", "val"):
         manifest = load_manifest(str(data), split)
-        assert rows[split][:5] == [str(summary[f"{split}_shards"]), f"{summary[f'{split}_docs']:,}",
-                                   f"{summary[f'{split}_tokens']:,}", f"{sum(s.bytes for s in manifest.shards):,}",
-                                   manifest.dtype]
+        assert rows[split][:5] == [
+            str(summary[f"{split}_shards"]),
+            f"{summary[f'{split}_docs']:,}",
+            f"{summary[f'{split}_tokens']:,}",
+            f"{sum(s.bytes for s in manifest.shards):,}",
+            manifest.dtype,
+        ]
     assert f"vocab {Tokenizer.load(str(data)).vocab_size:,}" in proc.stdout
     first = load_manifest(str(data), "train").shards[0]
     tokens = pa.ipc.open_file(pa.OSFile(str(data / "train" / first.path))).read_all().column("tokens").to_pylist()[0]
     sample_line = next(line for line in Tokenizer.load(str(data)).decode(tokens[:64]).splitlines() if line.strip())
     assert sample_line.strip() in proc.stdout
 
-    missing = subprocess.run([sys.executable, "-m", "launch.cli", "data", "inspect", str(tmp_path / "nothing")],
-                             capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    missing = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "data", "inspect", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("kiln: error: ") and missing.stderr.count("\n") == 1

@@ -1,5 +1,5 @@
 """`kiln prepare` on bad inputs and outputs: one line naming the file or URL, exit 2, nothing committed."""
-import json
+
 import os
 import socket
 import subprocess
@@ -16,14 +16,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def kiln_prepare(tmp_path: Path, data: dict, env: dict | None = None) -> subprocess.CompletedProcess:
-    tree = {"run": {"name": "t", "dir": str(tmp_path / "run")},
-            "data": {"output": str(tmp_path / "data"), "vocab_size": 300, "tokenizer_sample_mb": 1, "tokenizer_threads": 1,
-                     **data},
-            "cluster": {"num_cpus": 1}}
+    tree = {
+        "run": {"name": "t", "dir": str(tmp_path / "run")},
+        "data": {
+            "output": str(tmp_path / "data"),
+            "vocab_size": 300,
+            "tokenizer_sample_mb": 1,
+            "tokenizer_threads": 1,
+            **data,
+        },
+        "cluster": {"num_cpus": 1},
+    }
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tree))
-    return subprocess.run([sys.executable, "-m", "launch.cli", "prepare", str(config)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", "prepare", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -59,7 +72,11 @@ def test_an_s3_output_without_a_reachable_store_is_one_line(tmp_path, kit):
     with socket.socket() as held:  # bound but not listening: connections to it are refused
         held.bind(("127.0.0.1", 0))
         nobody = f"http://127.0.0.1:{held.getsockname()[1]}"
-        env = {"AWS_ENDPOINT_URL": nobody, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {
+            "AWS_ENDPOINT_URL": nobody,
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "y",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         line = one_error_line(kiln_prepare(tmp_path, {"inputs": [str(good)], "output": "s3://kiln-nowhere/data"}, env))
     assert "data.output: cannot reach s3://kiln-nowhere/data" in line and "AWS_ENDPOINT_URL" in line

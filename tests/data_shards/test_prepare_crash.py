@@ -1,4 +1,5 @@
 """A prepare killed at an arbitrary moment finishes on the next run with every document exactly once."""
+
 import gzip
 import json
 import os
@@ -44,8 +45,14 @@ def split_corpus(kit, tmp_path):
         (inp / f"part-{p:02d}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in chunk))
         expected.update(doc_id(p, i) for i in range(len(chunk)))
     cfg = DataConfig(
-        inputs=[str(inp / "*.jsonl")], val_fraction=0.1, output=str(tmp_path / "out"), vocab_size=1000,
-        shard_mb=0.2, tokenizer_sample_mb=1, tokenizer_threads=2, max_inflight=1,
+        inputs=[str(inp / "*.jsonl")],
+        val_fraction=0.1,
+        output=str(tmp_path / "out"),
+        vocab_size=1000,
+        shard_mb=0.2,
+        tokenizer_sample_mb=1,
+        tokenizer_threads=2,
+        max_inflight=1,
     )
     return cfg, expected
 
@@ -79,7 +86,9 @@ def kill_tree(proc: subprocess.Popen, family: dict[int, float]) -> None:
 def test_killed_prepare_resumes_without_losing_or_duplicating_documents(split_corpus, local_ray):
     cfg, expected = split_corpus
     markers = os.path.join(cfg.output, "_work")
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, cfg.model_dump_json()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, cfg.model_dump_json()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     family: dict[int, float] = {}
     try:
         deadline = time.monotonic() + 240

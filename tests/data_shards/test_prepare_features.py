@@ -1,4 +1,5 @@
 """prepare() features on a real local Ray cluster: formats, filters, de-duplication, sources, tokenizers."""
+
 import gzip
 import json
 
@@ -86,8 +87,14 @@ def test_exact_duplicates_across_files_keep_one_copy_with_the_smallest_doc_id(lo
     inp.mkdir()
     for i in range(4):  # every file holds the same 5 documents plus 2 of its own
         (inp / f"p{i}.jsonl").write_bytes(jsonl(texts[:5] + texts[5 + 2 * i : 7 + 2 * i]))
-    cfg = DataConfig(inputs=[str(inp / "*.jsonl")], val_fraction=0, output=str(tmp_path / "out"), vocab_size=600,
-                     tokenizer_sample_mb=1, filters=["dedup_exact"])
+    cfg = DataConfig(
+        inputs=[str(inp / "*.jsonl")],
+        val_fraction=0,
+        output=str(tmp_path / "out"),
+        vocab_size=600,
+        tokenizer_sample_mb=1,
+        filters=["dedup_exact"],
+    )
     prepare(cfg, seed=0, progress=False)
     manifest = load_manifest(cfg.output, "train")
     assert manifest.total_docs == 5 + 8
@@ -102,7 +109,10 @@ def test_named_sources_are_blended_by_weight(local_ray, texts, tmp_path):
     (inp / "web.jsonl").write_bytes(jsonl(texts[:20]))
     (inp / "code.jsonl").write_bytes(jsonl(texts[20:40]))
     cfg = DataConfig(
-        sources=[{"name": "web", "inputs": [str(inp / "web.jsonl")], "weight": 3}, {"name": "code", "inputs": [str(inp / "code.jsonl")], "weight": 1}],
+        sources=[
+            {"name": "web", "inputs": [str(inp / "web.jsonl")], "weight": 3},
+            {"name": "code", "inputs": [str(inp / "code.jsonl")], "weight": 1},
+        ],
         val_fraction=0.1,
         output=str(tmp_path / "out"),
         vocab_size=600,
@@ -141,7 +151,9 @@ def test_new_tokenizer_uncommits_data_made_with_the_old_one(local_ray, texts, tm
     inp.mkdir()
     (inp / "a.jsonl").write_bytes(jsonl(texts[:20]))
     out = str(tmp_path / "out")
-    prepare(DataConfig(inputs=[str(inp / "a.jsonl")], output=out, vocab_size=600, tokenizer_sample_mb=1), seed=0, progress=False)
+    prepare(
+        DataConfig(inputs=[str(inp / "a.jsonl")], output=out, vocab_size=600, tokenizer_sample_mb=1), seed=0, progress=False
+    )
     old = load_manifest(out, "train").tokenizer_sha256
     with pytest.raises(DataError, match="missing.jsonl does not exist"):
         prepare(DataConfig(inputs=[str(inp / "a.jsonl"), str(inp / "missing.jsonl")], output=out), seed=0, progress=False)
@@ -158,8 +170,14 @@ def test_one_big_file_is_shared_by_several_tasks_without_losing_documents(local_
     inp = tmp_path / "in"
     inp.mkdir()
     (inp / "big.jsonl").write_bytes(jsonl(texts))
-    cfg = DataConfig(inputs=[str(inp / "big.jsonl")], val_fraction=0, output=str(tmp_path / "out"), vocab_size=600,
-                     tokenizer_sample_mb=1, partition_mb=0.05)
+    cfg = DataConfig(
+        inputs=[str(inp / "big.jsonl")],
+        val_fraction=0,
+        output=str(tmp_path / "out"),
+        vocab_size=600,
+        tokenizer_sample_mb=1,
+        partition_mb=0.05,
+    )
     summary = prepare(cfg, seed=0, progress=False)
     assert summary["partitions"] > 3
     assert summary["train_docs"] == len(texts)

@@ -1,4 +1,5 @@
 """prepare() and the readers against S3 (a moto server on 127.0.0.1, reached through s3fs)."""
+
 import os
 
 import numpy as np
@@ -32,7 +33,15 @@ def s3_ray(s3_bucket):
 
 
 def config(inputs, val_inputs, output):
-    return DataConfig(inputs=inputs, val_inputs=val_inputs, output=output, vocab_size=800, shard_mb=0.3, tokenizer_sample_mb=1, tokenizer_threads=2)
+    return DataConfig(
+        inputs=inputs,
+        val_inputs=val_inputs,
+        output=output,
+        vocab_size=800,
+        shard_mb=0.3,
+        tokenizer_sample_mb=1,
+        tokenizer_threads=2,
+    )
 
 
 def test_prepare_reads_and_writes_s3_and_matches_a_local_prepare(s3_ray, kit, tmp_path):
@@ -71,8 +80,9 @@ def test_damaged_s3_shard_is_a_data_error_naming_it(s3_ray, kit, tmp_path):
     raw = bytearray(storage.read_bytes(url))
     raw[len(raw) // 3] ^= 0x10
     storage.write_bytes(url, bytes(raw))
-    loader = GlobalBatchLoader(cfg.output, "train", seed=0, seq_len=64, global_batch=4,
-                               read=ReadConfig(shuffle="global"))  # reads index files only
+    loader = GlobalBatchLoader(
+        cfg.output, "train", seed=0, seq_len=64, global_batch=4, read=ReadConfig(shuffle="global")
+    )  # reads index files only
     with pytest.raises(DataError, match=f"shard {url} is damaged"):
         for _ in range(loader.sources[0].samples_per_epoch // 4 + 1):
             loader.next_batch()

@@ -1,4 +1,5 @@
 """The pure order-building functions, tested without any reader or process."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """The node's shard cache: private, bounded at every instant, least wanted evicted first, shared safely."""
+
 import fcntl
 import hashlib
 import os
@@ -150,7 +151,6 @@ def test_threads_asking_for_the_same_shard_share_one_download(tmp_path, objects)
     for t in threads:
         t.join()
     assert len(set(paths)) == 1 and sum(h.downloads for h in handles) == 1
-
 
 
 def _blocked_flock_waiters(path) -> int:

@@ -1,4 +1,5 @@
 """Training data streamed from S3 (a moto server on 127.0.0.1, through s3fs) via the node's bounded shard cache."""
+
 import json
 import os
 import subprocess
@@ -113,9 +114,24 @@ def test_two_ranks_of_a_node_share_one_bounded_cache_and_read_what_a_local_copy_
     sampler = CacheSampler(cache)
     batches = load_manifest(remote, "train").total_tokens // SEQ // 4  # about an epoch
     procs = [
-        subprocess.Popen([sys.executable, "-c", READER, remote, str(rank), "2", read.model_dump_json(),
-                          str(tmp_path / f"rank{rank}.npy"), str(batches)],
-                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                READER,
+                remote,
+                str(rank),
+                "2",
+                read.model_dump_json(),
+                str(tmp_path / f"rank{rank}.npy"),
+                str(batches),
+            ],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in range(2)
     ]
     try:
@@ -145,9 +161,24 @@ def test_a_node_downloads_each_shard_once_for_all_its_ranks(copies, tmp_path):
     env = {**os.environ, "KILN_CACHE_DIR": str(tmp_path / "node-cache"), "PYTHONPATH": str(REPO)}
     batches = 2 * load_manifest(remote, "train").total_tokens // SEQ // 4  # about two epochs: every shard is read
     procs = [
-        subprocess.Popen([sys.executable, "-c", READER, remote, str(rank), "2", read.model_dump_json(),
-                          str(tmp_path / f"rank{rank}.npy"), str(batches)],
-                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                READER,
+                remote,
+                str(rank),
+                "2",
+                read.model_dump_json(),
+                str(tmp_path / f"rank{rank}.npy"),
+                str(batches),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in range(2)
     ]
     outputs = [proc.communicate(timeout=600) for proc in procs]
@@ -163,8 +194,14 @@ def test_a_shard_damaged_in_the_bucket_is_a_data_error_naming_it(copies):
     raw = bytearray(storage.read_bytes(url))
     raw[len(raw) // 2] ^= 0x01
     storage.write_bytes(url, bytes(raw))
-    loader = GlobalBatchLoader(remote, "train", seed=4, seq_len=SEQ, global_batch=2,
-                               read=ReadConfig(shuffle="block", block_shards=1, cache_limit_gb=4 * largest / 1e9))
+    loader = GlobalBatchLoader(
+        remote,
+        "train",
+        seed=4,
+        seq_len=SEQ,
+        global_batch=2,
+        read=ReadConfig(shuffle="block", block_shards=1, cache_limit_gb=4 * largest / 1e9),
+    )
     try:
         with pytest.raises(DataError, match=f"shard {url} is damaged: its sha256 does not match the manifest"):
             for _ in range(loader.sources[0].samples_per_epoch // 2 + 1):
@@ -180,8 +217,17 @@ def train(job, tmp_path: Path, cache: Path, name: str) -> subprocess.Popen:
     job_path = tmp_path / f"{name}.json"
     job.save(str(job_path))
     env = {**rank_environment(2), "KILN_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "llm.worker", str(job_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llm.worker",
+        str(job_path),
+    ]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -195,12 +241,28 @@ def test_a_two_rank_run_from_s3_within_its_cache_limit_has_the_loss_curve_of_a_r
     read = ReadConfig(shuffle="block", block_shards=1, cache_limit_gb=limit / 1e9)
     model = ModelConfig(dim=32, layers=2, heads=4, kv_heads=2, seq_len=32, multiple_of=16)
     steps = 24
-    settings = TrainConfig(steps=steps, micro_batch=4, global_batch=8, lr=3e-3, warmup_steps=2, nproc=2, zero_stage=2,
-                           checkpoint_every=1000, checkpoint_at_end=False)
+    settings = TrainConfig(
+        steps=steps,
+        micro_batch=4,
+        global_batch=8,
+        lr=3e-3,
+        warmup_steps=2,
+        nproc=2,
+        zero_stage=2,
+        checkpoint_every=1000,
+        checkpoint_at_end=False,
+    )
     curves = {}
     for name, data_url in (("local", local), ("s3", remote)):
-        job = TrainJob(run_dir=str(tmp_path / f"run-{name}"), data_url=data_url, read=read, seed=3, config_hash=name,
-                       model=model, train=settings)
+        job = TrainJob(
+            run_dir=str(tmp_path / f"run-{name}"),
+            data_url=data_url,
+            read=read,
+            seed=3,
+            config_hash=name,
+            model=model,
+            train=settings,
+        )
         cache = tmp_path / f"cache-{name}"
         sampler = CacheSampler(cache)
         proc = train(job, tmp_path, cache, name)

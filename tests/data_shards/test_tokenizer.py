@@ -64,8 +64,15 @@ def documents(tmp_path, kit) -> list[str]:
     folder = kit.corpus_dir(tmp_path)
     with gzip.open(folder / "train-01.jsonl.gz", "rt", encoding="utf-8") as f:
         docs = [json.loads(row)["text"] for row in f]
-    return docs + ["", "\n", "\n\nblank lines\n\n\n", "no newline at all", "trailing\n", "\r\nwindows\r\nlines\r\n",
-                   "é\n\t\n😀"]
+    return docs + [
+        "",
+        "\n",
+        "\n\nblank lines\n\n\n",
+        "no newline at all",
+        "trailing\n",
+        "\r\nwindows\r\nlines\r\n",
+        "é\n\t\n😀",
+    ]
 
 
 def test_batches_encode_line_by_line_to_exactly_the_ids_of_whole_documents(lines, tmp_path, kit):
@@ -84,8 +91,15 @@ def test_a_tokenizer_whose_pieces_may_span_newlines_encodes_whole_documents(line
     import sentencepiece as spm
 
     out = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out, vocab_size=400, model_type="unigram",
-                                   add_dummy_prefix=True, minloglevel=2, num_threads=1)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=out,
+        vocab_size=400,
+        model_type="unigram",
+        add_dummy_prefix=True,
+        minloglevel=2,
+        num_threads=1,
+    )
     tok = Tokenizer(out.getvalue())
     assert not tok.newline_is_a_boundary
     docs = documents(tmp_path, kit)[:20]

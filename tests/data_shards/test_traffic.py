@@ -1,12 +1,23 @@
 """The object-store traffic plan as pure arithmetic."""
+
 import pytest
 
 from data_shards.traffic import PREFIX_GETS_PER_S, traffic_plan
 
 
 def plan(**kw):
-    base = dict(nodes=2, gpus_per_node=1, tokens_per_s_per_gpu=1000, seq_len=1000, token_bytes=2, shard_bytes=4004,
-                shuffle="block", block_shards=3, doc_tokens=500, get_bytes=1001)
+    base = dict(
+        nodes=2,
+        gpus_per_node=1,
+        tokens_per_s_per_gpu=1000,
+        seq_len=1000,
+        token_bytes=2,
+        shard_bytes=4004,
+        shuffle="block",
+        block_shards=3,
+        doc_tokens=500,
+        get_bytes=1001,
+    )
     return traffic_plan(**{**base, **kw})
 
 
@@ -33,8 +44,17 @@ def test_nonsense_inputs_are_refused():
 
 def test_at_1024_gpus_block_mode_stays_under_one_prefix_and_global_would_not():
     """128 nodes x 8 H100s at 40% MFU on the 1b config (about 56k tokens/s per GPU), 256 MiB shards of uint16."""
-    common = dict(nodes=128, gpus_per_node=8, tokens_per_s_per_gpu=56_000, seq_len=2048, token_bytes=2,
-                  shard_bytes=256 << 20, block_shards=8, doc_tokens=1000, get_bytes=16 << 20)
+    common = dict(
+        nodes=128,
+        gpus_per_node=8,
+        tokens_per_s_per_gpu=56_000,
+        seq_len=2048,
+        token_bytes=2,
+        shard_bytes=256 << 20,
+        block_shards=8,
+        doc_tokens=1000,
+        get_bytes=16 << 20,
+    )
     block = traffic_plan(shuffle="block", **common)
     global_ = traffic_plan(shuffle="global", **common)
     assert block.gets_per_s < PREFIX_GETS_PER_S and block.within_prefix_limit, block

@@ -1,5 +1,6 @@
 """Fixtures for evaluation: a tiny real-text dataset, a run trained by `kiln train` (2 DeepSpeed ranks,
 two committed checkpoints), a cloze task over the dataset's val documents, and a private Ray."""
+
 from __future__ import annotations
 
 import os
@@ -38,11 +39,23 @@ def write_split(data_url: Path, split: str, docs: list[np.ndarray], tokenizer) -
         writer.add(doc.astype(dtype), i)
     w = writer.close()
     entry = ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens)
-    write_manifest(str(data_url), Manifest(
-        split=split, config_hash="eval-tests", tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size,
-        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, dtype=dtype, shards=[entry],
-        total_docs=w.docs, total_tokens=w.tokens, sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
-    ))
+    write_manifest(
+        str(data_url),
+        Manifest(
+            split=split,
+            config_hash="eval-tests",
+            tokenizer_sha256=tokenizer.sha256,
+            vocab_size=tokenizer.vocab_size,
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            dtype=dtype,
+            shards=[entry],
+            total_docs=w.docs,
+            total_tokens=w.tokens,
+            sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
+        ),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +77,18 @@ def write_config(folder: Path, data_url: str, **sections) -> Path:
         "run": {"name": "eval-tiny", "dir": str(folder / "run"), "seed": 7},
         "data": {"inputs": ["unused-prepared.jsonl"], "output": data_url, "vocab_size": 512},
         "model": dict(MODEL),
-        "train": {"steps": 6, "micro_batch": 2, "global_batch": 8, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2,
-                  "checkpoint_every": 3, "keep_checkpoints": 3, "nproc": 2, "zero_stage": 2},
+        "train": {
+            "steps": 6,
+            "micro_batch": 2,
+            "global_batch": 8,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 2,
+            "checkpoint_every": 3,
+            "keep_checkpoints": 3,
+            "nproc": 2,
+            "zero_stage": 2,
+        },
         "eval": {"batch_size": 4, "slice_size": 8},
         "cluster": {"num_cpus": 2},
     }
@@ -81,8 +104,9 @@ def kiln(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProce
     ray_tmp = tempfile.mkdtemp(prefix="kray-")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp}
     try:
-        return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -116,8 +140,14 @@ def local_ray():
     import ray
 
     ray_tmp = tempfile.mkdtemp(prefix="kray-")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, _temp_dir=ray_tmp)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+        _temp_dir=ray_tmp,
+    )
     try:
         yield
     finally:

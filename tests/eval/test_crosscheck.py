@@ -3,6 +3,7 @@
 Both tools run in a Python that has neither ``sentencepiece`` nor ``protobuf`` (the export's
 tokenizer.json is all they get), offline.
 """
+
 import json
 import os
 import subprocess
@@ -45,12 +46,18 @@ def python_without_sentencepiece_and_protobuf(tmp_path_factory):
                     (root / "google" / child.name).symlink_to(child)
             continue
         (root / name).symlink_to(entry)
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(root.parent / "hf-home"), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(root.parent / "hf-home"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
     def run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run([sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
 
@@ -59,9 +66,15 @@ def python_without_sentencepiece_and_protobuf(tmp_path_factory):
 def exported(trained_run, kiln_cli, tmp_path_factory):
     """`kiln eval` of step 6 (held-out and the cloze task) and the HF export of the same step."""
     folder = tmp_path_factory.mktemp("crosscheck")
-    proc = kiln_cli("eval", str(trained_run.config), "eval.steps=[6]", "eval.slice_size=64",
-                    f"eval.max_windows_per_shard={WINDOWS}",
-                    f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {trained_run.cloze}}}]", cwd=folder)
+    proc = kiln_cli(
+        "eval",
+        str(trained_run.config),
+        "eval.steps=[6]",
+        "eval.slice_size=64",
+        f"eval.max_windows_per_shard={WINDOWS}",
+        f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {trained_run.cloze}}}]",
+        cwd=folder,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = storage.read_json(os.path.join(trained_run.run_url, "eval", "step-00000006.json"))
     out = folder / "hf"
@@ -95,7 +108,8 @@ print(json.dumps({{"tokenizer": type(tokenizer).__name__, "ids": [tokenizer(t)["
 
 
 def test_transformers_alone_loads_the_export_encodes_as_kiln_and_scores_the_held_out_loss_to_1e5(
-        trained_run, exported, python_without_sentencepiece_and_protobuf):
+    trained_run, exported, python_without_sentencepiece_and_protobuf
+):
     result, out, folder = exported
     kiln_tokenizer = Tokenizer.load(trained_run.data_url)
     texts = [kiln_tokenizer.decode(doc) for doc in eval_windows(trained_run.data_url, "val", 0, 400)[:5]]
@@ -106,7 +120,8 @@ def test_transformers_alone_loads_the_export_encodes_as_kiln_and_scores_the_held
     script = folder / "probe.py"
     script.write_text(PROBE.format(without=WITHOUT))
     proc = python_without_sentencepiece_and_protobuf(
-        [str(script), str(out), str(folder / "texts.json"), str(folder / "windows.json")], cwd=folder)
+        [str(script), str(out), str(folder / "texts.json"), str(folder / "windows.json")], cwd=folder
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     assert probe["ids"] == [kiln_tokenizer.encode(t) for t in texts]
@@ -139,15 +154,32 @@ def kiln_choice_scores(run, cloze_path: str) -> list[list[float]]:
 
 
 def test_lm_evaluation_harness_scores_the_export_as_kiln_eval_scores_the_checkpoint(
-        trained_run, exported, python_without_sentencepiece_and_protobuf):
+    trained_run, exported, python_without_sentencepiece_and_protobuf
+):
     result, out, folder = exported
     tasks = folder / "lm-eval-tasks"
     tasks.mkdir()
     (tasks / "kiln_cloze.yaml").write_text(TASK_YAML.format(path=trained_run.cloze))
     proc = python_without_sentencepiece_and_protobuf(
-        ["-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={out},dtype=float32", "--tasks", "kiln_cloze",
-         "--include_path", str(tasks), "--device", "cpu", "--output_path", str(folder / "lm-eval-out"), "--log_samples"],
-        cwd=folder)
+        [
+            "-m",
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={out},dtype=float32",
+            "--tasks",
+            "kiln_cloze",
+            "--include_path",
+            str(tasks),
+            "--device",
+            "cpu",
+            "--output_path",
+            str(folder / "lm-eval-out"),
+            "--log_samples",
+        ],
+        cwd=folder,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     [results_file] = (folder / "lm-eval-out").rglob("results_*.json")
     harness = json.loads(results_file.read_text())["results"]["kiln_cloze"]

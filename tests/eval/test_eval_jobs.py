@@ -1,4 +1,5 @@
 """Evaluation jobs on a real local Ray over checkpoints that 2 DeepSpeed ranks trained and committed."""
+
 import json
 import os
 import signal
@@ -13,8 +14,12 @@ pytestmark = pytest.mark.slow
 
 
 def eval_config(run, **changes) -> EvalConfig:
-    base = {"tasks": [{"name": "cloze", "type": "multiple_choice", "path": run.cloze}], "batch_size": 4,
-            "slice_size": 8, "workers": 2}
+    base = {
+        "tasks": [{"name": "cloze", "type": "multiple_choice", "path": run.cloze}],
+        "batch_size": 4,
+        "slice_size": 8,
+        "workers": 2,
+    }
     return EvalConfig.model_validate({**base, **changes})
 
 
@@ -70,9 +75,17 @@ def test_each_worker_loads_each_checkpoint_once_and_a_killed_worker_loses_nothin
 
 def test_the_model_comes_from_the_checkpoint_not_the_current_config(trained_run, every_step, kiln_cli):
     _, docs = every_step
-    proc = kiln_cli("eval", str(trained_run.config), "model.dim=64", "model.layers=1", "model.seq_len=16",
-                    "eval.steps=[3]", f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {trained_run.cloze}}}]",
-                    "eval.workers=2", cwd=trained_run.folder)
+    proc = kiln_cli(
+        "eval",
+        str(trained_run.config),
+        "model.dim=64",
+        "model.layers=1",
+        "model.seq_len=16",
+        "eval.steps=[3]",
+        f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {trained_run.cloze}}}]",
+        "eval.workers=2",
+        cwd=trained_run.folder,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert storage.read_json(eval_url(trained_run.run_url, 3)) == docs[3]
     assert "step 3" in proc.stdout and "unigram baseline loss" in proc.stdout and "cloze" in proc.stdout
@@ -83,27 +96,37 @@ def eval_files(run) -> dict[str, bytes]:
     return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"context": "x", "choices": [" a", " b"]}, "line 2: missing field 'label'"),
-    ({"context": "x", "choices": [" a", " b"], "label": 5}, "line 2: label 5 is out of range for 2 choices"),
-    ({"context": "x", "choices": [], "label": 0}, "line 2: 'choices' is empty"),
-])
-def test_a_bad_task_file_is_one_line_naming_it_and_nothing_is_written(trained_run, every_step, kiln_cli, tmp_path,
-                                                                     row, message):
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"context": "x", "choices": [" a", " b"]}, "line 2: missing field 'label'"),
+        ({"context": "x", "choices": [" a", " b"], "label": 5}, "line 2: label 5 is out of range for 2 choices"),
+        ({"context": "x", "choices": [], "label": 0}, "line 2: 'choices' is empty"),
+    ],
+)
+def test_a_bad_task_file_is_one_line_naming_it_and_nothing_is_written(
+    trained_run, every_step, kiln_cli, tmp_path, row, message
+):
     bad = tmp_path / "bad.jsonl"
     good = json.dumps({"context": "import", "choices": [" os", " sys"], "label": 0})
     bad.write_text(good + "\n" + json.dumps(row) + "\n")
     before = eval_files(trained_run)
-    proc = kiln_cli("eval", str(trained_run.config), "eval.steps=all",
-                    f"eval.tasks=[{{name: bad, type: multiple_choice, path: {bad}}}]", cwd=tmp_path)
+    proc = kiln_cli(
+        "eval",
+        str(trained_run.config),
+        "eval.steps=all",
+        f"eval.tasks=[{{name: bad, type: multiple_choice, path: {bad}}}]",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"kiln: error: {bad} {message}")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert eval_files(trained_run) == before
 
 
-def test_a_step_without_a_committed_checkpoint_is_one_line_naming_it_and_nothing_is_written(trained_run, every_step,
-                                                                                          kiln_cli, tmp_path):
+def test_a_step_without_a_committed_checkpoint_is_one_line_naming_it_and_nothing_is_written(
+    trained_run, every_step, kiln_cli, tmp_path
+):
     before = eval_files(trained_run)
     proc = kiln_cli("eval", str(trained_run.config), "eval.steps=[3, 4]", cwd=tmp_path)
     assert proc.returncode == 2

@@ -1,4 +1,5 @@
 """`kiln export hf` as a user runs it, on the run `kiln train` made (checkpoints at steps 3 and 6)."""
+
 import json
 
 import pytest
@@ -11,8 +12,7 @@ from llm.export_hf import read_safetensors
 pytestmark = pytest.mark.slow
 
 
-def test_kiln_export_hf_writes_a_model_transformers_loads_with_the_latest_checkpoints_logits(trained_run, kiln_cli,
-                                                                                             tmp_path):
+def test_kiln_export_hf_writes_a_model_transformers_loads_with_the_latest_checkpoints_logits(trained_run, kiln_cli, tmp_path):
     from transformers import LlamaForCausalLM
 
     out = tmp_path / "hf"

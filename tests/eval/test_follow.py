@@ -1,4 +1,5 @@
 """`kiln eval --follow`: each checkpoint is evaluated as it is committed, and the watch ends with the run."""
+
 import os
 import shutil
 import signal
@@ -36,15 +37,23 @@ def wait_for(path: str, proc: subprocess.Popen, limit_s: float = 600) -> None:
 
 def test_follow_evaluates_each_new_checkpoint_and_stops_when_the_run_finishes(trained_run, config_writer, tmp_path):
     run = str(tmp_path / "run")
-    config = config_writer(tmp_path, trained_run.data_url, eval={"follow_interval_s": 0.5, "slice_size": 64,
-                                                                  "max_windows_per_shard": 64})
+    config = config_writer(
+        tmp_path, trained_run.data_url, eval={"follow_interval_s": 0.5, "slice_size": 64, "max_windows_per_shard": 64}
+    )
     records = RunRecords(run)
     records.event("start", world_size=2)
     commit(trained_run.run_url, run, 3)
     ray_tmp = tempfile.mkdtemp(prefix="kray-")  # short: Ray's socket paths must fit in 107 characters
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "RAY_TMPDIR": ray_tmp}
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "eval", str(config), "--follow"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "eval", str(config), "--follow"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(os.path.join(run, "eval", "step-00000003.json"), proc)
         assert proc.poll() is None  # still watching: the run has not finished

@@ -1,4 +1,5 @@
 """The held-out task on real token shards, scored in slices, against the same numbers computed in one go."""
+
 import math
 
 import numpy as np
@@ -58,12 +59,23 @@ def write_tokens(data_url, split: str, tokens: list[int], tokenizer: Tokenizer) 
     writer = ShardWriter(str(data_url / split / "shard-00000.arrow"), "default", "uint16", 4096)
     writer.add(np.asarray(tokens, dtype=np.uint16), 0)
     w = writer.close()
-    write_manifest(str(data_url), Manifest(
-        split=split, config_hash="hand", tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size,
-        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, dtype="uint16",
-        shards=[ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=1, tokens=w.tokens)],
-        total_docs=1, total_tokens=w.tokens, sources={"default": SourceStats(docs=1, tokens=w.tokens)},
-    ))
+    write_manifest(
+        str(data_url),
+        Manifest(
+            split=split,
+            config_hash="hand",
+            tokenizer_sha256=tokenizer.sha256,
+            vocab_size=tokenizer.vocab_size,
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            dtype="uint16",
+            shards=[ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=1, tokens=w.tokens)],
+            total_docs=1,
+            total_tokens=w.tokens,
+            sources={"default": SourceStats(docs=1, tokens=w.tokens)},
+        ),
+    )
 
 
 def test_a_hand_computed_case_of_loss_perplexity_bits_per_byte_and_the_unigram_baseline(eval_data, tmp_path):
@@ -98,7 +110,7 @@ def test_a_hand_computed_case_of_loss_perplexity_bits_per_byte_and_the_unigram_b
     assert values["bits_per_byte"] == pytest.approx(12, rel=1e-6)
     unigram_nll = 8 * math.log(517) - 10 * math.log(2)
     assert values["unigram_loss"] == pytest.approx(unigram_nll / 8, rel=1e-12)
-    assert values["unigram_perplexity"] == pytest.approx(517 / 2 ** 1.25, rel=1e-12)
+    assert values["unigram_perplexity"] == pytest.approx(517 / 2**1.25, rel=1e-12)
     assert values["unigram_bits_per_byte"] == pytest.approx(unigram_nll / math.log(2) / 6, rel=1e-12)
 
 

@@ -1,4 +1,5 @@
 """tokenizer.json from a Kiln sentencepiece model: Hugging Face's tokenizers library encodes exactly as Kiln does."""
+
 import io
 import json
 import random
@@ -11,9 +12,16 @@ from data_shards.tokenizer import Tokenizer, train_tokenizer
 from llm.hf_tokenizer import bpe_merges, tokenizer_json
 
 TRICKY = [
-    "", " ", "a  b   c    d", " " * 37 + "x = 1", "\t\tif x:\n\n        return  y\n",
-    "naïve café, 中文, emoji 🎉, control \x07", "literal specials: <s> </s> <unk> <pad>", "▁ already ▁▁ escaped",
-    "1234567890 + 0.5e-10", "trailing spaces   ",
+    "",
+    " ",
+    "a  b   c    d",
+    " " * 37 + "x = 1",
+    "\t\tif x:\n\n        return  y\n",
+    "naïve café, 中文, emoji 🎉, control \x07",
+    "literal specials: <s> </s> <unk> <pad>",
+    "▁ already ▁▁ escaped",
+    "1234567890 + 0.5e-10",
+    "trailing spaces   ",
 ]
 
 
@@ -61,7 +69,8 @@ def test_merges_rank_each_split_of_a_piece_by_the_pieces_score():
 
 def test_a_model_this_file_cannot_reproduce_is_refused():
     out = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(stdlib(5)), model_writer=out, vocab_size=300,
-                                   model_type="unigram", minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(stdlib(5)), model_writer=out, vocab_size=300, model_type="unigram", minloglevel=2
+    )
     with pytest.raises(ValueError, match="not a BPE model.*dummy prefix"):
         tokenizer_json(Tokenizer(out.getvalue()).model_bytes)

@@ -1,4 +1,5 @@
 """`kiln eval make-cloze`: cloze examples from real held-out documents."""
+
 import json
 
 import pytest
@@ -52,8 +53,10 @@ def test_too_few_documents_is_a_one_line_error(val):
 
 def test_command_writes_a_task_file_that_reads_back_as_a_multiple_choice_task(eval_data, tmp_path, capsys):
     out = tmp_path / "tasks" / "cloze.jsonl"
-    assert main(["eval", "make-cloze", eval_data, str(out), "--n", "12", "--context-tokens", "16",
-                 "--continuation-tokens", "5"]) == 0
+    assert (
+        main(["eval", "make-cloze", eval_data, str(out), "--n", "12", "--context-tokens", "16", "--continuation-tokens", "5"])
+        == 0
+    )
     assert f"wrote 12 cloze examples to {out}" in capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 12 and set(rows[0]) == {"context", "choices", "label"}

@@ -1,4 +1,5 @@
 """Multiple choice from a task file: checking the file, splitting tokens as lm-evaluation-harness does, scoring."""
+
 import json
 
 import numpy as np
@@ -21,18 +22,21 @@ def lines(*rows) -> str:
     return "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"context": "x", "choices": ["a", "b"]}, r"tasks/t.jsonl line 2: missing field 'label'"),
-    ({"choices": ["a", "b"], "label": 0}, r"tasks/t.jsonl line 2: missing field 'context'"),
-    ({"context": "x", "choices": ["a", "b"], "label": 2}, r"tasks/t.jsonl line 2: label 2 is out of range for 2 choices"),
-    ({"context": "x", "choices": ["a", "b"], "label": -1}, r"tasks/t.jsonl line 2: label -1 is out of range"),
-    ({"context": "x", "choices": [], "label": 0}, r"tasks/t.jsonl line 2: 'choices' is empty"),
-    ({"context": "x", "choices": ["a", ""], "label": 0}, r"tasks/t.jsonl line 2: choice 1 is an empty string"),
-    ({"context": "x", "choices": "ab", "label": 0}, r"tasks/t.jsonl line 2: 'choices': "),
-    ({"context": "x", "choices": ["a"], "label": True}, r"tasks/t.jsonl line 2: 'label': "),
-    ("{not json", r"tasks/t.jsonl line 2: not valid JSON"),
-    ("[1, 2]", r"tasks/t.jsonl line 2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"context": "x", "choices": ["a", "b"]}, r"tasks/t.jsonl line 2: missing field 'label'"),
+        ({"choices": ["a", "b"], "label": 0}, r"tasks/t.jsonl line 2: missing field 'context'"),
+        ({"context": "x", "choices": ["a", "b"], "label": 2}, r"tasks/t.jsonl line 2: label 2 is out of range for 2 choices"),
+        ({"context": "x", "choices": ["a", "b"], "label": -1}, r"tasks/t.jsonl line 2: label -1 is out of range"),
+        ({"context": "x", "choices": [], "label": 0}, r"tasks/t.jsonl line 2: 'choices' is empty"),
+        ({"context": "x", "choices": ["a", ""], "label": 0}, r"tasks/t.jsonl line 2: choice 1 is an empty string"),
+        ({"context": "x", "choices": "ab", "label": 0}, r"tasks/t.jsonl line 2: 'choices': "),
+        ({"context": "x", "choices": ["a"], "label": True}, r"tasks/t.jsonl line 2: 'label': "),
+        ("{not json", r"tasks/t.jsonl line 2: not valid JSON"),
+        ("[1, 2]", r"tasks/t.jsonl line 2: expected a JSON object"),
+    ],
+)
 def test_a_bad_line_is_one_error_naming_the_file_and_line(row, message):
     with pytest.raises(DataError, match=message) as err:
         parse_examples(lines(GOOD, row), "tasks/t.jsonl")
@@ -69,13 +73,16 @@ class KilnTokenizedLM:
         return LM()
 
 
-@pytest.mark.parametrize("context, choice", [
-    ("def add(a, b):\n    return", " a + b"),
-    ("The value is ", "forty-two"),  # a trailing space moves into the choice
-    ("lines end here\n\n", "    return x"),  # so do trailing newlines
-    ("x = [1, 2, 3]", "[0]"),
-    ("café", " crème"),
-])
+@pytest.mark.parametrize(
+    "context, choice",
+    [
+        ("def add(a, b):\n    return", " a + b"),
+        ("The value is ", "forty-two"),  # a trailing space moves into the choice
+        ("lines end here\n\n", "    return x"),  # so do trailing newlines
+        ("x = [1, 2, 3]", "[0]"),
+        ("café", " crème"),
+    ],
+)
 def test_tokens_split_between_context_and_choice_as_the_harness_splits_them(tokenizer, context, choice):
     harness = KilnTokenizedLM(tokenizer)
     assert encode_pair(tokenizer, context, choice) == harness._encode_pair(context, choice)
@@ -94,8 +101,10 @@ def tiny_model(seq_len=16, vocab=512, seed=3) -> Transformer:
 def test_continuation_log_likelihood_is_the_sum_over_its_tokens_after_the_left_cut_window():
     model = tiny_model(seq_len=16)
     rng = np.random.default_rng(0)
-    requests = [(rng.integers(4, 512, size=n).tolist(), rng.integers(4, 512, size=k).tolist())
-                for n, k in [(3, 2), (20, 4), (1, 1), (9, 7)]]
+    requests = [
+        (rng.integers(4, 512, size=n).tolist(), rng.integers(4, 512, size=k).tolist())
+        for n, k in [(3, 2), (20, 4), (1, 1), (9, 7)]
+    ]
     got = continuation_logprobs(model, requests, batch_size=3)
     for (context, continuation), value in zip(requests, got):
         window = (context + continuation)[-17:]
@@ -110,8 +119,9 @@ def build(tokenizer, tmp_path, rows, batch_size=4) -> MultipleChoiceTask:
     path = tmp_path / "task.jsonl"
     path.write_text(lines(*rows))
     entry = MultipleChoiceEntry(name="t", type="multiple_choice", path=str(path))
-    return MultipleChoiceTask.build(entry, TaskInputs(data_url="", storage_options={}, tokenizer=tokenizer,
-                                                      batch_size=batch_size))
+    return MultipleChoiceTask.build(
+        entry, TaskInputs(data_url="", storage_options={}, tokenizer=tokenizer, batch_size=batch_size)
+    )
 
 
 def score_all(task, model, slice_size):
@@ -124,8 +134,10 @@ def score_all(task, model, slice_size):
 
 
 def test_accuracy_is_the_argmax_of_summed_log_likelihoods_and_acc_norm_divides_by_characters(tokenizer, tmp_path):
-    rows = [{"context": f"value_{i} = compute({i})", "choices": [" + 1", " * total_sum", " or None", " - x"],
-             "label": i % 4} for i in range(9)]
+    rows = [
+        {"context": f"value_{i} = compute({i})", "choices": [" + 1", " * total_sum", " or None", " - x"], "label": i % 4}
+        for i in range(9)
+    ]
     task = build(tokenizer, tmp_path, rows)
     model = tiny_model(seq_len=32)
     values, totals = score_all(task, model, slice_size=4)

@@ -1,4 +1,5 @@
 """The task interface and what fans it out, as pure functions: tallies, reports, steps, workers, config."""
+
 import numpy as np
 import pytest
 
@@ -13,8 +14,9 @@ from llm.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTally
 
 def test_tallies_of_disjoint_slices_add_field_by_field_and_an_empty_array_counts_as_zeros():
     a = HeldOutTally(examples=2, tokens=10, nll=3.5, bytes=40, target_counts=np.array([1, 2, 3]))
-    b = HeldOutTally(examples=1, tokens=5, nll=1.0, bytes=9, target_counts=np.array([0, 1, 0]),
-                     train_counts=np.array([5, 5, 5]))
+    b = HeldOutTally(
+        examples=1, tokens=5, nll=1.0, bytes=9, target_counts=np.array([0, 1, 0]), train_counts=np.array([5, 5, 5])
+    )
     total = HeldOutTally() + a + b
     assert (total.examples, total.tokens, total.nll, total.bytes) == (3, 15, 4.5, 49)
     np.testing.assert_array_equal(total.target_counts, [1, 3, 3])
@@ -71,8 +73,11 @@ def test_steps_latest_all_or_a_list_and_a_missing_step_is_named():
     assert steps_to_evaluate("latest", [3, 6, 9], 6, "run/checkpoints") == [6]
     assert steps_to_evaluate("all", [3, 6, 9], 9, "run/checkpoints") == [3, 6, 9]
     assert steps_to_evaluate([9, 3, 9], [3, 6, 9], 9, "run/checkpoints") == [3, 9]
-    with pytest.raises(FileNotFoundError, match=r"eval.steps: step 4 has no committed checkpoint in run/checkpoints "
-                                                r"\(committed: 3, 6, 9\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"eval.steps: step 4 has no committed checkpoint in run/checkpoints "
+        r"\(committed: 3, 6, 9\)",
+    ):
         steps_to_evaluate([3, 4], [3, 6, 9], 9, "run/checkpoints")
     with pytest.raises(FileNotFoundError, match="run/checkpoints holds no committed checkpoint"):
         steps_to_evaluate("latest", [], None, "run/checkpoints")
@@ -100,14 +105,29 @@ def test_workers_take_a_gpu_each_where_the_cluster_has_them_else_a_cpu_each():
 
 
 def report() -> EvalReport:
-    return EvalReport(step=6, results=[
-        TaskResult(name="heldout", type="heldout", metrics=[
-            Metric(key="loss", label="loss (nats/token)", value=2.5), Metric(key="tokens", label="t", value=64, format=",d"),
-            Metric(key="examples", label="windows", value=2, format=",d")]),
-        TaskResult(name="cloze", type="multiple_choice", metrics=[
-            Metric(key="acc", label="accuracy", value=0.5), Metric(key="acc_norm", label="a", value=0.25),
-            Metric(key="examples", label="examples", value=4, format=",d")]),
-    ])
+    return EvalReport(
+        step=6,
+        results=[
+            TaskResult(
+                name="heldout",
+                type="heldout",
+                metrics=[
+                    Metric(key="loss", label="loss (nats/token)", value=2.5),
+                    Metric(key="tokens", label="t", value=64, format=",d"),
+                    Metric(key="examples", label="windows", value=2, format=",d"),
+                ],
+            ),
+            TaskResult(
+                name="cloze",
+                type="multiple_choice",
+                metrics=[
+                    Metric(key="acc", label="accuracy", value=0.5),
+                    Metric(key="acc_norm", label="a", value=0.25),
+                    Metric(key="examples", label="examples", value=4, format=",d"),
+                ],
+            ),
+        ],
+    )
 
 
 def test_report_keeps_held_out_keys_at_the_top_and_every_task_under_tasks():

@@ -1,4 +1,5 @@
 """A real one-node Slurm for the launch tests (see support/slurm_cluster.py)."""
+
 from __future__ import annotations
 
 import os

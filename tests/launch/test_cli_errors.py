@@ -1,4 +1,5 @@
 """Bad input reaches the user as one line on stderr and exit code 2, never a traceback."""
+
 import gzip
 import json
 import subprocess

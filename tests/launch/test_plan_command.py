@@ -33,8 +33,14 @@ def test_plan_for_a_gpu_count_the_layout_cannot_use_is_one_line(tmp_path):
 
 
 def test_kiln_plan_prints_the_table():
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "smoke.yaml"), "--gpus", "2", "--gpu", "h200"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "smoke.yaml"), "--gpus", "2", "--gpu", "h200"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "model states per GPU, ZeRO-2" in proc.stdout and "time to train.steps=600" in proc.stdout
 
@@ -54,12 +60,23 @@ def test_kiln_plan_prints_the_numbers_of_the_7b_config_worked_out_independently(
     6 FLOPs per matmul weight plus 12·layers·dim·seq_len for attention; DeepSpeed's 2 + 18 bytes per parameter
     under each ZeRO stage; time = tokens / (GPUs × peak × MFU / FLOPs per token)."""
     cfg = yaml.safe_load((REPO / "configs" / "7b.yaml").read_text())
-    assert (cfg["model"]["dim"], cfg["model"]["layers"], cfg["model"]["ffn_hidden"], cfg["model"]["seq_len"],
-            cfg["data"]["vocab_size"], cfg["train"]["global_batch"], cfg["train"]["steps"]) == \
-        (4096, 32, 11008, 4096, 32000, 1024, 100_000)
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "7b.yaml"), "--gpus", "64",
-                           "--gpu", "h100"], capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env={**os.environ, "COLUMNS": "200"})
+    assert (
+        cfg["model"]["dim"],
+        cfg["model"]["layers"],
+        cfg["model"]["ffn_hidden"],
+        cfg["model"]["seq_len"],
+        cfg["data"]["vocab_size"],
+        cfg["train"]["global_batch"],
+        cfg["train"]["steps"],
+    ) == (4096, 32, 11008, 4096, 32000, 1024, 100_000)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "7b.yaml"), "--gpus", "64", "--gpu", "h100"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     rows = plan_rows(proc.stdout)
 
@@ -71,8 +88,12 @@ def test_kiln_plan_prints_the_numbers_of_the_7b_config_worked_out_independently(
 
     gib = 2**30
     largest = 32000 * 4096  # the embedding: ZeRO-3 gathers one module at a time, in bf16 and its fp32 gradient
-    states = {0: 20 * params, 1: 4 * params + 16 * params / 64, 2: 2 * params + 18 * params / 64,
-              3: 4 * largest + 18 * params / 64}
+    states = {
+        0: 20 * params,
+        1: 4 * params + 16 * params / 64,
+        2: 2 * params + 18 * params / 64,
+        3: 4 * largest + 18 * params / 64,
+    }
     for stage, nbytes in states.items():
         marker = " ◀" if stage == 3 else ""
         assert rows[f"model states per GPU, ZeRO-{stage}"] == f"{nbytes / gib:.2f} GiB{marker}"

@@ -1,4 +1,5 @@
 """`kiln plan` with the object-store traffic of the data, from a config."""
+
 import os
 import subprocess
 import sys
@@ -22,10 +23,28 @@ def test_the_1b_config_on_1024_gpus_streams_in_block_mode_within_one_prefix():
 
 
 def test_kiln_plan_prints_the_traffic_of_both_shuffle_modes():
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "plan", str(REPO / "configs" / "1b.yaml"),
-                           "data.shuffle=block", "train.global_batch=4096",
-                           "--gpus", "1024", "--gpu", "h100", "--gpus-per-node", "8"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "plan",
+            str(REPO / "configs" / "1b.yaml"),
+            "data.shuffle=block",
+            "train.global_batch=4096",
+            "--gpus",
+            "1024",
+            "--gpu",
+            "h100",
+            "--gpus-per-node",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "object-store traffic · 128 nodes × 8 GPUs" in proc.stdout
     assert "block ◀" in proc.stdout and "(within 5,500)" in proc.stdout and "(OVER 5,500)" in proc.stdout

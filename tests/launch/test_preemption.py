@@ -2,6 +2,7 @@
 send before preemption) or a rank killed outright, training continues from the last committed
 checkpoint and the loss curve equals an uninterrupted run's, bit for bit; no rank process outlives
 the launcher."""
+
 import os
 import signal
 import subprocess
@@ -41,8 +42,13 @@ def wait_for_step(run_dir, step, proc, timeout_s=300):
 
 
 def start_training(path, cwd, *overrides):
-    return subprocess.Popen(kiln_cmd("train", str(path), *overrides), cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        kiln_cmd("train", str(path), *overrides),
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def descendants(proc):
@@ -77,8 +83,9 @@ def events(run, kind):
 def setup(tmp_path_factory, tiny_config):
     """Prepared data, a config, and the loss curve of an uninterrupted run."""
     tmp = tmp_path_factory.mktemp("interrupt")
-    path = tiny_config(tmp, seed=5, run={"dir": str(tmp / "straight")},
-                       train={"steps": STEPS, "checkpoint_every": 40, "warmup_steps": 5})
+    path = tiny_config(
+        tmp, seed=5, run={"dir": str(tmp / "straight")}, train={"steps": STEPS, "checkpoint_every": 40, "warmup_steps": 5}
+    )
     assert subprocess.run(kiln_cmd("prepare", str(path)), cwd=tmp, capture_output=True).returncode == 0
     straight = subprocess.run(kiln_cmd("train", str(path)), cwd=tmp, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]

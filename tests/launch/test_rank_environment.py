@@ -36,15 +36,18 @@ def test_one_node_runs_torchrun_standalone_with_its_own_rendezvous_port():
 
 
 def test_several_nodes_meet_in_a_c10d_rendezvous_on_the_first_nodes_address():
-    args = torchrun_arguments(TrainConfig(nodes=2, nproc=4), "s3://b/run",
-                              {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400", "NODE_RANK": "1"})
+    args = torchrun_arguments(
+        TrainConfig(nodes=2, nproc=4), "s3://b/run", {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400", "NODE_RANK": "1"}
+    )
     option = dict(zip(args[::2], args[1::2]))
     assert "--standalone" not in args
     assert option["--nnodes"] == "2" and option["--nproc_per_node"] == "4" and option["--node_rank"] == "1"
     assert option["--rdzv_backend"] == "c10d" and option["--rdzv_endpoint"] == "127.0.0.1:29400"
     assert option["--local_addr"] == "127.0.0.1"
     # every node derives the same rendezvous id from the run
-    same = torchrun_arguments(TrainConfig(nodes=2, nproc=4), "s3://b/run", {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400"})
+    same = torchrun_arguments(
+        TrainConfig(nodes=2, nproc=4), "s3://b/run", {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400"}
+    )
     assert dict(zip(same[::2], same[1::2]))["--rdzv_id"] == option["--rdzv_id"]
 
 

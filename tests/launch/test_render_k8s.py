@@ -1,6 +1,7 @@
 """The Kubernetes renderer: every document it writes is valid for the API server (core kinds through
 kubernetes-validate, the RayJob and its RayCluster spec through KubeRay's CRD schemas), and Kiln's
 manifest policy rejects inline credentials, missing GPU limits and root pods."""
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,11 @@ def strict(schema):
     """A CRD schema as the API server applies it with strict field validation: unknown fields are errors."""
     if isinstance(schema, dict):
         schema = {key: strict(value) for key, value in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         return schema
     if isinstance(schema, list):
@@ -67,11 +71,15 @@ def validate(documents: list[dict]) -> None:
 @pytest.fixture
 def config(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "run": {"name": "Llama_7B run", "dir": "s3://bucket/runs/7b"},
-        "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/7b"},
-        "train": {"nproc": 2, "max_restarts": 3, "micro_batch": 1, "global_batch": 256},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"name": "Llama_7B run", "dir": "s3://bucket/runs/7b"},
+                "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/7b"},
+                "train": {"nproc": 2, "max_restarts": 3, "micro_batch": 1, "global_batch": 256},
+            }
+        )
+    )
     return load_config(str(path))
 
 
@@ -158,49 +166,60 @@ def worker_container(docs):
 def test_an_inline_secret_value_fails_the_policy(config):
     def inline(docs):
         worker_container(docs)["env"] = [{"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"}]
+
     assert any("AWS_SECRET_ACCESS_KEY has an inline value" in v for v in violations_after(config, inline))
 
     def secret_object(docs):
         docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"key": "x"}})
+
     assert any("Secret s3" in v for v in violations_after(config, secret_object))
 
     def from_secret(docs):
-        worker_container(docs)["env"] = [{"name": "AWS_SECRET_ACCESS_KEY",
-                                          "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}}]
+        worker_container(docs)["env"] = [
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}}
+        ]
+
     assert violations_after(config, from_secret) == []
 
 
 def test_a_missing_gpu_limit_fails_the_policy(config):
     def drop_limit(docs):
         del worker_container(docs)["resources"]["limits"]["nvidia.com/gpu"]
+
     assert any("needs the limit nvidia.com/gpu: 8" in v for v in violations_after(config, drop_limit))
 
 
 def test_a_root_or_privileged_pod_fails_the_policy(config):
     def root(docs):
         worker_group(docs)["template"]["spec"]["securityContext"]["runAsUser"] = 0
+
     assert any("must run as a non-root user" in v for v in violations_after(config, root))
 
     def no_non_root(docs):
         del docs[1]["spec"]["submitterPodTemplate"]["spec"]["securityContext"]["runAsNonRoot"]
+
     assert any("submitter container" in v and "non-root" in v for v in violations_after(config, no_non_root))
 
     def escalation(docs):
         worker_container(docs)["securityContext"]["allowPrivilegeEscalation"] = True
+
     assert any("allowPrivilegeEscalation: false" in v for v in violations_after(config, escalation))
 
     def privileged(docs):
         worker_container(docs)["securityContext"]["privileged"] = True
+
     assert any("must not be privileged" in v for v in violations_after(config, privileged))
 
 
 def test_an_exposed_dashboard_or_ray_without_token_auth_fails_the_policy(config):
     def load_balancer(docs):
         docs[1]["spec"]["rayClusterSpec"]["headGroupSpec"]["serviceType"] = "LoadBalancer"
+
     assert any("must stay inside the cluster" in v for v in violations_after(config, load_balancer))
 
     def no_auth(docs):
         docs[1]["spec"]["rayClusterSpec"]["authOptions"] = {"mode": "disabled"}
+
     assert any("token authentication" in v for v in violations_after(config, no_auth))
 
 
@@ -213,13 +232,19 @@ def test_a_local_run_folder_or_a_credential_in_the_config_is_refused(config):
         render_rayjob(leaky, KubernetesOptions(gpus_per_node=8, image="kiln:1"))
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--gpus-per-node", "8"], "--image is required"),
-    (["--nodes", "0", "--gpus-per-node", "8", "--image", "kiln:1"], "--nodes: must be at least 1"),
-    (["--gpus-per-node", "-1", "--image", "kiln:1"], "--gpus-per-node: must be at least 0"),
-    (["--gpus-per-node", "8", "--image", "kiln:1", "--namespace", "Team_A"], "--namespace: 'Team_A' is not a Kubernetes name"),
-    (["--gpus-per-node", "8", "--image", "kiln:1", "-o", "nowhere/job.yaml"], "folder nowhere does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--gpus-per-node", "8"], "--image is required"),
+        (["--nodes", "0", "--gpus-per-node", "8", "--image", "kiln:1"], "--nodes: must be at least 1"),
+        (["--gpus-per-node", "-1", "--image", "kiln:1"], "--gpus-per-node: must be at least 0"),
+        (
+            ["--gpus-per-node", "8", "--image", "kiln:1", "--namespace", "Team_A"],
+            "--namespace: 'Team_A' is not a Kubernetes name",
+        ),
+        (["--gpus-per-node", "8", "--image", "kiln:1", "-o", "nowhere/job.yaml"], "folder nowhere does not exist"),
+    ],
+)
 def test_bad_input_to_kiln_launch_k8s_is_one_line(tmp_path, capsys, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "config.yaml"

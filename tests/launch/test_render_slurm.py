@@ -4,6 +4,7 @@ The rendezvous test runs the rendered script under bash with stand-ins for srun,
 PATH: it proves which address, port and node rank each node's `kiln train` receives, and that it reads
 exactly the config that was rendered, without a multi-node cluster.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,11 +25,15 @@ from launch.render.options import validated
 @pytest.fixture
 def config(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "run": {"name": "Big Run", "dir": "s3://bucket/runs/big"},
-        "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/big"},
-        "train": {"nproc": 2, "launcher": "local", "micro_batch": 1, "global_batch": 256},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"name": "Big Run", "dir": "s3://bucket/runs/big"},
+                "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/big"},
+                "train": {"nproc": 2, "launcher": "local", "micro_batch": 1, "global_batch": 256},
+            }
+        )
+    )
     return path
 
 
@@ -49,24 +54,40 @@ def run_with_stand_ins(tmp_path, script: str, first_node_address: str, nodes: in
     """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    stand_in(bin_dir, "scontrol", """\
+    stand_in(
+        bin_dir,
+        "scontrol",
+        """\
         if [ "$1 $2" = "show hostnames" ]; then printf 'gpu-a\\ngpu-b\\ngpu-c\\ngpu-d\\n' | head -n "$SLURM_JOB_NUM_NODES"; fi
-        """)
-    stand_in(bin_dir, "srun", f"""\
+        """,
+    )
+    stand_in(
+        bin_dir,
+        "srun",
+        f"""\
         if [ "${{@: -2:1}}" = hostname ]; then echo "{first_node_address} fd00::7"; exit 0; fi
         for node in $(seq 0 $(( SLURM_JOB_NUM_NODES - 1 ))); do SLURM_NODEID=$node bash -c "${{@: -1}}" || exit $?; done
-        """)
-    stand_in(bin_dir, "kiln", """\
+        """,
+    )
+    stand_in(
+        bin_dir,
+        "kiln",
+        """\
         out="$RECORD/node-$NODE_RANK"
         mkdir -p "$out"
         printf '%s\\n' "$@" > "$out/args"
         printf 'MASTER_ADDR=%s\\nMASTER_PORT=%s\\n' "$MASTER_ADDR" "$MASTER_PORT" > "$out/env"
         cp "$2" "$out/config.yaml"
-        """)
+        """,
+    )
     (tmp_path / "record").mkdir()
     env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(tmp_path / "record"), "TMPDIR": str(tmp_path),
-        "SLURM_JOB_ID": "123457", "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_JOB_NODELIST": "gpu-[a-d]",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RECORD": str(tmp_path / "record"),
+        "TMPDIR": str(tmp_path),
+        "SLURM_JOB_ID": "123457",
+        "SLURM_JOB_NUM_NODES": str(nodes),
+        "SLURM_JOB_NODELIST": "gpu-[a-d]",
     }
     job = tmp_path / "job.sh"
     job.write_text(script)
@@ -105,10 +126,17 @@ def test_the_ray_variant_joins_every_node_to_the_head_with_the_jobs_token_in_pri
     bin_dir, record = tmp_path / "bin", tmp_path / "record"
     bin_dir.mkdir()
     record.mkdir()
-    stand_in(bin_dir, "scontrol", """\
+    stand_in(
+        bin_dir,
+        "scontrol",
+        """\
         if [ "$1 $2" = "show hostnames" ]; then printf 'gpu-a\\ngpu-b\\n'; fi
-        """)
-    stand_in(bin_dir, "srun", """\
+        """,
+    )
+    stand_in(
+        bin_dir,
+        "srun",
+        """\
         args=("$@"); i=0; nodes=1; first=0
         for a in "$@"; do case "$a" in --nodes=*) nodes=${a#--nodes=} ;; --exclude=*) first=1 ;; esac; done
         while [ $i -lt $# ]; do case "${args[$i]}" in -w) i=$((i + 2)) ;; -*) i=$((i + 1)) ;; *) break ;; esac; done
@@ -117,8 +145,12 @@ def test_the_ray_variant_joins_every_node_to_the_head_with_the_jobs_token_in_pri
         trap 'for p in $(jobs -p); do kill -TERM -- -$p 2>/dev/null; done; wait; exit 0' TERM
         for n in $(seq $first $((first + nodes - 1))); do SLURM_NODEID=$n "${args[@]:$i}" & done
         wait
-        """)
-    stand_in(bin_dir, "ray", """\
+        """,
+    )
+    stand_in(
+        bin_dir,
+        "ray",
+        """\
         if [ "$1" = status ]; then
           printf 'Active:\\n'
           for f in "$RECORD"/head-args "$RECORD"/worker-args; do [ -e "$f" ] && printf ' 1 node_x\\n'; done
@@ -132,15 +164,25 @@ def test_the_ray_variant_joins_every_node_to_the_head_with_the_jobs_token_in_pri
         printf '%s\\n' "$@" > "$RECORD/$role-args"
         trap 'exit 0' TERM
         while :; do sleep 0.1; done
-        """)
-    stand_in(bin_dir, "kiln", """\
+        """,
+    )
+    stand_in(
+        bin_dir,
+        "kiln",
+        """\
         printf '%s\\n' "$@" > "$RECORD/kiln-args"
         cp "$RAY_AUTH_TOKEN_PATH" "$RECORD/kiln-token"
-        """)
+        """,
+    )
     job = tmp_path / "job.sh"
     job.write_text(render_sbatch(load_config(str(config)), SlurmOptions(nodes=2, gpus_per_node=4, ray=True)))
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record), "SLURM_JOB_ID": "123458",
-           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-[a-b]"}
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RECORD": str(record),
+        "SLURM_JOB_ID": "123458",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": "gpu-[a-b]",
+    }
     ray_folders = set(Path("/tmp").glob("kiln-slurm-*"))
     proc = subprocess.run(["bash", str(job)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -160,12 +202,25 @@ def test_the_ray_variant_joins_every_node_to_the_head_with_the_jobs_token_in_pri
 
 
 def test_the_script_asks_for_whole_nodes_logs_per_job_requeue_and_an_early_signal(config):
-    script = render_sbatch(load_config(str(config)), SlurmOptions(nodes=4, gpus_per_node=8, time="2-00:00:00",
-                                                                  partition="gpu", account="llm", qos="high"))
+    script = render_sbatch(
+        load_config(str(config)),
+        SlurmOptions(nodes=4, gpus_per_node=8, time="2-00:00:00", partition="gpu", account="llm", qos="high"),
+    )
     lines = sbatch_lines(script)
-    for expected in ("--job-name=kiln-big-run", "--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8",
-                     "--time=2-00:00:00", "--partition=gpu", "--account=llm", "--qos=high", "--output=%x-%j.out",
-                     "--open-mode=append", "--requeue", "--signal=B:USR2@120"):
+    for expected in (
+        "--job-name=kiln-big-run",
+        "--nodes=4",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=8",
+        "--time=2-00:00:00",
+        "--partition=gpu",
+        "--account=llm",
+        "--qos=high",
+        "--output=%x-%j.out",
+        "--open-mode=append",
+        "--requeue",
+        "--signal=B:USR2@120",
+    ):
         assert expected in lines
     assert "trap forward_preemption USR2" in script
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script
@@ -191,20 +246,25 @@ def test_the_ray_variant_runs_kiln_run_on_a_token_authenticated_cluster_it_stops
     assert "ray start --head --block" in script and 'ray start --address="$KILN_RAY_ADDRESS"' in script
     assert 'kiln run "$workdir/config.yaml"' in script
     assert script.index("stop_ray\ncleanup\nrequeue_if_preempted") > script.index("kiln run")
-    assert "train.launcher=ray" not in script and yaml.safe_load(
-        script.split("<<'KILN_CONFIG_END'\n")[1].split("KILN_CONFIG_END")[0])["train"]["launcher"] == "ray"
+    assert (
+        "train.launcher=ray" not in script
+        and yaml.safe_load(script.split("<<'KILN_CONFIG_END'\n")[1].split("KILN_CONFIG_END")[0])["train"]["launcher"] == "ray"
+    )
 
 
-@pytest.mark.parametrize("values, fragment", [
-    ({"nodes": 0, "gpus_per_node": 8}, "--nodes: must be at least 1 (got 0)"),
-    ({"gpus_per_node": -1}, "--gpus-per-node: must be at least 0 (got -1)"),
-    ({}, "--gpus-per-node is required"),
-    ({"gpus_per_node": 8, "time": "1:2:3:4"}, "--time: '1:2:3:4' is not a SLURM time limit"),
-    ({"gpus_per_node": 8, "time": "two days"}, "--time: 'two days' is not a SLURM time limit"),
-    ({"gpus_per_node": 8, "partition": "gpu;rm"}, "--partition: 'gpu;rm' is not a SLURM name"),
-    ({"gpus_per_node": 8, "signal": "KILL"}, "--signal: input should be 'USR1', 'USR2' or 'TERM'"),
-    ({"gpus_per_node": 8, "signal_lead": 0}, "--signal-lead: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"nodes": 0, "gpus_per_node": 8}, "--nodes: must be at least 1 (got 0)"),
+        ({"gpus_per_node": -1}, "--gpus-per-node: must be at least 0 (got -1)"),
+        ({}, "--gpus-per-node is required"),
+        ({"gpus_per_node": 8, "time": "1:2:3:4"}, "--time: '1:2:3:4' is not a SLURM time limit"),
+        ({"gpus_per_node": 8, "time": "two days"}, "--time: 'two days' is not a SLURM time limit"),
+        ({"gpus_per_node": 8, "partition": "gpu;rm"}, "--partition: 'gpu;rm' is not a SLURM name"),
+        ({"gpus_per_node": 8, "signal": "KILL"}, "--signal: input should be 'USR1', 'USR2' or 'TERM'"),
+        ({"gpus_per_node": 8, "signal_lead": 0}, "--signal-lead: must be at least 1"),
+    ],
+)
 def test_bad_launch_options_are_one_line_naming_the_flag(values, fragment):
     with pytest.raises(ConfigError) as error:
         validated(SlurmOptions, **values)
@@ -231,14 +291,17 @@ def test_the_cli_prints_the_script_or_writes_it_executable(tmp_path, config, cap
     assert target.read_text() == printed and os.access(target, os.X_OK)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--nodes", "0", "--gpus-per-node", "8"], "--nodes: must be at least 1"),
-    (["--gpus-per-node", "-2"], "--gpus-per-node: must be at least 0"),
-    (["--gpus-per-node", "8", "--time", "1 day"], "--time: '1 day' is not a SLURM time limit"),
-    (["--gpus-per-node", "8", "-o", "missing/job.sbatch"], "-o missing/job.sbatch: folder missing does not exist"),
-    (["--gpus-per-node", "8", "train.stpes=5"], "did you mean 'train.steps'"),
-    (["--nodes", "3", "--gpus-per-node", "8", "train.global_batch=32"], "3 node(s) x 8 rank(s): train.global_batch=32"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--nodes", "0", "--gpus-per-node", "8"], "--nodes: must be at least 1"),
+        (["--gpus-per-node", "-2"], "--gpus-per-node: must be at least 0"),
+        (["--gpus-per-node", "8", "--time", "1 day"], "--time: '1 day' is not a SLURM time limit"),
+        (["--gpus-per-node", "8", "-o", "missing/job.sbatch"], "-o missing/job.sbatch: folder missing does not exist"),
+        (["--gpus-per-node", "8", "train.stpes=5"], "did you mean 'train.steps'"),
+        (["--nodes", "3", "--gpus-per-node", "8", "train.global_batch=32"], "3 node(s) x 8 rank(s): train.global_batch=32"),
+    ],
+)
 def test_bad_input_to_kiln_launch_slurm_is_one_line(tmp_path, config, capsys, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, "launch", "slurm", str(config), *argv)

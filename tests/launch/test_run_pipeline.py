@@ -1,4 +1,5 @@
 """`kiln run` end to end through real Ray and 2 DeepSpeed ranks on CPU, and its skipping of finished stages."""
+
 import hashlib
 import json
 import math
@@ -23,10 +24,7 @@ def kiln(*args, cwd):
 
 def snapshot(*roots: Path) -> dict[str, str]:
     return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-        for root in roots
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for root in roots for p in sorted(root.rglob("*")) if p.is_file()
     }
 
 
@@ -59,8 +57,12 @@ def test_run_writes_data_checkpoint_metrics_and_eval(tiny_run):
 def shard_tokens(data: Path, split: str) -> list[np.ndarray]:
     """Each shard's tokens in file order, read with pyarrow alone."""
     manifest = json.loads((data / split / "manifest.json").read_text())
-    return [pc.list_flatten(pa.ipc.open_file(str(data / split / shard["path"])).read_all().column("tokens"))
-            .to_numpy().astype(np.int64) for shard in manifest["shards"]]
+    return [
+        pc.list_flatten(pa.ipc.open_file(str(data / split / shard["path"])).read_all().column("tokens"))
+        .to_numpy()
+        .astype(np.int64)
+        for shard in manifest["shards"]
+    ]
 
 
 def test_run_evaluation_equals_an_independent_computation_from_the_shards_and_the_weights(tiny_run):
@@ -77,10 +79,12 @@ def test_run_evaluation_equals_an_independent_computation_from_the_shards_and_th
     cfg = yaml.safe_load(path.read_text())
     seq_len, vocab = cfg["model"]["seq_len"], cfg["data"]["vocab_size"]
     data = tmp / "data"
-    windows = np.concatenate([
-        tokens[: min(len(tokens) // (seq_len + 1), 16) * (seq_len + 1)].reshape(-1, seq_len + 1)
-        for tokens in shard_tokens(data, "val")
-    ])
+    windows = np.concatenate(
+        [
+            tokens[: min(len(tokens) // (seq_len + 1), 16) * (seq_len + 1)].reshape(-1, seq_len + 1)
+            for tokens in shard_tokens(data, "val")
+        ]
+    )
     targets = windows[:, 1:]
     _, model = load_model(str(tmp / "run"), 6)
     with torch.no_grad():

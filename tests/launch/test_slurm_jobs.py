@@ -1,5 +1,6 @@
 """Rendered sbatch scripts run on a real one-node Slurm: they train, requeue themselves when preempted and
 resume on the same loss curve, and the --ray variant runs the whole pipeline on a token-authenticated Ray."""
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,24 @@ def job_environment(slurm) -> dict[str, str]:
     Ray on this machine stays on 127.0.0.1: `ray start` replaces a loopback --node-ip-address with the
     host's address unless Ray's switch for clusters is off.
     """
-    return {**slurm.env, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "KILN_MASTER_PORT": str(slurm.free_ports()),
-            "KILN_RAY_PORT": str(slurm.free_ports(2)), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    return {
+        **slurm.env,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "KILN_MASTER_PORT": str(slurm.free_ports()),
+        "KILN_RAY_PORT": str(slurm.free_ports(2)),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
 
 
 def submit(slurm, config, cwd, *flags) -> str:
     """`kiln launch slurm CONFIG --gpus-per-node 0 ... --submit` from ``cwd``; returns the job id it prints."""
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", "launch", "slurm", str(config), "--gpus-per-node", "0", *flags, "--submit"],
-        cwd=cwd, env=job_environment(slurm), capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        env=job_environment(slurm),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
@@ -64,8 +74,9 @@ def prepared(tmp_path_factory, tiny_config):
     """Prepared data and a config of STEPS steps, checkpointing only at the end unless stopped."""
     tmp = tmp_path_factory.mktemp("slurm-jobs")
     config = tiny_config(tmp, seed=11, train={"steps": STEPS, "checkpoint_every": 1000})
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "prepare", str(config)], cwd=tmp, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "prepare", str(config)], cwd=tmp, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return tmp, config
 
@@ -117,8 +128,24 @@ def test_a_preempted_job_saves_requeues_itself_and_resumes_on_the_same_curve(slu
 def test_a_job_sbatch_refuses_is_one_line(slurm, prepared):
     tmp, config = prepared
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "launch", "slurm", str(config), "--gpus-per-node", "0", "--partition", "nowhere",
-         "--submit"], cwd=tmp, env=job_environment(slurm), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "launch",
+            "slurm",
+            str(config),
+            "--gpus-per-node",
+            "0",
+            "--partition",
+            "nowhere",
+            "--submit",
+        ],
+        cwd=tmp,
+        env=job_environment(slurm),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("kiln: error: --submit: sbatch refused the job:")

@@ -1,5 +1,6 @@
 """`kiln train` as a user runs it, against the local launcher's loss curve on the same config: ranks started
 by hand (`train.launcher=none`) and compiled blocks (`train.compile=true`)."""
+
 import os
 import subprocess
 import sys
@@ -15,8 +16,9 @@ STEPS = 8
 
 
 def kiln(*args, cwd, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def curve(run_dir) -> list[tuple[int, float]]:
@@ -27,8 +29,9 @@ def curve(run_dir) -> list[tuple[int, float]]:
 def local_run(tmp_path_factory, tiny_config):
     """Prepared data and the loss curve of the local launcher (torchrun, 2 ranks, ZeRO-2)."""
     tmp = tmp_path_factory.mktemp("train-command")
-    config = tiny_config(tmp, seed=5, run={"dir": str(tmp / "local")},
-                         train={"steps": STEPS, "checkpoint_every": STEPS, "zero_stage": 2})
+    config = tiny_config(
+        tmp, seed=5, run={"dir": str(tmp / "local")}, train={"steps": STEPS, "checkpoint_every": STEPS, "zero_stage": 2}
+    )
     prepared = kiln("prepare", str(config), cwd=tmp)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     trained = kiln("train", str(config), cwd=tmp)
@@ -47,11 +50,26 @@ def test_ranks_started_by_hand_with_launcher_none_train_the_local_launchers_curv
     procs = []
     try:
         for rank in range(2):
-            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "launch.cli", "train", str(config), "train.launcher=none", f"run.dir={run}"],
-                cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            env = {
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(store.port),
+                "TORCHELASTIC_USE_AGENT_STORE": "True",
+            }
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "launch.cli", "train", str(config), "train.launcher=none", f"run.dir={run}"],
+                    cwd=tmp,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         outputs = [p.communicate(timeout=900)[0] for p in procs]
     finally:
         for p in procs:

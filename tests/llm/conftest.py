@@ -1,4 +1,5 @@
 """Fixtures for the training layer: a tiny real-text token dataset and a way to run ranks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,11 +40,23 @@ def _write_split(data_url: Path, split: str, docs: list[np.ndarray], tokenizer) 
         writer.add(doc.astype(dtype), i)
     w = writer.close()
     entry = ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens)
-    write_manifest(str(data_url), Manifest(
-        split=split, config_hash="llm-tests", tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size,
-        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, dtype=dtype, shards=[entry],
-        total_docs=w.docs, total_tokens=w.tokens, sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
-    ))
+    write_manifest(
+        str(data_url),
+        Manifest(
+            split=split,
+            config_hash="llm-tests",
+            tokenizer_sha256=tokenizer.sha256,
+            vocab_size=tokenizer.vocab_size,
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            dtype=dtype,
+            shards=[entry],
+            total_docs=w.docs,
+            total_tokens=w.tokens,
+            sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
+        ),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,12 +101,25 @@ class Ranks:
 
     @staticmethod
     def job(run_dir, data_url, seed=7, model=None, storage_options=None, **train) -> TrainJob:
-        base = dict(steps=6, micro_batch=2, global_batch=8, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-                    checkpoint_every=3, nproc=2, zero_stage=2)
+        base = dict(
+            steps=6,
+            micro_batch=2,
+            global_batch=8,
+            lr=3e-3,
+            min_lr=3e-4,
+            warmup_steps=2,
+            checkpoint_every=3,
+            nproc=2,
+            zero_stage=2,
+        )
         return TrainJob(
-            run_dir=str(run_dir), data_url=data_url, seed=seed, config_hash="test-hash",
+            run_dir=str(run_dir),
+            data_url=data_url,
+            seed=seed,
+            config_hash="test-hash",
             storage_options=storage_options or {},
-            model=ModelConfig(**{**TINY_MODEL, **(model or {})}), train=TrainConfig(**{**base, **train}),
+            model=ModelConfig(**{**TINY_MODEL, **(model or {})}),
+            train=TrainConfig(**{**base, **train}),
         )
 
     @staticmethod
@@ -101,15 +127,25 @@ class Ranks:
         job_path = tmp_path / f"job-{uuid.uuid4().hex}.json"
         job.save(str(job_path))
         # --standalone: torchrun binds its own rendezvous port, so concurrent test runs cannot collide on one.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "llm.worker", str(job_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "llm.worker",
+            str(job_path),
+        ]
         proc = subprocess.run(cmd, env=rank_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
         return proc
 
     @staticmethod
     @contextlib.contextmanager
-    def spawned(job: TrainJob, tmp_path: Path, nproc: int = 2,
-                env_of_rank: list[dict[str, str]] | None = None) -> Iterator[list[subprocess.Popen]]:
+    def spawned(
+        job: TrainJob, tmp_path: Path, nproc: int = 2, env_of_rank: list[dict[str, str]] | None = None
+    ) -> Iterator[list[subprocess.Popen]]:
         """Ranks as plain processes (no torchrun), so a test can signal one, read each exit code, or give
         each rank variables of its own (``env_of_rank``).
 
@@ -125,11 +161,26 @@ class Ranks:
         try:
             for rank in range(nproc):
                 env = rank_env()
-                env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True",
-                           **(env_of_rank[rank] if env_of_rank else {}))
-                procs.append(subprocess.Popen([sys.executable, "-m", "llm.worker", str(job_path)], env=env, cwd=REPO,
-                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                env.update(
+                    RANK=str(rank),
+                    LOCAL_RANK=str(rank),
+                    WORLD_SIZE=str(nproc),
+                    LOCAL_WORLD_SIZE=str(nproc),
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(store.port),
+                    TORCHELASTIC_USE_AGENT_STORE="True",
+                    **(env_of_rank[rank] if env_of_rank else {}),
+                )
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "llm.worker", str(job_path)],
+                        env=env,
+                        cwd=REPO,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                    )
+                )
             yield procs
         finally:
             for p in procs:
@@ -137,7 +188,6 @@ class Ranks:
                     p.kill()
                 p.wait()
             del store
-
 
     @staticmethod
     def reference_run(job: TrainJob) -> tuple[list[float], "torch.nn.Module"]:

@@ -3,6 +3,7 @@
 Usage: ``python -m torch.distributed.run --nproc_per_node 2 tests/llm/saver_ranks.py RUN_DIR OUT_JSON``.
 Rank 0 writes what it saw to OUT_JSON.
 """
+
 import json
 import sys
 
@@ -24,9 +25,17 @@ VOCAB = 64
 
 def record(step: int, layout: ParallelLayout, model: ModelConfig) -> CheckpointRecord:
     return CheckpointRecord(
-        step=step, tokens=step, time=0.0, layout=layout, precision="fp32", model=model, vocab_size=VOCAB,
-        config_hash="saver-test", data=DataPosition(url="none", fingerprint="none", consumed_samples=step, loader={}),
-        rng=[RngState.capture()], rng_of_rank=[0, 0],
+        step=step,
+        tokens=step,
+        time=0.0,
+        layout=layout,
+        precision="fp32",
+        model=model,
+        vocab_size=VOCAB,
+        config_hash="saver-test",
+        data=DataPosition(url="none", fingerprint="none", consumed_samples=step, loader={}),
+        rng=[RngState.capture()],
+        rng_of_rank=[0, 0],
     )
 
 
@@ -54,14 +63,15 @@ def main(run_dir: str, out: str) -> None:
     if rank == 0:
         _, state = checkpoint.load_model_state(run_dir, 1)
         seen["weights_at_save_time"] = all(torch.equal(state[n], t) for n, t in at_save.items())
-        seen["weights_changed_since"] = any(not torch.equal(p, at_save[n])
-                                            for n, p in engine.engine.module.named_parameters())
+        seen["weights_changed_since"] = any(not torch.equal(p, at_save[n]) for n, p in engine.engine.module.named_parameters())
 
     # Rank 1's disk fails during the next save: nothing is committed and every rank hears why.
     real_write = checkpoint_files.write_file
     if rank == 1:
+
         def full_disk(*args, **kwargs):
             raise OSError("No space left on device")
+
         checkpoint_files.write_file = full_disk
     saver.save(record(2, layout, model))
     try:
@@ -82,8 +92,11 @@ def main(run_dir: str, out: str) -> None:
     dist.all_gather_object(gathered, seen)
     if rank == 0:
         result = {k: v for part in gathered for k, v in part.items()}
-        result.update(committed=committed, latest=checkpoint.latest_committed_step(run_dir),
-                      files_of_4=[e.path for e in checkpoint.read_commit(run_dir, 4).files])
+        result.update(
+            committed=committed,
+            latest=checkpoint.latest_committed_step(run_dir),
+            files_of_4=[e.path for e in checkpoint.read_commit(run_dir, 4).files],
+        )
         with open(out, "w") as f:
             json.dump(result, f)
     dist.barrier()

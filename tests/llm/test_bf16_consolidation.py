@@ -1,5 +1,6 @@
 """bf16 training (the GPU default) run on CPU ranks: consolidation returns the fp32 master weights, and a bf16
 ZeRO-0 checkpoint refuses another layout in one line per rank."""
+
 import pytest
 import torch
 
@@ -41,9 +42,12 @@ def test_consolidated_weights_are_fp32_masters_of_the_bf16_model(layout, ranks, 
         other = job.model_copy(update={"train": job.train.model_copy(update={"steps": 4, "zero_stage": 2})})
         proc = ranks.torchrun(other, tmp_path)
         assert proc.returncode != 0
-        expected = ("checkpoint step 3 is a bf16 ZeRO-0 checkpoint of 2 ranks; it resumes only as bf16 ZeRO-0 "
-                    "(now 2 ranks, zero_stage=2)")
-        assert sorted(line for line in proc.stderr.splitlines() if line.startswith("rank ")) == \
-            [f"rank {rank}: {expected}" for rank in (0, 1)], ranks.errors(proc)
+        expected = (
+            "checkpoint step 3 is a bf16 ZeRO-0 checkpoint of 2 ranks; it resumes only as bf16 ZeRO-0 "
+            "(now 2 ranks, zero_stage=2)"
+        )
+        assert sorted(line for line in proc.stderr.splitlines() if line.startswith("rank ")) == [
+            f"rank {rank}: {expected}" for rank in (0, 1)
+        ], ranks.errors(proc)
         assert "llm/worker.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
         assert checkpoint.committed_steps(job.run_dir) == [3]

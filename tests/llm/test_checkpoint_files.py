@@ -1,4 +1,5 @@
 """Checkpoint files on a local disk and on S3 (moto): sha256 computed on the way out, checked on the way in."""
+
 import hashlib
 import os
 
@@ -13,7 +14,8 @@ PAYLOAD = os.urandom(3 * 2**20 + 17)
 def write(step_url):
     def produce(stream):
         for start in range(0, len(PAYLOAD), 1 << 20):
-            stream.write(PAYLOAD[start:start + (1 << 20)])
+            stream.write(PAYLOAD[start : start + (1 << 20)])
+
     return write_file(step_url, "zero_pp_rank_1_mp_rank_00_optim_states.pt", produce, rank=1)
 
 

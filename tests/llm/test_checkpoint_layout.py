@@ -1,4 +1,5 @@
 """Checkpoint discovery, retention, records and layout routes over real folders (no DeepSpeed ranks)."""
+
 import pytest
 import torch
 
@@ -88,18 +89,34 @@ def test_loading_an_uncommitted_step_is_a_clear_error(tmp_path):
 
 
 def record(world_size=2, zero_stage=2, pipeline_stages=1, precision="fp32", step=3):
-    layout = ParallelLayout(world_size=world_size, data_parallel=world_size // pipeline_stages,
-                            pipeline_stages=pipeline_stages, zero_stage=zero_stage)
+    layout = ParallelLayout(
+        world_size=world_size,
+        data_parallel=world_size // pipeline_stages,
+        pipeline_stages=pipeline_stages,
+        zero_stage=zero_stage,
+    )
     return CheckpointRecord(
-        step=step, tokens=0, time=0.0, layout=layout, precision=precision, model=ModelConfig(), vocab_size=50,
-        config_hash="h", data=DataPosition(url="d", fingerprint="f", consumed_samples=0, loader={}),
-        rng=[RngState.capture()], rng_of_rank=[0] * world_size,
+        step=step,
+        tokens=0,
+        time=0.0,
+        layout=layout,
+        precision=precision,
+        model=ModelConfig(),
+        vocab_size=50,
+        config_hash="h",
+        data=DataPosition(url="d", fingerprint="f", consumed_samples=0, loader={}),
+        rng=[RngState.capture()],
+        rng_of_rank=[0] * world_size,
     )
 
 
 def now(world_size, zero_stage, pipeline_stages=1):
-    return ParallelLayout(world_size=world_size, data_parallel=world_size // pipeline_stages,
-                          pipeline_stages=pipeline_stages, zero_stage=zero_stage)
+    return ParallelLayout(
+        world_size=world_size,
+        data_parallel=world_size // pipeline_stages,
+        pipeline_stages=pipeline_stages,
+        zero_stage=zero_stage,
+    )
 
 
 def test_per_parameter_state_is_used_only_when_a_zero_layout_changes():

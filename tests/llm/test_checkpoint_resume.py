@@ -1,5 +1,6 @@
 """Resume with two real DeepSpeed ranks: damaged files are caught and passed over, and on S3 each
 rank downloads only the files it loads (bytes counted by the S3 server itself)."""
+
 import collections
 import re
 import subprocess
@@ -22,18 +23,28 @@ def flip_a_byte(url: str) -> None:
 
 
 def kiln(ranks, *args):
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=ranks.repo, env={**ranks.env(), "COLUMNS": "250"},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        cwd=ranks.repo,
+        env={**ranks.env(), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def table_rows(text: str) -> list[list[str]]:
     """The body rows of a table rich printed."""
-    return [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in text.splitlines()
-            if line.strip().startswith("│")]
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in text.splitlines()
+        if line.strip().startswith("│")
+    ]
 
 
 def test_a_damaged_file_is_named_by_ckpt_verify_and_makes_every_rank_fall_back_to_the_previous_checkpoint(
-        ranks, token_data, tmp_path):
+    ranks, token_data, tmp_path
+):
     job = ranks.job(tmp_path / "run", token_data, steps=4, checkpoint_every=2, keep_checkpoints=3)
     proc = ranks.torchrun(job, tmp_path)
     assert proc.returncode == 0, ranks.errors(proc)
@@ -46,10 +57,14 @@ def test_a_damaged_file_is_named_by_ckpt_verify_and_makes_every_rank_fall_back_t
     (tmp_path / "run" / "checkpoints" / "step-00000009").rmdir()
     assert ls.returncode == 0, ls.stderr[-3000:]
     assert [(row[0], row[1]) for row in table_rows(ls.stdout)] == [
-        ("2", "committed"), ("4", "committed · latest"), ("9", "incomplete")]
+        ("2", "committed"),
+        ("4", "committed · latest"),
+        ("9", "incomplete"),
+    ]
     assert verify.returncode == 1, verify.stdout + verify.stderr[-3000:]
     assert [line for line in verify.stdout.splitlines() if line.startswith("✗")] == [
-        f"✗ {damaged} does not match the sha256 the record lists"]
+        f"✗ {damaged} does not match the sha256 the record lists"
+    ]
 
     proc = ranks.torchrun(job.model_copy(update={"train": job.train.model_copy(update={"steps": 5})}), tmp_path)
     assert proc.returncode == 0, ranks.errors(proc)
@@ -65,8 +80,9 @@ def test_a_damaged_file_is_named_by_ckpt_verify_and_makes_every_rank_fall_back_t
     proc = ranks.torchrun(job.model_copy(update={"train": job.train.model_copy(update={"steps": 6})}), tmp_path)
     assert proc.returncode != 0
     failure = [e for e in records.events() if e["event"] == "failure"][-1]
-    assert failure["error"].startswith(f"CheckpointError: no committed checkpoint under "
-                                       f"{checkpoint.checkpoints_url(job.run_dir)} passes its checks")
+    assert failure["error"].startswith(
+        f"CheckpointError: no committed checkpoint under {checkpoint.checkpoints_url(job.run_dir)} passes its checks"
+    )
 
 
 @pytest.fixture
@@ -95,6 +111,7 @@ def counted_s3(monkeypatch):
             finally:
                 if hasattr(body, "close"):
                     body.close()
+
         return chunks()
 
     server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
@@ -116,7 +133,8 @@ def counted_s3(monkeypatch):
 
 
 def test_on_s3_each_rank_downloads_only_the_model_states_and_its_own_optimizer_partition(
-        ranks, token_data, tmp_path, counted_s3):
+    ranks, token_data, tmp_path, counted_s3
+):
     bucket, counts = counted_s3
     run_url = f"{bucket}/runs/per-rank"
     job = ranks.job(run_url, token_data, steps=3, checkpoint_every=2, checkpoint_at_end=False, zero_stage=2)
@@ -134,8 +152,11 @@ def test_on_s3_each_rank_downloads_only_the_model_states_and_its_own_optimizer_p
     saved = checkpoint.read_commit(run_url, 2)
     step_path = "/kiln-test/runs/per-rank/checkpoints/step-00000002/"
     for rank in range(2):
-        fetched = {path.removeprefix(step_path): n for (who, path), n in counts.items()
-                   if who == f"rank-{rank}" and path.startswith(step_path) and not path.endswith("/COMMITTED")}
+        fetched = {
+            path.removeprefix(step_path): n
+            for (who, path), n in counts.items()
+            if who == f"rank-{rank}" and path.startswith(step_path) and not path.endswith("/COMMITTED")
+        }
         own = f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
         expected = {name: saved.file(name).bytes for name in ("mp_rank_00_model_states.pt", own)}
         assert fetched == expected, f"rank {rank} fetched {fetched}"

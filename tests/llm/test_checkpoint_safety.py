@@ -1,6 +1,7 @@
 """Checkpoint bytes are never code: a planted pickle, its checksum fixed up in COMMITTED (anyone who
 can write the bucket can do both), is refused by every command that reads checkpoints, and the
 code it carries never runs."""
+
 import hashlib
 import json
 import subprocess
@@ -42,20 +43,25 @@ def planted(ranks, token_data, tmp_path_factory):
             entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     (step / "COMMITTED").write_text(json.dumps(record))
     config = tmp / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "run": {"name": "planted", "dir": str(tmp / "run"), "seed": job.seed},
-        "data": {"inputs": ["unused.jsonl"], "output": token_data},
-        "model": job.model.model_dump(mode="json"),
-        "train": {**job.train.model_dump(mode="json"), "steps": 4},
-        "eval": {"batch_size": 8, "max_windows_per_shard": 4},
-        "cluster": {"num_cpus": 2},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"name": "planted", "dir": str(tmp / "run"), "seed": job.seed},
+                "data": {"inputs": ["unused.jsonl"], "output": token_data},
+                "model": job.model.model_dump(mode="json"),
+                "train": {**job.train.model_dump(mode="json"), "steps": 4},
+                "eval": {"batch_size": 8, "max_windows_per_shard": 4},
+                "cluster": {"num_cpus": 2},
+            }
+        )
+    )
     return tmp, config, step / PLANTED, marker
 
 
 def kiln(ranks, *args, cwd):
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=ranks.env(), capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=ranks.env(), capture_output=True, text=True, timeout=900
+    )
 
 
 def refusal_lines(stderr: str, path) -> list[str]:
@@ -72,11 +78,14 @@ def test_resuming_training_refuses_the_planted_pickle_and_never_runs_it(ranks, p
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("command", [
-    ["eval", "{config}"],
-    ["export", "hf", "{run}", "{tmp}/hf-out"],
-    ["generate", "{run}", "import os", "--max-tokens", "4"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "{config}"],
+        ["export", "hf", "{run}", "{tmp}/hf-out"],
+        ["generate", "{run}", "import os", "--max-tokens", "4"],
+    ],
+)
 def test_eval_export_and_generate_refuse_it_in_one_line_and_never_run_it(command, ranks, planted):
     tmp, config, path, marker = planted
     args = [a.format(config=config, run=tmp / "run", tmp=tmp) for a in command]

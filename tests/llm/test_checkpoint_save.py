@@ -1,4 +1,5 @@
 """The asynchronous save protocol with two real ranks (tests/llm/saver_ranks.py drives the saver directly)."""
+
 import json
 import subprocess
 import sys
@@ -12,8 +13,17 @@ pytestmark = pytest.mark.slow
 def seen(ranks, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("saver")
     out = tmp / "seen.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ranks.repo / "tests" / "llm" / "saver_ranks.py"), str(tmp / "run"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ranks.repo / "tests" / "llm" / "saver_ranks.py"),
+        str(tmp / "run"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=ranks.env(), cwd=ranks.repo, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, ranks.errors(proc)
     return json.loads(out.read_text())
@@ -35,5 +45,8 @@ def test_a_failed_write_on_one_rank_commits_nothing_and_every_rank_hears_why(see
 def test_saves_back_to_back_commit_one_after_the_other(seen):
     assert seen["committed"] == [1, 3, 4]
     assert seen["latest"] == 4
-    assert seen["files_of_4"] == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                                  "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert seen["files_of_4"] == [
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]

@@ -1,4 +1,5 @@
 """The DeepSpeed adapter on its own: which files each rank reads, and loads that never run code."""
+
 import io
 import pickle
 
@@ -17,45 +18,73 @@ from llm.layout import ParallelLayout
 
 # File lists of real 2-rank DeepSpeed 0.19 checkpoints, with the rank that wrote each file.
 SAVED = {
-    "zero2": (ParallelLayout(world_size=2, data_parallel=2, zero_stage=2), {
-        "mp_rank_00_model_states.pt": 0,
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
-        "zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
-    }),
-    "zero3": (ParallelLayout(world_size=2, data_parallel=2, zero_stage=3), {
-        "zero_pp_rank_0_mp_rank_00_model_states.pt": 0,
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
-        "zero_pp_rank_1_mp_rank_00_model_states.pt": 1,
-        "zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
-    }),
-    "bf16_zero2": (ParallelLayout(world_size=2, data_parallel=2, zero_stage=2), {
-        "mp_rank_00_model_states.pt": 0,
-        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
-        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
-    }),
-    "pipeline2": (ParallelLayout(world_size=2, data_parallel=1, pipeline_stages=2, zero_stage=1), {
-        "layer_00-model_states.pt": 0,
-        "layer_01-model_states.pt": 0,
-        "layer_02-model_states.pt": 1,
-        "layer_03-model_states.pt": 1,
-        "mp_rank_00_model_states.pt": 0,
-        "mp_rank_01_model_states.pt": 1,
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
-        "zero_pp_rank_0_mp_rank_01_optim_states.pt": 1,
-    }),
+    "zero2": (
+        ParallelLayout(world_size=2, data_parallel=2, zero_stage=2),
+        {
+            "mp_rank_00_model_states.pt": 0,
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
+        },
+    ),
+    "zero3": (
+        ParallelLayout(world_size=2, data_parallel=2, zero_stage=3),
+        {
+            "zero_pp_rank_0_mp_rank_00_model_states.pt": 0,
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
+            "zero_pp_rank_1_mp_rank_00_model_states.pt": 1,
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
+        },
+    ),
+    "bf16_zero2": (
+        ParallelLayout(world_size=2, data_parallel=2, zero_stage=2),
+        {
+            "mp_rank_00_model_states.pt": 0,
+            "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
+            "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
+        },
+    ),
+    "pipeline2": (
+        ParallelLayout(world_size=2, data_parallel=1, pipeline_stages=2, zero_stage=1),
+        {
+            "layer_00-model_states.pt": 0,
+            "layer_01-model_states.pt": 0,
+            "layer_02-model_states.pt": 1,
+            "layer_03-model_states.pt": 1,
+            "mp_rank_00_model_states.pt": 0,
+            "mp_rank_01_model_states.pt": 1,
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
+            "zero_pp_rank_0_mp_rank_01_optim_states.pt": 1,
+        },
+    ),
 }
 EXPECTED = {
-    "zero2": [{"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"},
-              {"mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}],
-    "zero3": [{"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"},
-              {"zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}],
-    "bf16_zero2": [{"mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"},
-                   {"mp_rank_00_model_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"}],
-    "pipeline2": [{"layer_00-model_states.pt", "layer_01-model_states.pt", "mp_rank_00_model_states.pt",
-                   "zero_pp_rank_0_mp_rank_00_optim_states.pt"},
-                  {"layer_02-model_states.pt", "layer_03-model_states.pt", "mp_rank_01_model_states.pt",
-                   "mp_rank_00_model_states.pt",  # DeepSpeed's loader opens the first stage's file on every rank
-                   "zero_pp_rank_0_mp_rank_01_optim_states.pt"}],
+    "zero2": [
+        {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"},
+        {"mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"},
+    ],
+    "zero3": [
+        {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"},
+        {"zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"},
+    ],
+    "bf16_zero2": [
+        {"mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"},
+        {"mp_rank_00_model_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"},
+    ],
+    "pipeline2": [
+        {
+            "layer_00-model_states.pt",
+            "layer_01-model_states.pt",
+            "mp_rank_00_model_states.pt",
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        },
+        {
+            "layer_02-model_states.pt",
+            "layer_03-model_states.pt",
+            "mp_rank_01_model_states.pt",
+            "mp_rank_00_model_states.pt",  # DeepSpeed's loader opens the first stage's file on every rank
+            "zero_pp_rank_0_mp_rank_01_optim_states.pt",
+        },
+    ],
 }
 
 
@@ -107,8 +136,12 @@ def test_deepspeeds_own_classes_are_allowed_and_tensors_come_back():
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    state = {"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.gradients,
-             "param_slice_mappings": [{"w": fragment_address(numel=4, start=0)}], "w": torch.arange(4.0)}
+    state = {
+        "loss_scaler": LossScaler(1.0),
+        "zero_stage": ZeroStageEnum.gradients,
+        "param_slice_mappings": [{"w": fragment_address(numel=4, start=0)}],
+        "w": torch.arange(4.0),
+    }
     loaded = load_weights_only(torch_file(state))
     assert loaded["zero_stage"] == ZeroStageEnum.gradients
     assert loaded["param_slice_mappings"][0]["w"].numel == 4

@@ -1,4 +1,5 @@
 """Export a trained 2-rank checkpoint to Hugging Face Llama and load it with transformers."""
+
 import json
 
 import numpy as np

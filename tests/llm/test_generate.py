@@ -13,9 +13,9 @@ def greedy_without_cache(model, prompt, n):
     tokens = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            logits = model(torch.tensor([tokens[-CFG.seq_len:]]))[0, -1]
+            logits = model(torch.tensor([tokens[-CFG.seq_len :]]))[0, -1]
             tokens.append(int(torch.argmax(logits)))
-    return tokens[len(prompt):]
+    return tokens[len(prompt) :]
 
 
 def test_greedy_decoding_through_the_cache_equals_full_recomputation():

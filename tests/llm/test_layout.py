@@ -1,4 +1,5 @@
 """The parallel layout: computed once from the train section and the world size, validated in one line."""
+
 import pytest
 
 from llm.config import TrainConfig

@@ -11,11 +11,14 @@ def test_kv_heads_defaults_to_heads_and_hidden_rounds_up():
     assert ModelConfig(dim=104, heads=4, multiple_of=64).hidden_dim == 320  # int(8*104/3)=277 → 320
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"dim": 100, "heads": 3}, "model.dim=100 must be divisible by model.heads=3"),
-    ({"dim": 24, "heads": 8}, "must be even"),
-    ({"heads": 4, "kv_heads": 3}, "model.kv_heads=3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"dim": 100, "heads": 3}, "model.dim=100 must be divisible by model.heads=3"),
+        ({"dim": 24, "heads": 8}, "must be even"),
+        ({"heads": 4, "kv_heads": 3}, "model.kv_heads=3"),
+    ],
+)
 def test_bad_model_shapes_are_rejected_with_the_key(kwargs, fragment):
     with pytest.raises(ValidationError, match=fragment):
         ModelConfig(**kwargs)

@@ -1,5 +1,6 @@
 """Generation reads what training wrote: a run that memorised one document writes it back under greedy
 decoding, and the same prompt and seed give other text from an earlier checkpoint of the same run."""
+
 import os
 import subprocess
 import sys
@@ -30,12 +31,23 @@ def write_copies(data_url: Path, split: str, tokens: list[int], tokenizer: Token
     for i in range(COPIES):
         writer.add(np.asarray(tokens + [tokenizer.eos_id], dtype=dtype), i)
     w = writer.close()
-    write_manifest(str(data_url), Manifest(
-        split=split, config_hash="memorised", tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size,
-        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, dtype=dtype,
-        shards=[ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens)],
-        total_docs=w.docs, total_tokens=w.tokens, sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
-    ))
+    write_manifest(
+        str(data_url),
+        Manifest(
+            split=split,
+            config_hash="memorised",
+            tokenizer_sha256=tokenizer.sha256,
+            vocab_size=tokenizer.vocab_size,
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            dtype=dtype,
+            shards=[ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens)],
+            total_docs=w.docs,
+            total_tokens=w.tokens,
+            sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +57,7 @@ def memorised_run(ranks, token_data, tmp_path_factory):
     tokenizer = Tokenizer.load(token_data)
     tokens = tokenizer.encode(DOCUMENT)
     prompt = tokenizer.encode(PROMPT)
-    assert tokens[:len(prompt)] == prompt, "the prompt must tokenize as the document's first tokens"
+    assert tokens[: len(prompt)] == prompt, "the prompt must tokenize as the document's first tokens"
     data = tmp / "data"
     tokenizer.save(str(data))
     write_copies(data, "train", tokens, tokenizer)
@@ -53,17 +65,41 @@ def memorised_run(ranks, token_data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KILN_CACHE_DIR", str(tmp / "cache"))
         for steps in (1, STEPS):  # the second run resumes from the first one's checkpoint
-            job = ranks.job(tmp / "run", str(data), steps=steps, checkpoint_every=STEPS, keep_checkpoints=2,
-                            lr=1e-2, min_lr=1e-3, warmup_steps=5)
+            job = ranks.job(
+                tmp / "run",
+                str(data),
+                steps=steps,
+                checkpoint_every=STEPS,
+                keep_checkpoints=2,
+                lr=1e-2,
+                min_lr=1e-3,
+                warmup_steps=5,
+            )
             proc = ranks.torchrun(job, tmp)
             assert proc.returncode == 0, ranks.errors(proc)
     return tmp / "run"
 
 
 def test_a_greedy_continuation_of_the_memorised_document_reproduces_it(memorised_run):
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "generate", str(memorised_run), PROMPT,
-                           "--temperature", "0", "--max-tokens", "60"],
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "generate",
+            str(memorised_run),
+            PROMPT,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "60",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == DOCUMENT + "\n"  # generation stops at the end-of-sequence token that followed it
 

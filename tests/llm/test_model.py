@@ -89,7 +89,7 @@ def test_kv_cache_decoding_matches_full_forward():
         full = model(x)
         cache = KVCache(2)
         prefix = model(x[:, :4], cache=cache)
-        steps = [model(x[:, t:t + 1], cache=cache) for t in range(4, 7)]
+        steps = [model(x[:, t : t + 1], cache=cache) for t in range(4, 7)]
         chunk = model(x[:, 7:], cache=cache)
     incremental = torch.cat([prefix, *steps, chunk], dim=1)
     torch.testing.assert_close(incremental, full, rtol=1e-5, atol=1e-5)

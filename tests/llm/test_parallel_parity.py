@@ -9,6 +9,7 @@ saved mid-run (asynchronously, while training went on) holds the weights of its 
 resumed from that mid-run checkpoint on its own layout repeats the second half bit for bit; a
 pipelined checkpoint refuses any other layout in one line per rank.
 """
+
 import shutil
 
 import numpy as np
@@ -69,6 +70,7 @@ def layout_run(ranks, token_data, tmp_path_factory):
             assert proc.returncode == 0, ranks.errors(proc)
             runs[layout] = job, [r["loss"] for r in RunRecords(job.run_dir).metrics()], reference
         return runs[layout]
+
     return run
 
 
@@ -114,7 +116,7 @@ def test_a_run_resumed_on_its_own_layout_repeats_the_second_half_bit_for_bit(lay
     records = RunRecords(resumed.run_dir)
     again = records.metrics()[STEPS:]
     assert [r["step"] for r in again] == list(range(STEPS // 2 + 1, STEPS + 1))
-    assert [r["loss"] for r in again] == got[STEPS // 2:]
+    assert [r["loss"] for r in again] == got[STEPS // 2 :]
     assert [e["step"] for e in records.events() if e["event"] == "resume"] == [STEPS // 2]
 
 
@@ -123,10 +125,13 @@ def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_per_rank(l
     other = from_halfway(job, tmp_path, pipeline_stages=1)
     proc = ranks.torchrun(other, tmp_path)
     assert proc.returncode != 0
-    expected = (f"checkpoint step {STEPS // 2} was saved by 2 ranks with pipeline_stages=2; a pipelined run resumes "
-                "only on the same world size and layout (now 2 ranks, pipeline_stages=1)")
-    assert sorted(line for line in proc.stderr.splitlines() if line.startswith("rank ")) == \
-        [f"rank {rank}: {expected}" for rank in (0, 1)], ranks.errors(proc)
+    expected = (
+        f"checkpoint step {STEPS // 2} was saved by 2 ranks with pipeline_stages=2; a pipelined run resumes "
+        "only on the same world size and layout (now 2 ranks, pipeline_stages=1)"
+    )
+    assert sorted(line for line in proc.stderr.splitlines() if line.startswith("rank ")) == [
+        f"rank {rank}: {expected}" for rank in (0, 1)
+    ], ranks.errors(proc)
     assert "llm/worker.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
     failures = [e for e in RunRecords(other.run_dir).events() if e["event"] == "failure"]
     assert {f["error"] for f in failures} == {f"CheckpointError: {expected}"}

@@ -1,4 +1,5 @@
 """The in-memory snapshot a save takes: by reference first, copied later, exactly what torch.save would write."""
+
 import io
 from collections import OrderedDict
 
@@ -16,7 +17,7 @@ def saved_and_loaded(obj):
 
 
 def single_file(snapshot):
-    (name, state), = list(snapshot.files())
+    ((name, state),) = list(snapshot.files())
     return state
 
 

@@ -1,4 +1,5 @@
 """Two real DeepSpeed ranks on CPU (gloo): records, commit protocol, resume, preemption, consolidation."""
+
 import signal
 import time
 
@@ -16,8 +17,20 @@ from ops.records import RunRecords
 
 pytestmark = pytest.mark.slow
 
-METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "tflops", "mfu",
-               "mem_gb", "data_wait_s", "time"}
+METRIC_KEYS = {
+    "step",
+    "tokens",
+    "loss",
+    "lr",
+    "grad_norm",
+    "step_time_s",
+    "tokens_per_s",
+    "tflops",
+    "mfu",
+    "mem_gb",
+    "data_wait_s",
+    "time",
+}
 
 
 def run_ok(ranks, job, tmp_path):
@@ -117,8 +130,12 @@ def test_checkpoints_on_object_storage_commit_resume_and_consolidate(ranks, toke
     assert checkpoint.committed_steps(run_url) == [2, 4]
     assert checkpoint.latest_committed_step(run_url) == 4
     files = storage.list_names(checkpoint.step_url(run_url, 2))
-    assert {"COMMITTED", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-            "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= set(files)
+    assert {
+        "COMMITTED",
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    } <= set(files)
 
     _, model = load_model(run_url, 2)
     assert global_batch_loss(model, job, 2) == pytest.approx(rows[2]["loss"], rel=1e-5)
@@ -147,14 +164,14 @@ RESHAPES = {
 
 
 @pytest.mark.parametrize("reshape", list(RESHAPES))
-def test_a_run_resumed_on_another_number_of_ranks_or_zero_stage_continues_the_same_loss_curve(reshape, ranks, token_data,
-                                                                                              tmp_path):
+def test_a_run_resumed_on_another_number_of_ranks_or_zero_stage_continues_the_same_loss_curve(
+    reshape, ranks, token_data, tmp_path
+):
     """One fp32 rank runs ZeRO stage 0 whatever the config says; a resume that changes the number
     of ranks or the ZeRO stage goes through per-parameter state in either direction and continues the
     same loss curve (same global batch and sample order; only reductions differ)."""
     (nproc_before, stage_before), (nproc_after, stage_after) = RESHAPES[reshape]
-    job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, nproc=nproc_before,
-                    zero_stage=stage_before)
+    job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, nproc=nproc_before, zero_stage=stage_before)
     proc = ranks.torchrun(job, tmp_path, nproc=nproc_before)
     assert proc.returncode == 0, ranks.errors(proc)
     records = RunRecords(job.run_dir)

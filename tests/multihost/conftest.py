@@ -1,5 +1,6 @@
 """Two hosts on this machine (network namespaces on a bridge) and the storage they share: a moto S3
 server listening on the bridge's address, the only place outside themselves they can reach."""
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,12 @@ class Cluster:
 
 
 def storage_env(endpoint: str) -> dict[str, str]:
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1"}
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,11 @@ def cluster(tmp_path_factory):
     try:
         _, port = server.get_host_and_port()
         endpoint = f"http://{hosts.bridge_address}:{port}"
-        env = {name: value for name, value in os.environ.items()
-               if not name.startswith(("RAY_", "AWS_", "MASTER_", "NODE_RANK", "GLOO_", "OMP_"))}
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("RAY_", "AWS_", "MASTER_", "NODE_RANK", "GLOO_", "OMP_"))
+        }
         env.update(storage_env(endpoint))
         env.update(
             PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",

@@ -1,5 +1,6 @@
 """The hosts the multi-host tests run on: separate names and addresses, a network that joins them and
 the bridge, and nothing left behind: no process, namespace, link or hosts file."""
+
 import os
 import socket
 import subprocess
@@ -34,14 +35,18 @@ def test_each_host_has_its_own_name_and_address_and_reaches_the_other_and_the_br
         port = server.getsockname()[1]
         seen = []
         for host, other in ((hosts[0], hosts[1]), (hosts[1], hosts[0])):
-            done = host.run(python(f"""
+            done = host.run(
+                python(f"""
                 import socket
                 print(socket.gethostname(), socket.gethostbyname({other.name!r}))
                 socket.create_connection(({hosts.bridge_address!r}, {port}), timeout=30).close()
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     s.connect(({other.address!r}, 9))
                     print(s.getsockname()[0])
-            """), env={"PATH": os.environ["PATH"]}, timeout=120)
+            """),
+                env={"PATH": os.environ["PATH"]},
+                timeout=120,
+            )
             assert done.returncode == 0, done.stderr
             seen.append(done.stdout.split())
             server.accept()[0].close()
@@ -53,15 +58,19 @@ def test_removal_kills_every_process_on_the_hosts_and_leaves_no_namespace_link_o
     hosts = Hosts(2).create()
     tag = hosts.tag
     try:
-        procs = [host.start(["sh", "-c", "sleep 600 & exec sleep 600"], env={"PATH": os.environ["PATH"]})
-                 for host in hosts.hosts]
+        procs = [
+            host.start(["sh", "-c", "sleep 600 & exec sleep 600"], env={"PATH": os.environ["PATH"]}) for host in hosts.hosts
+        ]
         inside = []
         deadline = time.monotonic() + 120
         while len(inside) < 4:  # two sleeps on each host
             assert time.monotonic() < deadline, f"the hosts' processes did not start: {inside}"
             time.sleep(0.1)
-            inside = [int(pid) for host in hosts.hosts for pid in
-                      subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True, text=True).stdout.split()]
+            inside = [
+                int(pid)
+                for host in hosts.hosts
+                for pid in subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True, text=True).stdout.split()
+            ]
     finally:
         hosts.remove()
     for proc in procs:

@@ -1,4 +1,5 @@
 """Which addresses a node of a multi-node job uses, whatever its hostname resolves to."""
+
 import pytest
 
 from launch.config import ConfigError

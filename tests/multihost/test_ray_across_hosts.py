@@ -3,6 +3,7 @@ with token authentication on, a worker on host1 joining it.  `kiln submit` from 
 runs prepare, Ray Train with a rank on each host, and evaluation; a client without the token is
 refused; and a run that loses host1 shows host1's ranks lost in `kiln status` while it is gone, then
 finishes on host0 with the uninterrupted loss curve."""
+
 import json
 import os
 import shutil
@@ -65,16 +66,44 @@ class RayCluster:
 
 def start_ray(host, args, env, log_path):
     with open(log_path, "w") as log:
-        return host.start(["ray", "start", "--block", "--disable-usage-stats", "--node-ip-address", host.address,
-                           "--object-store-memory", str(OBJECT_STORE_BYTES), *args],
-                          env=env, stdout=log, stderr=subprocess.STDOUT)
+        return host.start(
+            [
+                "ray",
+                "start",
+                "--block",
+                "--disable-usage-stats",
+                "--node-ip-address",
+                host.address,
+                "--object-store-memory",
+                str(OBJECT_STORE_BYTES),
+                *args,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def ray_list(what, env, dashboard_url, *filters) -> list[dict]:
     """``ray list WHAT`` through the dashboard's state API; empty while the dashboard cannot answer."""
-    listed = subprocess.run(["ray", "list", what, "--address", dashboard_url, "--format", "json", "--limit", "10000",
-                             *[arg for f in filters for arg in ("--filter", f)]],
-                            env=env, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [
+            "ray",
+            "list",
+            what,
+            "--address",
+            dashboard_url,
+            "--format",
+            "json",
+            "--limit",
+            "10000",
+            *[arg for f in filters for arg in ("--filter", f)],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return json.loads(listed.stdout) if listed.returncode == 0 else []
 
 
@@ -93,17 +122,43 @@ def ray_cluster(cluster):
         env = cluster.env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path)
         dashboard_url = f"http://{head.address}:{DASHBOARD_PORT}"
         procs = [
-            start_ray(head, ["--head", "--port", str(GCS_PORT), "--dashboard-host", head.address,
-                             "--dashboard-port", str(DASHBOARD_PORT), "--num-cpus", "2",
-                             "--temp-dir", os.path.join(folder, "head")], env, os.path.join(folder, "head.log")),
+            start_ray(
+                head,
+                [
+                    "--head",
+                    "--port",
+                    str(GCS_PORT),
+                    "--dashboard-host",
+                    head.address,
+                    "--dashboard-port",
+                    str(DASHBOARD_PORT),
+                    "--num-cpus",
+                    "2",
+                    "--temp-dir",
+                    os.path.join(folder, "head"),
+                ],
+                env,
+                os.path.join(folder, "head.log"),
+            ),
         ]
-        wait_until(lambda: "Ray runtime started" in Path(folder, "head.log").read_text(errors="replace"),
-                   "the Ray head started", alive=lambda: procs[0].poll() is None)
-        procs.append(start_ray(worker, ["--address", f"{head.address}:{GCS_PORT}", "--num-cpus", "1",
-                                        "--temp-dir", os.path.join(folder, "worker")],
-                               env, os.path.join(folder, "worker.log")))
-        wait_until(lambda: alive_nodes(env, dashboard_url) == 2, "host1 joined the cluster",
-                   alive=lambda: all(p.poll() is None for p in procs))
+        wait_until(
+            lambda: "Ray runtime started" in Path(folder, "head.log").read_text(errors="replace"),
+            "the Ray head started",
+            alive=lambda: procs[0].poll() is None,
+        )
+        procs.append(
+            start_ray(
+                worker,
+                ["--address", f"{head.address}:{GCS_PORT}", "--num-cpus", "1", "--temp-dir", os.path.join(folder, "worker")],
+                env,
+                os.path.join(folder, "worker.log"),
+            )
+        )
+        wait_until(
+            lambda: alive_nodes(env, dashboard_url) == 2,
+            "host1 joined the cluster",
+            alive=lambda: all(p.poll() is None for p in procs),
+        )
         yield RayCluster(dashboard_url=dashboard_url, token_path=token_path, client_env=env)
     finally:
         for host in (worker, head):
@@ -131,20 +186,35 @@ def submitted(cluster, ray_cluster, tiny_config, tmp_path_factory):
     """One `kiln submit --follow` from the root namespace: prepare, train and eval on the cluster."""
     tmp = tmp_path_factory.mktemp("ray-hosts")
     bucket = cluster.bucket
-    path = tiny_config(tmp, seed=17, run={"dir": f"{bucket}/ray-run"}, data={"output": f"{bucket}/ray-data"},
-                       train={"steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "warmup_steps": 5,
-                              "launcher": "ray", "nodes": 2, "nproc": 1},
-                       # Six slices of one window: each of the cluster's three eval workers (one per CPU,
-                       # so one on host1) is sent two before any answer comes back.
-                       eval={"max_windows_per_shard": 6, "slice_size": 1})
+    path = tiny_config(
+        tmp,
+        seed=17,
+        run={"dir": f"{bucket}/ray-run"},
+        data={"output": f"{bucket}/ray-data"},
+        train={
+            "steps": STEPS,
+            "checkpoint_every": CHECKPOINT_EVERY,
+            "warmup_steps": 5,
+            "launcher": "ray",
+            "nodes": 2,
+            "nproc": 1,
+        },
+        # Six slices of one window: each of the cluster's three eval workers (one per CPU,
+        # so one on host1) is sent two before any answer comes back.
+        eval={"max_windows_per_shard": 6, "slice_size": 1},
+    )
     corpus_on_the_bucket(path, bucket)
-    done = subprocess.run(kiln("submit", str(path), "--address", ray_cluster.dashboard_url, "--follow"),
-                          env=ray_cluster.client_env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        kiln("submit", str(path), "--address", ray_cluster.dashboard_url, "--follow"),
+        env=ray_cluster.client_env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     return path, f"{bucket}/ray-run", done
 
 
-def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates_on_both(
-        cluster, ray_cluster, submitted):
+def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates_on_both(cluster, ray_cluster, submitted):
     _, run, done = submitted
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(curve(run)) == list(range(1, STEPS + 1))
@@ -152,8 +222,10 @@ def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates_
     assert storage.read_json(eval_url(run, STEPS))["step"] == STEPS
 
     env, url = ray_cluster.client_env, ray_cluster.dashboard_url
-    node_host = {node["node_id"]: {h.address: h.name for h in cluster.hosts.hosts}[node["node_ip"]]
-                 for node in ray_list("nodes", env, url)}
+    node_host = {
+        node["node_id"]: {h.address: h.name for h in cluster.hosts.hosts}[node["node_ip"]]
+        for node in ray_list("nodes", env, url)
+    }
     eval_workers = ray_list("actors", env, url, "class_name=EvalWorker")
     assert len(eval_workers) == 3
     assert sorted(node_host[actor["node_id"]] for actor in eval_workers) == ["host0", "host0", "host1"]
@@ -161,8 +233,13 @@ def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates_
 
 def test_a_client_without_the_token_is_refused(ray_cluster, submitted, tmp_path):
     path, _, _ = submitted
-    refused = subprocess.run(kiln("submit", str(path), "--address", ray_cluster.dashboard_url),
-                             env=ray_cluster.without_token(tmp_path), capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        kiln("submit", str(path), "--address", ray_cluster.dashboard_url),
+        env=ray_cluster.without_token(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "requires a token" in refused.stderr
 
@@ -180,27 +257,38 @@ def test_a_run_that_loses_a_host_finishes_on_the_surviving_host_with_the_same_cu
     run = f"{cluster.bucket}/ray-host-lost"
     env = ray_cluster.client_env
     address = ["--address", ray_cluster.dashboard_url]
-    sent = subprocess.run(kiln("submit", str(path), f"run.dir={run}", "train.max_restarts=2", "train.heartbeat_s=1",
-                               *address),
-                          env=env, capture_output=True, text=True, timeout=300)
+    sent = subprocess.run(
+        kiln("submit", str(path), f"run.dir={run}", "train.max_restarts=2", "train.heartbeat_s=1", *address),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert sent.returncode == 0, sent.stderr[-3000:]
     job_id = sent.stdout.strip().splitlines()[0]
 
     jobs = JobSubmissionClient(ray_cluster.dashboard_url, headers=auth_headers(env))  # polled in this process: fast
-    wait_until(lambda: (latest_committed_step(run) or 0) >= CHECKPOINT_EVERY, "a checkpoint was committed",
-               alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING))
+    wait_until(
+        lambda: (latest_committed_step(run) or 0) >= CHECKPOINT_EVERY,
+        "a checkpoint was committed",
+        alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING),
+    )
     # host0's spare CPU is held while host1 is gone, so that Ray Train cannot place the restarted ranks (which
     # would beat in place of host1's) before kiln status has been read; released, the run goes on on host0.
     hold = jobs.submit_job(entrypoint="sleep 900", entrypoint_num_cpus=1)
     wait_until(lambda: jobs.get_job_status(hold) == JobStatus.RUNNING, "host0's spare CPU is held")
     cluster[1].kill_every_process()
     assert max(curve(run)) < STEPS, "the run ended before the host was lost"
-    wait_until(lambda: host_lost(run, "host1"), "kiln status shows host1's ranks lost",
-               alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING))
+    wait_until(
+        lambda: host_lost(run, "host1"),
+        "kiln status shows host1's ranks lost",
+        alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING),
+    )
     assert jobs.stop_job(hold)
 
-    followed = subprocess.run(kiln("jobs", "logs", job_id, "--follow", *address), env=env, capture_output=True,
-                              text=True, timeout=1200)
+    followed = subprocess.run(
+        kiln("jobs", "logs", job_id, "--follow", *address), env=env, capture_output=True, text=True, timeout=1200
+    )
     assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-3000:]
     restarts = [e for e in RunRecords(run).events() if e["event"] == "restart"]
     assert restarts and restarts[0]["launcher"] == "ray" and restarts[0]["step"] >= CHECKPOINT_EVERY

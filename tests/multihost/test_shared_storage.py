@@ -1,4 +1,5 @@
 """Hosts share a run through object storage: what one host writes, another host's long-lived process sees."""
+
 import os
 
 import s3fs

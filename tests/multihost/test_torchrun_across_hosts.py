@@ -3,6 +3,7 @@ first host, NODE_RANK the host's index) or as the script of `kiln launch slurm -
 (one slurmctld, a slurmd per host), trains across two hosts exactly as one host with two ranks does,
 and a run that loses a host shows the host's ranks lost in `kiln status` while it is gone, and resumes
 from its newest committed checkpoint when the host returns."""
+
 import json
 import os
 import shutil
@@ -55,14 +56,16 @@ class Rendezvous:
         Rendezvous.next_port += 1
 
     def env(self, node_rank: int) -> dict[str, str]:
-        return self.cluster.env(MASTER_ADDR=self.cluster[0].address, MASTER_PORT=str(self.port),
-                                NODE_RANK=str(node_rank))
+        return self.cluster.env(MASTER_ADDR=self.cluster[0].address, MASTER_PORT=str(self.port), NODE_RANK=str(node_rank))
 
 
 def start_on_host(cluster, i, path, run_url, rendezvous, *overrides):
-    return cluster[i].start(kiln("train", str(path), f"run.dir={run_url}", "train.nodes=2", "train.nproc=1",
-                                 *overrides),
-                            env=rendezvous.env(i), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return cluster[i].start(
+        kiln("train", str(path), f"run.dir={run_url}", "train.nodes=2", "train.nproc=1", *overrides),
+        env=rendezvous.env(i),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +73,13 @@ def setup(cluster, tiny_config, tmp_path_factory):
     """Data prepared on the shared bucket and the curve of one host with two ranks."""
     tmp = tmp_path_factory.mktemp("torchrun-hosts")
     bucket = cluster.bucket
-    path = tiny_config(tmp, seed=13, run={"dir": f"{bucket}/one-host"}, data={"output": f"{bucket}/data"},
-                       train={"steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "warmup_steps": 5})
+    path = tiny_config(
+        tmp,
+        seed=13,
+        run={"dir": f"{bucket}/one-host"},
+        data={"output": f"{bucket}/data"},
+        train={"steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "warmup_steps": 5},
+    )
     host = cluster[0]
     prepared = host.run(kiln("prepare", str(path)), env=cluster.env())
     assert prepared.returncode == 0, prepared.stderr[-3000:]
@@ -118,16 +126,20 @@ def test_a_run_that_loses_a_host_resumes_from_its_last_checkpoint_when_the_host_
     rendezvous = Rendezvous(cluster)
     first = start_on_host(cluster, 0, path, run, rendezvous, "train.max_restarts=1", *BEAT_OFTEN)
     lost = start_on_host(cluster, 1, path, run, rendezvous, *BEAT_OFTEN)
-    wait_until(lambda: (latest_committed_step(run) or 0) >= CHECKPOINT_EVERY, "a checkpoint was committed",
-               lambda: first.poll() is None and lost.poll() is None)
+    wait_until(
+        lambda: (latest_committed_step(run) or 0) >= CHECKPOINT_EVERY,
+        "a checkpoint was committed",
+        lambda: first.poll() is None and lost.poll() is None,
+    )
     cluster[1].kill_every_process()
     lost.wait()
     step_lost = max(curve(run))
     assert step_lost < STEPS, "the run ended before the host was lost"
 
     # host0's launcher sees its rank fail with the lost peer and starts again, waiting for host1 to rejoin.
-    wait_until(lambda: any(e["event"] == "restart" for e in RunRecords(run).events()), "host0 restarted",
-               lambda: first.poll() is None)
+    wait_until(
+        lambda: any(e["event"] == "restart" for e in RunRecords(run).events()), "host0 restarted", lambda: first.poll() is None
+    )
     # While host1 is gone its ranks beat no more: kiln status shows them unresponsive, then dead.
     wait_until(lambda: host_lost(run, "host1"), "kiln status shows host1's ranks lost", lambda: first.poll() is None)
 
@@ -150,8 +162,11 @@ def slurm(cluster, tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     hosts = cluster.hosts
-    slurm = SlurmCluster(tmp_path_factory.mktemp("slurm"), [SlurmNode(h.name, h.address) for h in hosts.hosts],
-                         controller_address=hosts.bridge_address)
+    slurm = SlurmCluster(
+        tmp_path_factory.mktemp("slurm"),
+        [SlurmNode(h.name, h.address) for h in hosts.hosts],
+        controller_address=hosts.bridge_address,
+    )
     try:
         slurm.start(node_prefix={h.name: h.command([]) for h in hosts.hosts})
         yield slurm
@@ -162,10 +177,16 @@ def slurm(cluster, tmp_path_factory):
 def test_the_rendered_sbatch_script_trains_across_two_hosts_with_the_one_host_curve(cluster, setup, slurm, tmp_path):
     path, reference = setup
     run = f"{cluster.bucket}/slurm"
-    submitted = subprocess.run(kiln("launch", "slurm", str(path), f"run.dir={run}", "train.nproc=1", "--nodes", "2",
-                                    "--gpus-per-node", "0", "--submit"),
-                               cwd=tmp_path, env=cluster.env(SLURM_CONF=str(slurm.conf)), capture_output=True,
-                               text=True, timeout=120)
+    submitted = subprocess.run(
+        kiln(
+            "launch", "slurm", str(path), f"run.dir={run}", "train.nproc=1", "--nodes", "2", "--gpus-per-node", "0", "--submit"
+        ),
+        cwd=tmp_path,
+        env=cluster.env(SLURM_CONF=str(slurm.conf)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     info = slurm.wait_for_job(job_id)

@@ -1,4 +1,5 @@
 """Recorded runs for the status and dashboard tests: records written through RunRecords at fixed times."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,17 +13,41 @@ BEAT_S = 1.0
 CONFIG = "run:\n  name: tiny\ntrain:\n  steps: 100\n  global_batch: 4\nmodel:\n  seq_len: 32\n"
 
 
-def beat(rank: int, step: int = 40, age: float = 0.5, idle: float = 0.2, step_time: float = STEP_S,
-         state: str = "running", host: str | None = None) -> dict:
+def beat(
+    rank: int,
+    step: int = 40,
+    age: float = 0.5,
+    idle: float = 0.2,
+    step_time: float = STEP_S,
+    state: str = "running",
+    host: str | None = None,
+) -> dict:
     """A heartbeat ``age`` seconds old whose rank finished its last step ``idle`` seconds before it."""
     at = NOW - age
-    return {"rank": rank, "step": step, "time": at, "last_step_at": at - idle, "started_at": NOW - 600,
-            "step_time_s": step_time, "interval_s": BEAT_S, "state": state, "host": host or f"node-{rank}", "pid": 1000 + rank}
+    return {
+        "rank": rank,
+        "step": step,
+        "time": at,
+        "last_step_at": at - idle,
+        "started_at": NOW - 600,
+        "step_time_s": step_time,
+        "interval_s": BEAT_S,
+        "state": state,
+        "host": host or f"node-{rank}",
+        "pid": 1000 + rank,
+    }
 
 
 def row(step: int) -> dict:
-    return {"time": NOW - 100 + step * STEP_S, "step": step, "tokens": step * 128, "loss": 6.0 - step * 0.02,
-            "lr": 3e-4, "tokens_per_s": 256.0, "mfu": None}
+    return {
+        "time": NOW - 100 + step * STEP_S,
+        "step": step,
+        "tokens": step * 128,
+        "loss": 6.0 - step * 0.02,
+        "lr": 3e-4,
+        "tokens_per_s": 256.0,
+        "mfu": None,
+    }
 
 
 class RecordedRuns:

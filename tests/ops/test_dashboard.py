@@ -1,4 +1,5 @@
 """The dashboard frame on recorded runs: what a person sees for each kind of trouble, at 80 and 140 columns."""
+
 import os
 import re
 import subprocess
@@ -56,8 +57,18 @@ def test_a_frozen_rank_is_unresponsive_and_its_peers_wait(runs):
 def test_a_restarting_run_says_which_rank_failed_and_which_restart_this_is(runs):
     events = CHECKPOINTED + [
         ("failure", 5, {"rank": 1, "host": "node-1", "error": "RuntimeError: connection reset"}),
-        ("restart", 4, {"launcher": "torchrun", "exit_code": 1, "attempt": 1, "max_restarts": 3, "step": 20,
-                        "failures": [{"rank": 1, "host": "node-1", "exit_code": -9, "pid": 1001}]}),
+        (
+            "restart",
+            4,
+            {
+                "launcher": "torchrun",
+                "exit_code": 1,
+                "attempt": 1,
+                "max_restarts": 3,
+                "step": 20,
+                "failures": [{"rank": 1, "host": "node-1", "exit_code": -9, "pid": 1001}],
+            },
+        ),
     ]
     text = frame(runs.make(events=events, beats=[runs.beat(0, age=6.0, idle=6.0)]), runs.now)
     assert "restarting" in text
@@ -79,8 +90,15 @@ def test_a_preempted_run_shows_the_save_and_its_ranks_exited(runs):
 def test_a_finished_run_shows_its_curves_checkpoints_and_evaluation(runs):
     events = CHECKPOINTED + [("finish", 1, {"step": 40, "tokens": 5120})]
     beats = [runs.beat(0, state="exited"), runs.beat(1, state="exited")]
-    evals = [{"step": 40, "loss": 3.2, "perplexity": 24.5, "bits_per_byte": 1.1,
-              "tasks": {"cloze": {"acc": 0.31, "acc_norm": 0.33, "examples": 100}}}]
+    evals = [
+        {
+            "step": 40,
+            "loss": 3.2,
+            "perplexity": 24.5,
+            "bits_per_byte": 1.1,
+            "tasks": {"cloze": {"acc": 0.31, "acc_norm": 0.33, "examples": 100}},
+        }
+    ]
     text = frame(runs.make(events=events, beats=beats, checkpoints={20: True, 40: True}, evals=evals), runs.now)
     assert "finished" in text and "40 / 100 (40%)" in text
     assert "finished at step 40 after 5.1k tokens" in text
@@ -113,10 +131,15 @@ def test_status_summary_has_the_facts_without_charts(runs):
 def test_kiln_monitor_once_prints_one_frame_and_a_url_without_a_run_is_an_error(runs, tmp_path):
     run = runs.make(events=STARTED, beats=[runs.beat(0), runs.beat(1)])
     env = {**os.environ, "COLUMNS": "100", "LINES": "40"}
-    shown = subprocess.run([sys.executable, "-m", "launch.cli", "monitor", run, "--once"], capture_output=True, text=True,
-                           timeout=120, env=env)
+    shown = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "monitor", run, "--once"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert shown.returncode == 0, shown.stderr
     assert "ranks" in shown.stdout and "loss" in shown.stdout and "training started on 4 ranks" in shown.stdout
-    missing = subprocess.run([sys.executable, "-m", "launch.cli", "monitor", str(tmp_path / "none"), "--once"],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "monitor", str(tmp_path / "none"), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("kiln: error: ")

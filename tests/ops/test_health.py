@@ -1,16 +1,31 @@
 """Rank and run health, stragglers, throughput and ETA as pure functions of records."""
+
 import pytest
 
 from ops.health import (
-    Heartbeat, assess_ranks, eta_seconds, failures_by_rank, health_thresholds, recent_throughput, run_state,
+    Heartbeat,
+    assess_ranks,
+    eta_seconds,
+    failures_by_rank,
+    health_thresholds,
+    recent_throughput,
+    run_state,
 )
 
 NOW = 1000.0
 
 
 def hb(rank, age=0.5, idle=0.2, step_time=0.5, state="running", interval=1.0):
-    return Heartbeat(rank=rank, time=NOW - age, last_step_at=NOW - age - idle, step_time_s=step_time,
-                     interval_s=interval, state=state, host=f"h{rank}", step=10)
+    return Heartbeat(
+        rank=rank,
+        time=NOW - age,
+        last_step_at=NOW - age - idle,
+        step_time_s=step_time,
+        interval_s=interval,
+        state=state,
+        host=f"h{rank}",
+        step=10,
+    )
 
 
 def states(report):
@@ -58,14 +73,17 @@ def test_unresponsive_ranks_do_not_count_in_the_step_time_spread():
     assert report.stragglers == [] and report.step_time.max_s == 0.5
 
 
-@pytest.mark.parametrize("kinds, expected", [
-    (["start", "finish"], "finished"),
-    (["start", "checkpoint", "preemption"], "preempted"),
-    (["start", "failure"], "failed"),
-    (["start", "failure", "restart"], "restarting"),
-    (["start", "failure", "restart", "start"], "running"),
-    (["start", "resume", "checkpoint"], "running"),
-])
+@pytest.mark.parametrize(
+    "kinds, expected",
+    [
+        (["start", "finish"], "finished"),
+        (["start", "checkpoint", "preemption"], "preempted"),
+        (["start", "failure"], "failed"),
+        (["start", "failure", "restart"], "restarting"),
+        (["start", "failure", "restart", "start"], "running"),
+        (["start", "resume", "checkpoint"], "running"),
+    ],
+)
 def test_run_state_follows_the_last_lifecycle_event(kinds, expected):
     ranks = assess_ranks([hb(0), hb(1)], NOW).ranks
     assert run_state([{"event": k} for k in kinds], ranks) == expected
@@ -78,9 +96,12 @@ def test_a_running_run_with_no_rank_stepping_is_stalled_and_one_without_beats_is
 
 
 def test_failures_are_attributed_to_the_ranks_they_name():
-    events = [{"event": "failure", "rank": 1, "time": 5.0}, {"event": "failure", "time": 6.0},
-              {"event": "failure", "rank": 1, "time": 7.0},
-              {"event": "restart", "time": 8.0, "failures": [{"rank": 2, "host": "a", "exit_code": -9}]}]
+    events = [
+        {"event": "failure", "rank": 1, "time": 5.0},
+        {"event": "failure", "time": 6.0},
+        {"event": "failure", "rank": 1, "time": 7.0},
+        {"event": "restart", "time": 8.0, "failures": [{"rank": 2, "host": "a", "exit_code": -9}]},
+    ]
     assert failures_by_rank(events) == {1: 7.0, 2: 8.0}
 
 

@@ -1,4 +1,5 @@
 """A rank's heartbeat thread: alive before the first step, beating on its own, and a last word when it stops."""
+
 import time
 
 import pytest

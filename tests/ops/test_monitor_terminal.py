@@ -1,6 +1,7 @@
 """`kiln monitor` in a real terminal (tmux) over a real 2-rank training: the screen follows the steps, a
 stopped rank turns unresponsive while its peer shows waiting for it (on screen and in `kiln status
 --json`), both recover when it resumes, and Ctrl-C gives the terminal back clean."""
+
 import json
 import os
 import re
@@ -31,8 +32,28 @@ class Terminal:
     def __init__(self, cwd, *command):
         self.socket = str(cwd / f"tmux-{uuid.uuid4().hex[:8]}.sock")
         env = {k: v for k, v in os.environ.items() if k != "TMUX"}
-        subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", str(WIDTH),
-                        "-y", str(HEIGHT), "-c", str(cwd), *command], check=True, env=env)
+        subprocess.run(
+            [
+                "tmux",
+                "-S",
+                self.socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                str(WIDTH),
+                "-y",
+                str(HEIGHT),
+                "-c",
+                str(cwd),
+                *command,
+            ],
+            check=True,
+            env=env,
+        )
 
     def tmux(self, *args) -> str:
         return subprocess.run(["tmux", "-S", self.socket, *args], check=True, capture_output=True, text=True).stdout
@@ -79,8 +100,13 @@ def training(tmp_path_factory, tiny_config):
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     log = tmp / "train.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(path)], cwd=tmp,
-                                stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launch.cli", "train", str(path)],
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            start_new_session=True,
+        )
     proc.log = log
     records = RunRecords(str(tmp / "run"))
     try:
@@ -103,8 +129,13 @@ def test_monitor_follows_training_and_tells_the_stopped_rank_from_the_one_waitin
     tmp, proc, beats = training
     run = str(tmp / "run")
     host = beats[0]["host"]
-    monitor = ["bash", "--norc", "--noprofile", "-c",
-               f"{sys.executable} -m launch.cli monitor {run} --interval 0.5; echo monitor-exit=$?; sleep 600"]
+    monitor = [
+        "bash",
+        "--norc",
+        "--noprofile",
+        "-c",
+        f"{sys.executable} -m launch.cli monitor {run} --interval 0.5; echo monitor-exit=$?; sleep 600",
+    ]
     terminal = Terminal(tmp, *monitor)
     try:
         first = terminal.wait_for("a step", shown_step)
@@ -113,8 +144,10 @@ def test_monitor_follows_training_and_tells_the_stopped_rank_from_the_one_waitin
 
         os.kill(beats[1]["pid"], signal.SIGSTOP)
         try:
-            terminal.wait_for("rank 1 unresponsive and rank 0 waiting", lambda s: (
-                rank_state(s, 1, host) == "unresponsive" and rank_state(s, 0, host) == "waiting"))
+            terminal.wait_for(
+                "rank 1 unresponsive and rank 0 waiting",
+                lambda s: rank_state(s, 1, host) == "unresponsive" and rank_state(s, 0, host) == "waiting",
+            )
             status = kiln("status", run, "--json", cwd=tmp)
             assert status.returncode == 3, status.stderr  # degraded: a rank unresponsive, none dead
             ranks = {r["rank"]: r for r in json.loads(status.stdout)["ranks"]}
@@ -123,8 +156,10 @@ def test_monitor_follows_training_and_tells_the_stopped_rank_from_the_one_waitin
         finally:
             os.kill(beats[1]["pid"], signal.SIGCONT)
         resumed = terminal.wait_for("a step after the resume", shown_step)
-        terminal.wait_for("both ranks ok again", lambda s: (
-            rank_state(s, 0, host) == rank_state(s, 1, host) == "ok" and (shown_step(s) or 0) > resumed))
+        terminal.wait_for(
+            "both ranks ok again",
+            lambda s: rank_state(s, 0, host) == rank_state(s, 1, host) == "ok" and (shown_step(s) or 0) > resumed,
+        )
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=300) == 75, proc.log.read_text()[-2000:]

@@ -18,8 +18,9 @@ TINY = {"dim": 64, "layers": 3, "heads": 4, "kv_heads": 2, "multiple_of": 32}
 
 
 def gpus(n: int, zero_stage: int, pipeline_stages: int = 1) -> ParallelLayout:
-    return ParallelLayout(world_size=n, data_parallel=n // pipeline_stages, pipeline_stages=pipeline_stages,
-                          zero_stage=zero_stage)
+    return ParallelLayout(
+        world_size=n, data_parallel=n // pipeline_stages, pipeline_stages=pipeline_stages, zero_stage=zero_stage
+    )
 
 
 @pytest.mark.parametrize("tie", [False, True])

@@ -1,4 +1,5 @@
 """Run records: buffered segment writers, incremental readers, old single-file runs, storage failures."""
+
 import json
 import os
 import subprocess
@@ -65,8 +66,9 @@ def test_a_half_written_last_line_is_read_once_it_is_complete(tmp_path):
 
 def test_runs_written_as_single_files_before_segments_are_still_read_and_merged(tmp_path):
     run = str(tmp_path / "run")
-    storage.write_text(storage.join(run, "metrics/train.jsonl"),
-                       '{"step": 1, "time": 1}\n{"step": 2, "time": 2}\n{"step": 3, "ti')
+    storage.write_text(
+        storage.join(run, "metrics/train.jsonl"), '{"step": 1, "time": 1}\n{"step": 2, "time": 2}\n{"step": 3, "ti'
+    )
     storage.write_text(storage.join(run, "events.jsonl"), '{"event": "start", "time": 1}\n')
     records = RunRecords(run)
     records.log_metrics({"step": 3, "time": 3})  # a resumed old run goes on in segments
@@ -113,8 +115,9 @@ EXITS = {
 @pytest.mark.parametrize("how", sorted(EXITS))
 def test_buffered_rows_reach_storage_when_the_process_exits(tmp_path, how):
     run = str(tmp_path / "run")
-    script = ("import sys\nfrom ops.records import RunRecords\n"
-              f"records = RunRecords({run!r}, flush_every_s=3600)\n{EXITS[how]}\n")
+    script = (
+        f"import sys\nfrom ops.records import RunRecords\nrecords = RunRecords({run!r}, flush_every_s=3600)\n{EXITS[how]}\n"
+    )
     subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, timeout=120)
     records = RunRecords(run)
     assert [m["step"] for m in records.metrics()] == [1]

@@ -3,6 +3,7 @@
 Two ranks and a launcher, each its own process, write through RunRecords at the same time
 while a follower reads along; a WSGI wrapper around the moto server counts every byte PUT.
 """
+
 import collections
 import subprocess
 import sys
@@ -67,8 +68,12 @@ def counted_s3(monkeypatch):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     endpoint = f"http://127.0.0.1:{server.server_port}"
-    for name, value in (("AWS_ENDPOINT_URL", endpoint), ("AWS_ACCESS_KEY_ID", "testing"),
-                        ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+    for name, value in (
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(name, value)
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="kiln-test")
     fsspec.AbstractFileSystem.clear_instance_cache()
@@ -84,8 +89,10 @@ def test_concurrent_writers_lose_no_row_and_put_bytes_stay_linear(counted_s3):
     bucket, counter = counted_s3
     run = f"{bucket}/{uuid.uuid4().hex}/big"  # moto keeps every server's objects in one process-wide store
     script = WRITER.format(rows=ROWS, events=EVENTS_PER_WRITER)
-    writers = [subprocess.Popen([sys.executable, "-c", script, run, role], stderr=subprocess.PIPE)
-               for role in ("rank0", "rank1", "launcher")]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, run, role], stderr=subprocess.PIPE)
+        for role in ("rank0", "rank1", "launcher")
+    ]
     follower = MetricsFollower(run)
     followed = []
     try:

@@ -1,4 +1,5 @@
 """`kiln status`: one summary from the records, its JSON schema and exit codes, and incremental refreshes."""
+
 import json
 import subprocess
 import sys
@@ -80,11 +81,20 @@ def test_ranks_of_an_earlier_larger_attempt_are_not_counted_after_a_resume_on_fe
 
 
 def test_evaluation_results_show_held_out_numbers_and_any_tasks(runs):
-    run = runs.make(events=STARTED, evals=[
-        {"step": 20, "loss": 4.0, "perplexity": 54.6},
-        {"step": 40, "loss": 3.2, "perplexity": 24.5, "bits_per_byte": 1.1, "unigram_loss": 6.0,
-         "tasks": {"cloze": {"acc": 0.31, "acc_norm": 0.33, "examples": 100}}},
-    ])
+    run = runs.make(
+        events=STARTED,
+        evals=[
+            {"step": 20, "loss": 4.0, "perplexity": 54.6},
+            {
+                "step": 40,
+                "loss": 3.2,
+                "perplexity": 24.5,
+                "bits_per_byte": 1.1,
+                "unigram_loss": 6.0,
+                "tasks": {"cloze": {"acc": 0.31, "acc_norm": 0.33, "examples": 100}},
+            },
+        ],
+    )
     ev = run_status(run, now=runs.now).last_eval
     assert ev.step == 40 and ev.metrics["perplexity"] == 24.5 and ev.metrics["unigram_loss"] == 6.0
     assert ev.tasks == {"cloze": {"acc": 0.31, "acc_norm": 0.33, "examples": 100}}
@@ -94,13 +104,17 @@ FINISHED = STARTED + [("finish", 1, {"step": 40})]
 RANK_FAILED = STARTED + [("failure", 1, {"rank": 1, "error": "RuntimeError: x"})]
 
 
-@pytest.mark.parametrize("beats, events, code", [
-    ([{}, {}], STARTED, 0),
-    ([{"state": "exited"}, {"state": "exited"}], FINISHED, 0),
-    ([{"idle": 9.0}, {"age": 10.0}], STARTED, 3),
-    ([{}, {"age": 300.0}], STARTED, 1),
-    ([{"state": "exited"}, {"state": "failed"}], RANK_FAILED, 1),
-], ids=["running", "finished", "unresponsive rank", "dead rank", "failed"])
+@pytest.mark.parametrize(
+    "beats, events, code",
+    [
+        ([{}, {}], STARTED, 0),
+        ([{"state": "exited"}, {"state": "exited"}], FINISHED, 0),
+        ([{"idle": 9.0}, {"age": 10.0}], STARTED, 3),
+        ([{}, {"age": 300.0}], STARTED, 1),
+        ([{"state": "exited"}, {"state": "failed"}], RANK_FAILED, 1),
+    ],
+    ids=["running", "finished", "unresponsive rank", "dead rank", "failed"],
+)
 def test_exit_code_is_zero_when_healthy_or_finished_and_non_zero_when_not(runs, beats, events, code):
     run = runs.make(events=events, beats=[runs.beat(rank, **b) for rank, b in enumerate(beats)])
     assert status_exit_code(run_status(run, now=runs.now)) == code
@@ -113,8 +127,18 @@ def test_kiln_status_json_prints_the_schema_and_exits_by_health(runs):
     status = json.loads(done.stdout)
     assert status["schema_version"] == 1 and status["state"] == "stalled"
     assert [r["state"] for r in status["ranks"]] == ["dead", "dead"]
-    for key in ("step", "total_steps", "tokens", "loss", "tokens_per_s", "mfu", "eta_s", "last_checkpoint",
-                "stragglers", "last_eval"):
+    for key in (
+        "step",
+        "total_steps",
+        "tokens",
+        "loss",
+        "tokens_per_s",
+        "mfu",
+        "eta_s",
+        "last_checkpoint",
+        "stragglers",
+        "last_eval",
+    ):
         assert key in status
 
 
@@ -132,8 +156,11 @@ def test_a_refresh_fetches_no_bytes_when_nothing_changed_and_only_the_new_bytes_
     fs = watcher.metrics.fs  # every follower of a local run shares this file system object
     ranges, whole = [], []
     cat_ranges, cat = fs.cat_ranges, fs.cat
-    monkeypatch.setattr(fs, "cat_ranges", lambda paths, starts, ends, **kw: ranges.append(list(zip(starts, ends)))
-                        or cat_ranges(paths, starts, ends, **kw))
+    monkeypatch.setattr(
+        fs,
+        "cat_ranges",
+        lambda paths, starts, ends, **kw: ranges.append(list(zip(starts, ends))) or cat_ranges(paths, starts, ends, **kw),
+    )
     monkeypatch.setattr(fs, "cat", lambda paths, **kw: whole.append(list(paths)) or cat(paths, **kw))
     watcher.refresh(now=runs.now)
     assert ranges == [] and whole == []

@@ -16,6 +16,7 @@ a session killed before it could clean up is swept by the next one.  :meth:`Host
 kills every process in every namespace and deletes namespaces, veths, bridge and hosts
 files; it runs at exit too, so an interrupted session leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -150,16 +151,29 @@ class Host:
         ignores SIGTERM, and a program as a namespace's first process ignores the signals it has no
         handler for."""
         hosts_file = NETNS_ETC / self.netns / "hosts"
-        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", "unshare", "--uts", "--mount", "--",
-                "sh", "-c", f'mount --bind {hosts_file} /etc/hosts && hostname "$0" && exec "$@"', self.name, *argv]
+        return [
+            "nsenter",
+            f"--net=/run/netns/{self.netns}",
+            "--",
+            "unshare",
+            "--uts",
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            f'mount --bind {hosts_file} /etc/hosts && hostname "$0" && exec "$@"',
+            self.name,
+            *argv,
+        ]
 
     def start(self, argv: list[str], env: dict[str, str], **popen) -> subprocess.Popen:
         """Start ``argv`` on this host with exactly ``env`` (its own session, like a login on that machine)."""
         return subprocess.Popen(self.command(argv), env=env, start_new_session=True, **popen)
 
     def run(self, argv: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(argv), env=env, capture_output=True, text=True, timeout=timeout,
-                              start_new_session=True)
+        return subprocess.run(
+            self.command(argv), env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True
+        )
 
     def kill_every_process(self) -> None:
         """The host dies: every process in it is killed at once, as when a machine loses power."""
@@ -197,8 +211,7 @@ class Hosts:
                 _ip("link", "add", self.bridge, "type", "bridge")
                 _ip("addr", "add", f"{self.bridge_address}/{subnet.prefixlen}", "dev", self.bridge)
                 _ip("link", "set", self.bridge, "up")
-            self.hosts = [Host(name=f"host{i}", netns=f"{self.tag}-{i}", address=addresses[i + 1])
-                          for i in range(self.n)]
+            self.hosts = [Host(name=f"host{i}", netns=f"{self.tag}-{i}", address=addresses[i + 1]) for i in range(self.n)]
             for i, host in enumerate(self.hosts):
                 self._add_host(i, host, subnet.prefixlen)
         except BaseException:

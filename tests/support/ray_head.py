@@ -1,6 +1,7 @@
 """A real Ray head on this machine, as a cluster operator starts one: ``ray start --head`` with token
 authentication on, the dashboard on 127.0.0.1, every port chosen by Ray itself, and its own temp
 folder.  Stopping it ends every process it started, found by that folder."""
+
 from __future__ import annotations
 
 import os
@@ -58,19 +59,41 @@ class RayHead:
         """The environment of the head's processes (and of jobs it runs): token auth on, this venv first."""
         env = dict(os.environ)
         env.update(self.extra_env)
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=self.token_path,
-                   PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+        env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=self.token_path,
+            PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            RAY_USAGE_STATS_ENABLED="0",
+        )
         env.pop("RAY_ADDRESS", None)
         return env
 
     def start(self, timeout_s: float = 180) -> "RayHead":
-        cmd = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--disable-usage-stats",
-               "--node-ip-address", "127.0.0.1", "--port", "0", "--dashboard-host", "127.0.0.1",
-               "--dashboard-port", "0", "--dashboard-agent-listen-port", "0", "--ray-client-server-port", str(unused_port()),
-               "--num-cpus", str(self.num_cpus), "--temp-dir", self.temp_dir]
+        cmd = [
+            os.path.join(VENV_BIN, "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            "0",
+            "--dashboard-agent-listen-port",
+            "0",
+            "--ray-client-server-port",
+            str(unused_port()),
+            "--num-cpus",
+            str(self.num_cpus),
+            "--temp-dir",
+            self.temp_dir,
+        ]
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             text = Path(self.log_path).read_text(errors="replace")

@@ -9,6 +9,7 @@ so a cluster never touches processes that are not its own.
 Nodes are (name, address) pairs: the launch tests use one node on 127.0.0.1; a test with network namespaces can
 pass more, each slurmd started with ``slurmd -N NAME`` (optionally inside its namespace).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,17 @@ from pathlib import Path
 import psutil
 
 DAEMON_START_TIMEOUT_S = 60
-JOB_END_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                  "PREEMPTED"}
+JOB_END_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def free_ports(count: int = 1, host: str = "127.0.0.1") -> int:
@@ -74,49 +84,54 @@ class SlurmCluster:
             f"NodeName={n.name} NodeAddr={n.address} NodeHostname={n.name} Port={free_ports()} CPUs={n.cpus} State=UNKNOWN"
             for n in self.nodes
         ]
-        self.conf.write_text("\n".join([
-            "ClusterName=kilntest",
-            f"SlurmctldHost={socket.gethostname()}({self.controller_address})",
-            f"SlurmctldPort={free_ports()}",
-            "AuthType=auth/none",
-            "CredType=cred/none",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "SwitchType=switch/none",
-            "MpiDefault=none",
-            "JobContainerType=job_container/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_CPU",
-            "SchedulerType=sched/builtin",
-            "AccountingStorageType=accounting_storage/none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "JobCompType=jobcomp/none",
-            "SlurmUser=root",
-            "SlurmdUser=root",
-            "SlurmdParameters=config_overrides",
-            "ReturnToService=2",
-            "MinJobAge=600",
-            # a requeued job may start again after cred_expire seconds (default 120)
-            "AuthInfo=cred_expire=30",
-            "KillWait=30",
-            "MailProg=/bin/true",
-            # job ids differ from run to run, so the ports a job derives from its id do too
-            f"FirstJobId={1000 + int.from_bytes(os.urandom(2), 'big') % 50000}",
-            f"StateSaveLocation={self.root / 'state'}",
-            f"SlurmdSpoolDir={self.root / 'spool' / '%n'}",
-            f"SlurmctldPidFile={self.root / 'pids' / 'slurmctld.pid'}",
-            f"SlurmdPidFile={self.root / 'pids' / 'slurmd-%n.pid'}",
-            f"SlurmctldLogFile={self.root / 'logs' / 'slurmctld.log'}",
-            f"SlurmdLogFile={self.root / 'logs' / 'slurmd-%n.log'}",
-            *node_lines,
-            "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
-            "",
-        ]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=kilntest",
+                    f"SlurmctldHost={socket.gethostname()}({self.controller_address})",
+                    f"SlurmctldPort={free_ports()}",
+                    "AuthType=auth/none",
+                    "CredType=cred/none",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SwitchType=switch/none",
+                    "MpiDefault=none",
+                    "JobContainerType=job_container/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_CPU",
+                    "SchedulerType=sched/builtin",
+                    "AccountingStorageType=accounting_storage/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "JobCompType=jobcomp/none",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "SlurmdParameters=config_overrides",
+                    "ReturnToService=2",
+                    "MinJobAge=600",
+                    # a requeued job may start again after cred_expire seconds (default 120)
+                    "AuthInfo=cred_expire=30",
+                    "KillWait=30",
+                    "MailProg=/bin/true",
+                    # job ids differ from run to run, so the ports a job derives from its id do too
+                    f"FirstJobId={1000 + int.from_bytes(os.urandom(2), 'big') % 50000}",
+                    f"StateSaveLocation={self.root / 'state'}",
+                    f"SlurmdSpoolDir={self.root / 'spool' / '%n'}",
+                    f"SlurmctldPidFile={self.root / 'pids' / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={self.root / 'pids' / 'slurmd-%n.pid'}",
+                    f"SlurmctldLogFile={self.root / 'logs' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={self.root / 'logs' / 'slurmd-%n.log'}",
+                    *node_lines,
+                    "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
 
     def _start(self, argv: list[str], log_name: str, prefix: list[str] | None = None) -> None:
         log = open(self.root / "logs" / log_name, "ab")
-        self.daemons.append(subprocess.Popen([*(prefix or []), *argv], env=self.env, stdout=log, stderr=log,
-                                             start_new_session=True))
+        self.daemons.append(
+            subprocess.Popen([*(prefix or []), *argv], env=self.env, stdout=log, stderr=log, start_new_session=True)
+        )
         log.close()
 
     def start(self, node_prefix: dict[str, list[str]] | None = None) -> None:
@@ -124,8 +139,11 @@ class SlurmCluster:
         self.write_config()
         self._start(["slurmctld", "-D", "-f", str(self.conf)], "slurmctld.stdout")
         for node in self.nodes:
-            self._start(["slurmd", "-D", "-f", str(self.conf), "-N", node.name], f"slurmd-{node.name}.stdout",
-                        prefix=(node_prefix or {}).get(node.name))
+            self._start(
+                ["slurmd", "-D", "-f", str(self.conf), "-N", node.name],
+                f"slurmd-{node.name}.stdout",
+                prefix=(node_prefix or {}).get(node.name),
+            )
         self.wait_until_idle()
 
     def wait_until_idle(self) -> None:
