@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kiln-installed
 SHARED_CORPUS := ../shared/corpus/python-docs
 STDLIB_CORPUS := .smoke/stdlib-corpus
 
-.PHONY: install system-packages smoke test test-fast test-shuffled bench bench-peers clean
+.PHONY: install system-packages lint smoke test test-fast test-shuffled bench bench-peers clean
 
 # DeepSpeed JIT-builds a small CPU op; keep the build with this venv's DeepSpeed, not in a
 # per-user cache that another DeepSpeed version would overwrite.
@@ -51,7 +51,12 @@ smoke: $(STAMP)
 # CI runs the tests in file order, so a run is reproduced by running it again.  `make test-shuffled` runs
 # them in a random order (pytest-randomly; it prints the seed, SEED=N replays one) to show that no test
 # depends on another's side effects.
-test: system-packages $(STAMP)
+# The lint gate: pyflakes and pycodestyle (the rules in pyproject.toml) and ruff's formatting.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: system-packages lint $(STAMP)
 	$(BIN)/python -m pytest -q -p no:randomly
 
 test-fast: $(STAMP)
