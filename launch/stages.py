@@ -93,6 +93,7 @@ def eval_stage(cfg: KilnConfig, follow: bool = False) -> list[EvalReport]:
 def run_stages(cfg: KilnConfig, progress: bool = True) -> int:
     """prepare → train → eval; a stage whose committed output exists is skipped with one line."""
     options = cfg.storage.options
+    check_output(cfg.data_url, options)  # an unreachable or unknown store is one line, not a traceback
     if prepared_for(cfg):
         console.print(f"prepare: skipped — {cfg.data_url} already holds data committed from this data section")
     else:

@@ -1,4 +1,5 @@
-"""`kiln prepare` on bad inputs and outputs: one line naming the file or URL, exit 2, nothing committed."""
+"""`kiln prepare` (and `kiln run`, which prepares first) on bad inputs and outputs: one line naming the file
+or URL, exit 2, nothing committed."""
 
 import os
 import socket
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def kiln_prepare(tmp_path: Path, data: dict, env: dict | None = None) -> subprocess.CompletedProcess:
+def kiln_prepare(tmp_path: Path, data: dict, env: dict | None = None, command: str = "prepare") -> subprocess.CompletedProcess:
     tree = {
         "run": {"name": "t", "dir": str(tmp_path / "run")},
         "data": {
@@ -30,7 +31,7 @@ def kiln_prepare(tmp_path: Path, data: dict, env: dict | None = None) -> subproc
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tree))
     return subprocess.run(
-        [sys.executable, "-m", "launch.cli", "prepare", str(config)],
+        [sys.executable, "-m", "launch.cli", command, str(config)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -61,13 +62,15 @@ def test_a_truncated_jsonl_gz_is_one_line_naming_it(tmp_path, kit):
     assert committed(tmp_path / "data") == []
 
 
-def test_an_output_url_with_an_unknown_scheme_is_one_line(tmp_path, kit):
+@pytest.mark.parametrize("command", ["prepare", "run"])
+def test_an_output_url_with_an_unknown_scheme_is_one_line(tmp_path, kit, command):
     good = kit.write_jsonl_gz(tmp_path / "in" / "good.jsonl.gz", [{"text": "some text"}])
-    line = one_error_line(kiln_prepare(tmp_path, {"inputs": [str(good)], "output": "nosuch://bucket/data"}))
+    line = one_error_line(kiln_prepare(tmp_path, {"inputs": [str(good)], "output": "nosuch://bucket/data"}, command=command))
     assert "data.output: nosuch://bucket/data has an unknown scheme" in line
 
 
-def test_an_s3_output_without_a_reachable_store_is_one_line(tmp_path, kit):
+@pytest.mark.parametrize("command", ["prepare", "run"])
+def test_an_s3_output_without_a_reachable_store_is_one_line(tmp_path, kit, command):
     good = kit.write_jsonl_gz(tmp_path / "in" / "good.jsonl.gz", [{"text": "some text"}])
     with socket.socket() as held:  # bound but not listening: connections to it are refused
         held.bind(("127.0.0.1", 0))
@@ -78,5 +81,7 @@ def test_an_s3_output_without_a_reachable_store_is_one_line(tmp_path, kit):
             "AWS_SECRET_ACCESS_KEY": "y",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-        line = one_error_line(kiln_prepare(tmp_path, {"inputs": [str(good)], "output": "s3://kiln-nowhere/data"}, env))
+        line = one_error_line(
+            kiln_prepare(tmp_path, {"inputs": [str(good)], "output": "s3://kiln-nowhere/data"}, env, command=command)
+        )
     assert "data.output: cannot reach s3://kiln-nowhere/data" in line and "AWS_ENDPOINT_URL" in line
