@@ -92,6 +92,50 @@ def _universal_step(zero_dir: str) -> torch.Tensor:
     return torch.tensor(steps.pop(), dtype=torch.float32)
 
 
+def _param_shapes(model_states: dict) -> dict[str, torch.Size]:
+    """Every parameter's shape, from the model states' ``param_shapes`` (one mapping per optimizer group)."""
+    groups = model_states.get("param_shapes") or []
+    groups = [groups] if isinstance(groups, dict) else groups
+    return {name: torch.Size(shape) for group in groups for name, shape in group.items()}
+
+
+def fit_every_zero_stage(universal_dir: str) -> None:
+    """Make a universal checkpoint that DeepSpeed converted from a ZeRO checkpoint load into an engine of
+    any ZeRO stage, the way :func:`zero0_to_universal` writes one.
+
+    The converter writes what the saving stage's loader reads, and ZeRO 1-2 and ZeRO-3 read different
+    things: ZeRO 1-2 a ``ds_version``, the group settings and each parameter's ``step.pt``; ZeRO-3 the
+    step and group settings under ``optimizer_state_dict`` and its own model-states file.  A ZeRO-3
+    source's model states hold partitioned (empty) weights, so they are rebuilt from the fp32 values.
+    """
+    zero_dir = os.path.join(universal_dir, "zero")
+    optim_path = os.path.join(zero_dir, "optimizer_state.pt")
+    optim = load_weights_only(optim_path)
+    step = _universal_step(zero_dir)
+    groups = optim.get("param_groups") or optim["optimizer_state_dict"]["param_groups"]
+    optim.update(param_groups=groups, ds_version=optim.get("ds_version") or deepspeed.__version__)
+    optim.setdefault("optimizer_state_dict", {"state": {0: {"step": step}}, "param_groups": groups})
+    torch.save(optim, optim_path)
+    present = [name for name in (MODEL_STATES, ZERO3_MODEL_STATES) if os.path.exists(os.path.join(universal_dir, name))]
+    states = load_weights_only(os.path.join(universal_dir, present[0]))
+    module, shapes = states["module"], _param_shapes(states)
+    for entry in os.scandir(zero_dir):
+        if not entry.is_dir():
+            continue
+        for key in ("fp32", "exp_avg", "exp_avg_sq"):  # ZeRO-3 sources: flat tensors, where ZeRO 1-2 read {"param": ...}
+            saved = load_weights_only(os.path.join(entry.path, f"{key}.pt"))
+            if not isinstance(saved, dict):
+                _save_state(entry.path, key, saved.reshape(shapes[entry.name]))
+        if not os.path.exists(os.path.join(entry.path, "step.pt")):
+            torch.save(step.clone(), os.path.join(entry.path, "step.pt"))
+    for name, tensor in list(module.items()):
+        saved = os.path.join(zero_dir, name, "fp32.pt")
+        if tensor.numel() == 0 and os.path.exists(saved):
+            module[name] = load_weights_only(saved)["param"].reshape(shapes[name]).to(tensor.dtype)
+    for name in (MODEL_STATES, ZERO3_MODEL_STATES):
+        torch.save(states, os.path.join(universal_dir, name))
+
+
 def load_universal_into_plain(ds_engine, universal_dir: str) -> None:
     """Load the universal checkpoint ``universal_dir`` into a stage-0 fp32 DeepSpeed engine:
     weights, Adam moments and step."""

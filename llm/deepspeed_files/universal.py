@@ -61,3 +61,4 @@ def to_universal(step_dir: str, out_parent: str, tag: str, saved: CheckpointReco
         raise CheckpointError(proc.stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
         raise RuntimeError(f"converting {step_dir} to a universal checkpoint failed: {proc.stderr.strip()[-500:]}")
+    reshard.fit_every_zero_stage(os.path.join(out_parent, tag))

@@ -160,6 +160,8 @@ RESHAPES = {
     "1-rank-to-2-ranks-zero2": ((1, 2), (2, 2)),
     "1-rank-to-2-ranks-zero3": ((1, 3), (2, 3)),
     "2-ranks-zero2-to-2-ranks-zero1": ((2, 2), (2, 1)),
+    "2-ranks-zero3-to-2-ranks-zero1": ((2, 3), (2, 1)),
+    "2-ranks-zero2-to-2-ranks-zero3": ((2, 2), (2, 3)),
 }
 
 
