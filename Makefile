@@ -57,7 +57,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: system-packages lint $(STAMP)
-	$(BIN)/python -m pytest -q -p no:randomly
+	$(BIN)/python -m pytest -q -p no:randomly --durations=30
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:randomly -m "not slow"
