@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Throughput of the `1b` config in bf16 on GPU: ZeRO-1 eager, ZeRO-1 with train.compile=true,
-# ZeRO-3, then a short pipeline check.
+# ZeRO-3, ZeRO-1 and ZeRO-3 at seq_len 4096 and 8192, then a short pipeline check; one table at the end.
 #
-#   benchmarks/gpu.sh                 # from anywhere; STEPS=30 MICRO_BATCH=8 GRAD_ACCUM=8 by default
+#   benchmarks/gpu.sh                 # from anywhere; STEPS=36 MICRO_BATCH=8 GRAD_ACCUM=8 by default
 #   STEPS=100 MICRO_BATCH=8 GRAD_ACCUM=16 benchmarks/gpu.sh
 #   RUNS="zero1_compiled zero3" benchmarks/gpu.sh          # some of the runs only
 #
 # Each optimizer step takes MICRO_BATCH x GRAD_ACCUM sequences of 2048 tokens per data-parallel
-# rank (64 by default: the 1b config's 512-sequence batch over 8 GPUs), as a real run would.
+# rank (64 by default: the 1b config's 512-sequence batch over 8 GPUs), as a real run would; the
+# long-sequence runs keep the tokens per step (MICRO_BATCH x 2048 / seq_len sequences per micro-batch).
 # Prints tokens/s, TFLOP/s per GPU and MFU (analytic FLOPs incl. attention over the bf16
 # peak table: H100/H200 989, A100 312) of each run, as medians over the steps after
 # warm-up.  Data are random tokens in real Kiln shards (throughput does not depend on
@@ -18,11 +19,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
-STEPS="${STEPS:-30}"
+STEPS="${STEPS:-36}"
 MICRO_BATCH="${MICRO_BATCH:-8}"
 GRAD_ACCUM="${GRAD_ACCUM:-8}"
 PIPELINE_STEPS="${PIPELINE_STEPS:-10}"
-RUNS="${RUNS:-zero1 zero1_compiled zero3 pipeline2}"
+RUNS="${RUNS:-zero1 zero1_compiled zero3 zero1_seq4096 zero3_seq4096 zero1_seq8192 zero3_seq8192 pipeline2}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kiln-gpu-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export KILN_CACHE_DIR="$WORK/cache" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -52,26 +53,27 @@ dtype = token_dtype(vocab)
 rng = np.random.default_rng(0)
 writer = ShardWriter(str(data / "train" / "shard-00000.arrow"), "default", dtype, 8 << 20)
 written, doc = 0, 0
-while written < needed:
-    tokens = np.append(rng.integers(4, vocab, size=4095), 2).astype(dtype)
+while written < needed:  # documents longer than the longest sequence measured
+    tokens = np.append(rng.integers(4, vocab, size=8191), 2).astype(dtype)
     writer.add(tokens, doc)
     written, doc = written + len(tokens), doc + 1
 w = writer.close()
 entry = ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens)
 write_manifest(str(data), Manifest(
-    split="train", config_hash="gpu-bench", tokenizer_sha256="random-tokens", vocab_size=vocab, bos_id=1, eos_id=2,
+    split="train", config_hash="gpu-bench", tokenizer_sha256="0" * 64, vocab_size=vocab, bos_id=1, eos_id=2,
     pad_id=3, dtype=dtype, shards=[entry], total_docs=w.docs, total_tokens=w.tokens,
     sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
 ))
 print(f"data: {w.tokens / 1e6:.1f}M random tokens")
 PY
 
-# run NAME NPROC STEPS key=value...: one torchrun of the 1b config with overrides, then its summary.
+# run NAME NPROC STEPS MICRO_BATCH key=value...: one torchrun of the 1b config with overrides, then its
+# summary line and its row of the table.
 run() {
-  local name="$1" nproc="$2" steps="$3"
-  shift 3
+  local name="$1" nproc="$2" steps="$3" micro="$4"
+  shift 4
   local job="$WORK/$name.json"
-  "$PY" - "$job" "$WORK" "$name" "$nproc" "$steps" "$MICRO_BATCH" "$GRAD_ACCUM" "$@" <<'PY'
+  "$PY" - "$job" "$WORK" "$name" "$nproc" "$steps" "$micro" "$GRAD_ACCUM" "$@" <<'PY'
 import sys
 
 from launch.config import load_config
@@ -89,10 +91,10 @@ cfg.train.global_batch = cfg.train.micro_batch * (int(nproc) // stages) * max(in
 TrainJob(run_dir=cfg.run_url, data_url=cfg.data_url, seed=cfg.run.seed, config_hash=cfg.training_hash(),
          model=cfg.model, train=cfg.train).save(job_path)
 PY
-  echo "== $name: 1b bf16, $nproc GPU(s), $steps steps of $MICRO_BATCH x $GRAD_ACCUM sequences per rank, $*"
+  echo "== $name: 1b bf16, $nproc GPU(s), $steps steps of $micro x $GRAD_ACCUM sequences per rank, $*"
   "$PY" -m torch.distributed.run --nproc_per_node "$nproc" --master_addr 127.0.0.1 --master_port "$((29400 + RANDOM % 500))" \
     -m llm.worker "$job" > "$WORK/$name.log" 2>&1 || { tail -40 "$WORK/$name.log"; echo "$name FAILED"; return 1; }
-  "$PY" - "$WORK/$name" "$name" <<'PY'
+  "$PY" - "$WORK/$name" "$name" "$WORK/table.tsv" <<'PY'
 import statistics
 import sys
 
@@ -102,21 +104,42 @@ rows = RunRecords(sys.argv[1]).metrics()
 steady = [r for r in rows if r["step"] > max(5, len(rows) // 10)] or rows
 med = lambda key: statistics.median(r[key] for r in steady)
 mfu = [r["mfu"] for r in steady if r["mfu"] is not None]
-print(f"   {sys.argv[2]}: {med('tokens_per_s'):,.0f} tokens/s | {med('tflops'):.1f} TFLOP/s per GPU | "
-      f"MFU {statistics.median(mfu) * 100 if mfu else float('nan'):.1f}% | step {med('step_time_s') * 1e3:.0f} ms | "
-      f"peak mem {max(r['mem_gb'] for r in rows):.1f} GiB | loss {rows[0]['loss']:.2f} -> {rows[-1]['loss']:.2f}")
+cells = [sys.argv[2], f"{med('tokens_per_s'):,.0f}", f"{med('tflops'):.1f}",
+         f"{statistics.median(mfu) * 100 if mfu else float('nan'):.1f}%", f"{med('step_time_s') * 1e3:.0f}",
+         f"{max(r['mem_gb'] for r in rows):.1f}", f"{rows[0]['loss']:.2f} -> {rows[-1]['loss']:.2f}", str(len(steady))]
+print("   " + " | ".join(cells))
+with open(sys.argv[3], "a") as table:
+    table.write("\t".join(cells) + "\n")
 PY
 }
 
 wanted() { [[ " $RUNS " == *" $1 "* ]]; }
 
 status=0
-wanted zero1 && { run zero1 1 "$STEPS" train.zero_stage=1 || status=1; }
-wanted zero1_compiled && { run zero1_compiled 1 "$STEPS" train.zero_stage=1 train.compile=true || status=1; }
-wanted zero3 && { run zero3 1 "$STEPS" train.zero_stage=3 || status=1; }
+wanted zero1 && { run zero1 1 "$STEPS" "$MICRO_BATCH" train.zero_stage=1 || status=1; }
+wanted zero1_compiled && { run zero1_compiled 1 "$STEPS" "$MICRO_BATCH" train.zero_stage=1 train.compile=true || status=1; }
+wanted zero3 && { run zero3 1 "$STEPS" "$MICRO_BATCH" train.zero_stage=3 || status=1; }
+for seq in 4096 8192; do
+  micro=$((MICRO_BATCH * 2048 / seq))
+  [ "$micro" -ge 1 ] || micro=1
+  for stage in 1 3; do
+    wanted "zero${stage}_seq$seq" && { run "zero${stage}_seq$seq" 1 "$STEPS" "$micro" train.zero_stage=$stage \
+      model.seq_len=$seq || status=1; }
+  done
+done
 if wanted pipeline2 && [ "$GPUS" -ge 2 ]; then
-  run pipeline2 2 "$PIPELINE_STEPS" train.zero_stage=1 train.pipeline_stages=2 || status=1
+  run pipeline2 2 "$PIPELINE_STEPS" "$MICRO_BATCH" train.zero_stage=1 train.pipeline_stages=2 || status=1
 elif wanted pipeline2; then
   echo "== pipeline2: not run: two pipeline stages need two GPUs and this machine has $GPUS (the CPU parity tests cover pipeline correctness)"
 fi
+[ -s "$WORK/table.tsv" ] && "$PY" - "$WORK/table.tsv" <<'PY'
+import sys
+
+header = ["run", "tokens/s", "TFLOP/s per GPU", "MFU", "step ms", "peak GiB", "loss", "steady steps"]
+rows = [header] + [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+print()
+for row in rows:
+    print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+PY
 exit "$status"
