@@ -15,59 +15,24 @@ import numpy as np
 import pytest
 import yaml
 
-from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manifest
-from data_shards.shard_format import ShardWriter, token_dtype
 from data_shards.tokenizer import train_tokenizer
+from support.token_shards import stdlib_texts, write_split
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = {"dim": 32, "layers": 2, "heads": 4, "kv_heads": 2, "seq_len": 32, "multiple_of": 16}
 CLOZE = {"n": 40, "context_tokens": 24, "continuation_tokens": 6}
 
 
-def stdlib_texts(count: int = 48, chars: int = 6000) -> list[str]:
-    """Real text: this Python's own standard-library sources."""
-    paths = sorted(Path(os.__file__).parent.glob("*.py"))[:count]
-    return [p.read_text(encoding="utf-8", errors="replace")[:chars] for p in paths]
-
-
-def write_split(data_url: Path, split: str, docs: list[np.ndarray], tokenizer) -> None:
-    dtype = token_dtype(tokenizer.vocab_size)
-    folder = data_url / split
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(str(folder / "shard-00000.arrow"), "default", dtype, 4096)
-    for i, doc in enumerate(docs):
-        writer.add(doc.astype(dtype), i)
-    w = writer.close()
-    entry = ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens)
-    write_manifest(
-        str(data_url),
-        Manifest(
-            split=split,
-            config_hash="eval-tests",
-            tokenizer_sha256=tokenizer.sha256,
-            vocab_size=tokenizer.vocab_size,
-            bos_id=tokenizer.bos_id,
-            eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id,
-            dtype=dtype,
-            shards=[entry],
-            total_docs=w.docs,
-            total_tokens=w.tokens,
-            sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
-        ),
-    )
-
-
 @pytest.fixture(scope="session")
 def eval_data(tmp_path_factory) -> str:
     """DATA_URL of a tiny prepared dataset: tokenizer, 36 train documents, 12 val documents."""
     root = tmp_path_factory.mktemp("eval-data")
-    texts = stdlib_texts()
+    texts = stdlib_texts(48)
     tokenizer = train_tokenizer(texts, 512, seed=0, num_threads=1)
     tokenizer.save(str(root))
     docs = [np.append(np.asarray(tokenizer.encode(t), dtype=np.int64), tokenizer.eos_id) for t in texts]
-    write_split(root, "train", docs[:36], tokenizer)
-    write_split(root, "val", docs[36:], tokenizer)
+    write_split(root, "train", docs[:36], tokenizer, "eval-tests")
+    write_split(root, "val", docs[36:], tokenizer, "eval-tests")
     return str(root)
 
 

@@ -6,13 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manifest
-from data_shards.shard_format import ShardWriter, token_dtype
 from data_shards.tokenizer import Tokenizer
 from llm.generate import generate
+from support.token_shards import write_split
 
 pytestmark = pytest.mark.slow
 
@@ -21,33 +19,6 @@ DOCUMENT = "def add_one(number):\n    return number + 1\n"
 PROMPT = "def add_one("
 COPIES = 300
 STEPS = 60
-
-
-def write_copies(data_url: Path, split: str, tokens: list[int], tokenizer: Tokenizer) -> None:
-    """A split holding COPIES copies of one document (its tokens and end-of-sequence) in one shard."""
-    dtype = token_dtype(tokenizer.vocab_size)
-    (data_url / split).mkdir(parents=True)
-    writer = ShardWriter(str(data_url / split / "shard-00000.arrow"), "default", dtype, 4096)
-    for i in range(COPIES):
-        writer.add(np.asarray(tokens + [tokenizer.eos_id], dtype=dtype), i)
-    w = writer.close()
-    write_manifest(
-        str(data_url),
-        Manifest(
-            split=split,
-            config_hash="memorised",
-            tokenizer_sha256=tokenizer.sha256,
-            vocab_size=tokenizer.vocab_size,
-            bos_id=tokenizer.bos_id,
-            eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id,
-            dtype=dtype,
-            shards=[ShardEntry(path="shard-00000.arrow", bytes=w.bytes, sha256=w.sha256, docs=w.docs, tokens=w.tokens)],
-            total_docs=w.docs,
-            total_tokens=w.tokens,
-            sources={"default": SourceStats(docs=w.docs, tokens=w.tokens)},
-        ),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +31,9 @@ def memorised_run(ranks, token_data, tmp_path_factory):
     assert tokens[: len(prompt)] == prompt, "the prompt must tokenize as the document's first tokens"
     data = tmp / "data"
     tokenizer.save(str(data))
-    write_copies(data, "train", tokens, tokenizer)
-    write_copies(data, "val", tokens, tokenizer)
+    copies = [tokens + [tokenizer.eos_id]] * COPIES  # one document over and over
+    write_split(data, "train", copies, tokenizer, "memorised")
+    write_split(data, "val", copies, tokenizer, "memorised")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KILN_CACHE_DIR", str(tmp / "cache"))
         for steps in (1, STEPS):  # the second run resumes from the first one's checkpoint
