@@ -165,20 +165,41 @@ RESHAPES = {
 }
 
 
+@pytest.fixture(scope="module")
+def finished_runs(ranks, token_data, tmp_path_factory):
+    """6-step runs with checkpoints at steps 3 and 6, one per layout, shared by the reshape cases
+    (one fp32 rank runs stage 0 whatever the config says, so its runs are one)."""
+    runs = {}
+
+    def finished(nproc: int, stage: int):
+        key = (nproc, 0 if nproc == 1 else stage)
+        if key not in runs:
+            tmp = tmp_path_factory.mktemp(f"before-{nproc}-ranks-zero{key[1]}")
+            job = ranks.job(tmp / "run", token_data, steps=6, checkpoint_every=3, nproc=nproc, zero_stage=stage)
+            proc = ranks.torchrun(job, tmp, nproc=nproc)
+            assert proc.returncode == 0, ranks.errors(proc)
+            assert checkpoint.read_commit(job.run_dir, 3).layout.zero_stage == key[1]
+            runs[key] = tmp / "run"
+        return runs[key]
+
+    return finished
+
+
 @pytest.mark.parametrize("reshape", list(RESHAPES))
 def test_a_run_resumed_on_another_number_of_ranks_or_zero_stage_continues_the_same_loss_curve(
-    reshape, ranks, token_data, tmp_path
+    reshape, ranks, token_data, tmp_path, finished_runs
 ):
     """One fp32 rank runs ZeRO stage 0 whatever the config says; a resume that changes the number
     of ranks or the ZeRO stage goes through per-parameter state in either direction and continues the
     same loss curve (same global batch and sample order; only reductions differ)."""
+    import shutil
+
     (nproc_before, stage_before), (nproc_after, stage_after) = RESHAPES[reshape]
+    shutil.copytree(finished_runs(nproc_before, stage_before), tmp_path / "run")
     job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, nproc=nproc_before, zero_stage=stage_before)
-    proc = ranks.torchrun(job, tmp_path, nproc=nproc_before)
-    assert proc.returncode == 0, ranks.errors(proc)
     records = RunRecords(job.run_dir)
     uninterrupted = records.metrics()
-    assert checkpoint.read_commit(job.run_dir, 3).layout.zero_stage == (0 if nproc_before == 1 else stage_before)
+    assert [r["step"] for r in uninterrupted] == [1, 2, 3, 4, 5, 6]
     storage.remove(checkpoint.step_url(job.run_dir, 6), recursive=True)
     storage.write_text(storage.join(job.run_dir, "checkpoints/latest"), "step-00000003\n")
 
