@@ -1,6 +1,7 @@
 """`kiln submit` and `kiln jobs` against a real Ray head started with token authentication, and Ray Train
 runs that survive a killed worker or a stop request with the uninterrupted loss curve."""
 
+import contextlib
 import json
 import os
 import signal
@@ -51,6 +52,23 @@ def wait_for_step(run_dir, step, alive=lambda: True, timeout_s=600):
         assert alive(), "the run ended before it could be interrupted"
         time.sleep(0.5)
     raise AssertionError(f"step {step} not reached")
+
+
+@contextlib.contextmanager
+def ranks_held(run_dir, nproc=2):
+    """Every rank process of a running Ray Train run stopped (SIGSTOP) for the block, then resumed: a stop
+    request sent meanwhile reaches them a few steps later, however slowly it travels on a busy machine."""
+    while len(beats := RunRecords(str(run_dir)).heartbeats()) < nproc:
+        time.sleep(0.2)
+    pids = [beat["pid"] for beat in beats]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +192,13 @@ def test_stopping_a_submitted_job_saves_it_and_the_resubmission_continues_the_cu
         return "RUNNING" in status.stdout or "PENDING" in status.stdout
 
     wait_for_step(run, 3, alive=running)
-    stopped = kiln("jobs", "stop", job_id, "--address", ray_head.dashboard_url, env=env)
-    assert stopped.returncode == 0, stopped.stderr
+    with ranks_held(run):
+        stopped = kiln("jobs", "stop", job_id, "--address", ray_head.dashboard_url, env=env)
+        assert stopped.returncode == 0, stopped.stderr
+        deadline = time.monotonic() + 300
+        while "SIGTERM received" not in kiln("jobs", "logs", job_id, "--address", ray_head.dashboard_url, env=env).stdout:
+            assert time.monotonic() < deadline, "the job's driver never acted on the stop"
+            time.sleep(0.5)  # until the job's driver has passed the stop on to the ranks
     followed = kiln("jobs", "logs", job_id, "--follow", "--address", ray_head.dashboard_url, env=env)
     assert followed.returncode != 0
 
