@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -58,6 +60,8 @@ def cluster(tmp_path_factory):
     except BaseException:
         hosts.remove()
         raise
+    # The hosts' temporary files, removed with the hosts: a process killed on a host leaves its own behind.
+    host_tmp = tempfile.mkdtemp(prefix="kmh-tmp-")
     try:
         _, port = server.get_host_and_port()
         endpoint = f"http://{hosts.bridge_address}:{port}"
@@ -73,6 +77,7 @@ def cluster(tmp_path_factory):
             # so one host with two ranks and two hosts with one rank each compute the very same sums.
             OMP_NUM_THREADS="1",
             RAY_USAGE_STATS_ENABLED="0",
+            TMPDIR=host_tmp,
         )
         # DeepSpeed's JIT-built CPU op stays with this venv, as the Makefile keeps it.
         env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch-extensions"))
@@ -86,3 +91,4 @@ def cluster(tmp_path_factory):
     finally:
         hosts.remove()  # every process on the hosts first, then the storage they were using
         server.stop()
+        shutil.rmtree(host_tmp, ignore_errors=True)

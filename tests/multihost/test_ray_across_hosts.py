@@ -4,9 +4,11 @@ runs prepare, Ray Train with a rank on each host, and evaluation; a client witho
 refused; and a run that loses host1 shows host1's ranks lost in `kiln status` while it is gone, then
 finishes on host0 with the uninterrupted loss curve."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -273,11 +275,20 @@ def test_a_run_that_loses_a_host_finishes_on_the_surviving_host_with_the_same_cu
         "a checkpoint was committed",
         alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING),
     )
-    # host0's spare CPU is held while host1 is gone, so that Ray Train cannot place the restarted ranks (which
-    # would beat in place of host1's) before kiln status has been read; released, the run goes on on host0.
-    hold = jobs.submit_job(entrypoint="sleep 900", entrypoint_num_cpus=1)
-    wait_until(lambda: jobs.get_job_status(hold) == JobStatus.RUNNING, "host0's spare CPU is held")
-    cluster[1].kill_every_process()
+    # The ranks stand still (SIGSTOP) from here until host1 is gone, so the run cannot end first on a quiet machine.
+    ranks = [beat["pid"] for beat in RunRecords(run).heartbeats()]
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        # host0's spare CPU is held while host1 is gone, so that Ray Train cannot place the restarted ranks (which
+        # would beat in place of host1's) before kiln status has been read; released, the run goes on on host0.
+        hold = jobs.submit_job(entrypoint="sleep 900", entrypoint_num_cpus=1)
+        wait_until(lambda: jobs.get_job_status(hold) == JobStatus.RUNNING, "host0's spare CPU is held")
+        cluster[1].kill_every_process()
+    finally:
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     assert max(curve(run)) < STEPS, "the run ended before the host was lost"
     wait_until(
         lambda: host_lost(run, "host1"),
