@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from support.s3_endpoint import s3_endpoint
+
 
 def reset_moto(endpoint: str) -> None:
     """Empty moto's store: it is one per process, shared by every server started in it, so without this
@@ -17,8 +19,6 @@ def reset_moto(endpoint: str) -> None:
 def s3_bucket(monkeypatch):
     """An empty bucket, alone in its store, on a moto S3 server on 127.0.0.1 reached through s3fs; yields
     ``s3://bucket``."""
-    import boto3
-    import fsspec
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)  # the server binds a free port itself
@@ -26,16 +26,10 @@ def s3_bucket(monkeypatch):
     _, port = server.get_host_and_port()
     endpoint = f"http://127.0.0.1:{port}"
     reset_moto(endpoint)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="kiln-test")
-    fsspec.AbstractFileSystem.clear_instance_cache()
     try:
-        yield "s3://kiln-test"
+        with s3_endpoint(monkeypatch, endpoint) as bucket:
+            yield bucket
     finally:
-        fsspec.AbstractFileSystem.clear_instance_cache()
         reset_moto(endpoint)
         server.stop()
 

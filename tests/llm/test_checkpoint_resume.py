@@ -12,6 +12,7 @@ import pytest
 from llm import checkpoint
 from ops import storage
 from ops.records import RunRecords
+from support.s3_endpoint import s3_endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +89,6 @@ def test_a_damaged_file_is_named_by_ckpt_verify_and_makes_every_rank_fall_back_t
 @pytest.fixture
 def counted_s3(monkeypatch):
     """A moto S3 server on 127.0.0.1 whose GET response bytes are counted per (access key, object path)."""
-    import boto3
-    import fsspec
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
@@ -117,17 +116,10 @@ def counted_s3(monkeypatch):
     server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_port}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="kiln-test")
-    fsspec.AbstractFileSystem.clear_instance_cache()
     try:
-        yield "s3://kiln-test", counts
+        with s3_endpoint(monkeypatch, f"http://127.0.0.1:{server.server_port}") as bucket:
+            yield bucket, counts
     finally:
-        fsspec.AbstractFileSystem.clear_instance_cache()
         server.shutdown()
         thread.join()
 

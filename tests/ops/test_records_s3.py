@@ -14,6 +14,7 @@ import pytest
 
 from ops import storage
 from ops.records import MetricsFollower, RunRecords
+from support.s3_endpoint import s3_endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +59,6 @@ class PutCounter:
 @pytest.fixture
 def counted_s3(monkeypatch):
     """A moto S3 server on 127.0.0.1 whose PUT traffic is counted; yields (``s3://bucket``, counter)."""
-    import boto3
-    import fsspec
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
@@ -67,20 +66,10 @@ def counted_s3(monkeypatch):
     server = make_server("127.0.0.1", 0, counter, threaded=True, request_handler=MotoRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_port}"
-    for name, value in (
-        ("AWS_ENDPOINT_URL", endpoint),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-    ):
-        monkeypatch.setenv(name, value)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="kiln-test")
-    fsspec.AbstractFileSystem.clear_instance_cache()
     try:
-        yield "s3://kiln-test", counter
+        with s3_endpoint(monkeypatch, f"http://127.0.0.1:{server.server_port}") as bucket:
+            yield bucket, counter
     finally:
-        fsspec.AbstractFileSystem.clear_instance_cache()
         server.shutdown()
         thread.join()
 
