@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Throughput of the `1b` config in bf16 on GPU: ZeRO-1 eager, ZeRO-1 with train.compile=true,
-# ZeRO-3, ZeRO-1 and ZeRO-3 at seq_len 4096 and 8192, then a short pipeline check; one table at the end.
+# Throughput of the `1b` config in bf16 on GPU: ZeRO-1 and ZeRO-3, each compiled (train.compile=true) and
+# eager, then both compiled at seq_len 4096, 8192 and 32768 (32768 with activation checkpointing), then a
+# short pipeline check on two GPUs; one table at the end (run, tokens/s, TFLOP/s, MFU, step ms, peak GiB).
 #
-#   benchmarks/gpu.sh                 # from anywhere; STEPS=36 MICRO_BATCH=8 GRAD_ACCUM=8 by default
+#   benchmarks/gpu.sh                 # from anywhere; STEPS=36 MICRO_BATCH=8 GRAD_ACCUM=2 BUDGET_S=420
 #   STEPS=100 MICRO_BATCH=8 GRAD_ACCUM=16 benchmarks/gpu.sh
-#   RUNS="zero1_compiled zero3" benchmarks/gpu.sh          # some of the runs only
+#   RUNS="zero1_compiled zero3_compiled" benchmarks/gpu.sh  # some of the runs only
 #
 # Each optimizer step takes MICRO_BATCH x GRAD_ACCUM sequences of 2048 tokens per data-parallel
-# rank (64 by default: the 1b config's 512-sequence batch over 8 GPUs), as a real run would; the
-# long-sequence runs keep the tokens per step (MICRO_BATCH x 2048 / seq_len sequences per micro-batch).
+# rank; the long-sequence runs keep the tokens per step (MICRO_BATCH x 2048 / seq_len sequences per
+# micro-batch, at least one).  Runs go in the order below, most telling first; once BUDGET_S seconds
+# have passed no further run starts, so the whole script stays under 8 minutes on one H200.
 # Prints tokens/s, TFLOP/s per GPU and MFU (analytic FLOPs incl. attention over the bf16
 # peak table: H100/H200 989, A100 312) of each run, as medians over the steps after
 # warm-up.  Data are random tokens in real Kiln shards (throughput does not depend on
@@ -21,9 +23,10 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 STEPS="${STEPS:-36}"
 MICRO_BATCH="${MICRO_BATCH:-8}"
-GRAD_ACCUM="${GRAD_ACCUM:-8}"
+GRAD_ACCUM="${GRAD_ACCUM:-2}"
+BUDGET_S="${BUDGET_S:-420}"
 PIPELINE_STEPS="${PIPELINE_STEPS:-10}"
-RUNS="${RUNS:-zero1 zero1_compiled zero3 zero1_seq4096 zero3_seq4096 zero1_seq8192 zero3_seq8192 pipeline2}"
+RUNS="${RUNS:-zero1_compiled zero3_compiled zero1 zero3 zero1_seq4096 zero3_seq4096 zero1_seq8192 zero3_seq8192 zero1_seq32768 zero3_seq32768 pipeline2}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kiln-gpu-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export KILN_CACHE_DIR="$WORK/cache" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -47,14 +50,14 @@ from data_shards.shard_format import ShardWriter, token_dtype
 
 data, steps, rows = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 vocab, seq_len = 32000, 2048
-needed = (steps + 5) * rows * 2 * (seq_len + 1)
+needed = (steps + 5) * rows * 32 * (seq_len + 1)  # enough for the longest sequence's tokens per step
 dtype = token_dtype(vocab)
 (data / "train").mkdir(parents=True)
 rng = np.random.default_rng(0)
 writer = ShardWriter(str(data / "train" / "shard-00000.arrow"), "default", dtype, 8 << 20)
 written, doc = 0, 0
 while written < needed:  # documents longer than the longest sequence measured
-    tokens = np.append(rng.integers(4, vocab, size=8191), 2).astype(dtype)
+    tokens = np.append(rng.integers(4, vocab, size=32767), 2).astype(dtype)
     writer.add(tokens, doc)
     written, doc = written + len(tokens), doc + 1
 w = writer.close()
@@ -113,18 +116,28 @@ with open(sys.argv[3], "a") as table:
 PY
 }
 
-wanted() { [[ " $RUNS " == *" $1 "* ]]; }
+START=$SECONDS
+# wanted NAME: NAME is asked for and the time budget has room for another run.
+wanted() {
+  [[ " $RUNS " == *" $1 "* ]] || return 1
+  if (( SECONDS - START > BUDGET_S )); then
+    echo "== $1: not run: the ${BUDGET_S}s budget is spent (BUDGET_S raises it)"
+    return 1
+  fi
+}
 
 status=0
-wanted zero1 && { run zero1 1 "$STEPS" "$MICRO_BATCH" train.zero_stage=1 || status=1; }
 wanted zero1_compiled && { run zero1_compiled 1 "$STEPS" "$MICRO_BATCH" train.zero_stage=1 train.compile=true || status=1; }
+wanted zero3_compiled && { run zero3_compiled 1 "$STEPS" "$MICRO_BATCH" train.zero_stage=3 train.compile=true || status=1; }
+wanted zero1 && { run zero1 1 "$STEPS" "$MICRO_BATCH" train.zero_stage=1 || status=1; }
 wanted zero3 && { run zero3 1 "$STEPS" "$MICRO_BATCH" train.zero_stage=3 || status=1; }
-for seq in 4096 8192; do
+for seq in 4096 8192 32768; do
   micro=$((MICRO_BATCH * 2048 / seq))
   [ "$micro" -ge 1 ] || micro=1
+  recompute=$([ "$seq" -ge 32768 ] && echo true || echo false)
   for stage in 1 3; do
     wanted "zero${stage}_seq$seq" && { run "zero${stage}_seq$seq" 1 "$STEPS" "$micro" train.zero_stage=$stage \
-      model.seq_len=$seq || status=1; }
+      train.compile=true model.seq_len=$seq model.activation_checkpointing=$recompute || status=1; }
   done
 done
 if wanted pipeline2 && [ "$GPUS" -ge 2 ]; then

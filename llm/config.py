@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     peak_tflops: float | None = Field(default=None, gt=0, description="per-device peak for MFU; None uses the GPU table")
-    compile: bool = Field(default=False, description="torch.compile each block (ZeRO 0-2, no pipeline)")
+    compile: bool = Field(default=False, description="torch.compile each block (any ZeRO stage, no pipeline)")
 
     @model_validator(mode="after")
     def _check_parallelism(self) -> "TrainConfig":
@@ -91,10 +91,10 @@ class TrainConfig(BaseModel):
                 f"train.zero_stage={self.zero_stage} cannot be combined with train.pipeline_stages={self.pipeline_stages}: "
                 "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1"
             )
-        if self.compile and (self.zero_stage > 2 or self.pipeline_stages > 1):
+        if self.compile and self.pipeline_stages > 1:
             raise ValueError(
-                "train.compile=true needs train.zero_stage <= 2 and train.pipeline_stages=1: ZeRO-3 and pipeline "
-                "stages hook into every layer call, which torch.compile cannot trace"
+                "train.compile=true needs train.pipeline_stages=1: pipeline stages hook into every layer call, "
+                "which torch.compile cannot trace"
             )
         if self.min_lr > self.lr:
             raise ValueError(f"train.min_lr={self.min_lr} must not exceed train.lr={self.lr}")

@@ -83,7 +83,12 @@ def build_module(
     model = Transformer(model_cfg, vocab_size, seed)
     if model_cfg.activation_checkpointing:
         checkpoint_blocks(model)
-    return compile_blocks(model) if train_cfg.compile else model
+    if not train_cfg.compile:
+        return model
+    if layout.zero_stage == 3:
+        # DeepSpeedEngine.compile does the same: NVTX ranges around ZeRO-3's hooks break the traced graphs.
+        deepspeed.utils.nvtx.enable_nvtx = False
+    return compile_blocks(model, partitioned_weights=layout.zero_stage == 3)
 
 
 _SAME_WIDTH_SIGNED = {np.dtype(np.uint16): (torch.int16, 0xFFFF), np.dtype(np.uint32): (torch.int32, 0xFFFFFFFF)}
