@@ -34,9 +34,7 @@ def compile_blocks(model: Transformer, partitioned_weights: bool = False) -> Tra
     if partitioned_weights:
         modules = sum(1 for _ in model.modules())
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * modules)
-        torch._dynamo.config.accumulated_recompile_limit = max(
-            torch._dynamo.config.accumulated_recompile_limit, 8 * modules
-        )
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 8 * modules)
     for block in model.layers:
         block.compile()
     return model
