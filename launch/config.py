@@ -14,12 +14,13 @@ import typing
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cluster.config import ClusterConfig, EvalConfig
 from data_shards.config import DataConfig
 from llm.config import ModelConfig, TrainConfig
 from llm.job import TrainJob
+from llm.layout import check_split
 from ops import storage
 
 
@@ -48,6 +49,11 @@ class KilnConfig(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _check_split(self) -> "KilnConfig":
+        check_split(self.model, self.train)
+        return self
 
     @property
     def run_url(self) -> str:
