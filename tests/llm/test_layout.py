@@ -134,7 +134,8 @@ def write_config(tmp_path) -> str:
         ),
         (
             ["train.tensor_parallel=2", "train.zero_stage=3"],
-            "train.tensor_parallel=2 cannot be combined with train.zero_stage=3: tensor parallelism runs with ZeRO stage 0, 1 or 2",
+            "train.tensor_parallel=2 cannot be combined with train.zero_stage=3: "
+            "tensor parallelism runs with ZeRO stage 0, 1 or 2",
         ),
         (
             ["train.sequence_parallel=2", "train.pipeline_stages=2", "train.zero_stage=1"],
