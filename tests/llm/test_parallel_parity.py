@@ -44,6 +44,8 @@ LAYOUTS = {
     "pipeline2_checkpointed": {"zero_stage": 0, "pipeline_stages": 2, "model": {"activation_checkpointing": True}},
     "zero3_tied": {"zero_stage": 3, "model": {"tie_embeddings": True}},
     "zero2_checkpointed": {"zero_stage": 2, "model": {"activation_checkpointing": True}},
+    "sequence2": {"zero_stage": 1, "sequence_parallel": 2},
+    "sequence2_zero3": {"zero_stage": 3, "sequence_parallel": 2},
 }
 
 
