@@ -64,17 +64,20 @@ class KilnConfig(BaseModel):
         return self.data.output
 
     def train_job(self) -> TrainJob:
-        """What every rank of this config's training needs."""
-        return TrainJob(
-            run_dir=self.run_url,
-            data_url=self.data_url,
-            read=self.data.reading(),
-            seed=self.run.seed,
-            storage_options=self.storage.options,
-            config_hash=self.training_hash(),
-            model=self.model,
-            train=self.train,
-        )
+        """What every rank of this config's training needs (a ConfigError when it cannot train)."""
+        try:
+            return TrainJob(
+                run_dir=self.run_url,
+                data_url=self.data_url,
+                read=self.data.reading(),
+                seed=self.run.seed,
+                storage_options=self.storage.options,
+                config_hash=self.training_hash(),
+                model=self.model,
+                train=self.train,
+            )
+        except ValidationError as e:
+            raise ConfigError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
     def to_yaml(self) -> str:
         resolved = self.model_dump(mode="json")

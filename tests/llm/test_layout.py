@@ -149,3 +149,13 @@ def test_a_bad_split_in_a_config_file_is_one_line_before_any_rank_starts(tmp_pat
         load_config(path, overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_training_a_tensor_split_is_refused_in_one_line_while_its_plan_is_counted(tmp_path):
+    cfg = load_config(write_config(tmp_path), ["train.tensor_parallel=2"])
+    with pytest.raises(ConfigError) as err:
+        cfg.train_job()
+    assert str(err.value) == (
+        "train.tensor_parallel=2: training does not split layers yet (kiln plan counts it); "
+        "use train.sequence_parallel or ZeRO-3 to spread a large model"
+    )
