@@ -19,6 +19,7 @@ import torch
 from data_shards.loader import GlobalBatchLoader
 from llm import checkpoint
 from llm.checkpoint import load_model, load_model_state
+from llm.export_hf import export_hf, hf_state_dict, read_safetensors
 from llm.model import next_token_loss
 from ops import storage
 from ops.records import RunRecords
@@ -137,3 +138,28 @@ def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_per_rank(l
     assert "llm/worker.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
     failures = [e for e in RunRecords(other.run_dir).events() if e["event"] == "failure"]
     assert {f["error"] for f in failures} == {f"CheckpointError: {expected}"}
+
+
+@pytest.mark.parametrize(("layout", "sequence_parallel"), [("sequence2", 1), ("zero1", 2)])
+def test_a_run_resumed_with_another_sequence_split_continues_its_curve(layout, sequence_parallel, layout_run, ranks, tmp_path):
+    """A sequence split changes no weight and no ZeRO partition: the checkpoint loads as saved, and only the
+    order of the loss's sums differs."""
+    job, got, _ = layout_run(layout)
+    resumed = from_halfway(job, tmp_path, sequence_parallel=sequence_parallel)
+    proc = ranks.torchrun(resumed, tmp_path)
+    assert proc.returncode == 0, ranks.errors(proc)
+    records = RunRecords(resumed.run_dir)
+    again = records.metrics()[STEPS:]
+    assert [r["step"] for r in again] == list(range(STEPS // 2 + 1, STEPS + 1))
+    assert [r["loss"] for r in again] == pytest.approx(got[STEPS // 2 :], rel=TOLERANCE)
+    assert [e["step"] for e in records.events() if e["event"] == "resume"] == [STEPS // 2]
+
+
+def test_the_hugging_face_export_of_a_sequence_split_run_is_the_unsplit_model(layout_run, tmp_path):
+    job, _, (_, reference_model) = layout_run("sequence2")
+    assert export_hf(job.run_dir, str(tmp_path / "hf")) == STEPS
+    exported = read_safetensors(str(tmp_path / "hf" / "model.safetensors"))
+    expected = hf_state_dict(reference_model.state_dict(), tie_embeddings=False)
+    assert set(exported) == set(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(torch.from_numpy(exported[name]), tensor, rtol=0, atol=WEIGHT_TOLERANCE, msg=name)
