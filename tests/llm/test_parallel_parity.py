@@ -1,4 +1,5 @@
-"""Loss-curve parity: 2-rank ZeRO-0/1/2/3 and 2-stage pipeline runs against single-process PyTorch.
+"""Loss-curve parity: 2-rank ZeRO-0/1/2/3, 2-stage pipeline and 2-way sequence-split runs (and a 4-rank
+2 data-parallel x 2 sequence-parallel one) against single-process PyTorch.
 
 Same seed, same global batch, same sample order: every layout must give the same loss at
 every step.  Layouts differ only in the order of floating-point reductions (gradient
@@ -7,7 +8,8 @@ over 20 optimizer steps: relative 2e-6 (measured: below 2e-7).
 The consolidated checkpoint of each layout holds the reference's final weights, and a checkpoint
 saved mid-run (asynchronously, while training went on) holds the weights of its own step.  A run
 resumed from that mid-run checkpoint on its own layout repeats the second half bit for bit; a
-pipelined checkpoint refuses any other layout in one line per rank.
+pipelined checkpoint refuses any other layout in one line per rank.  A sequence split changes no
+weight: its checkpoints resume with or without the split, and its Hugging Face export is the unsplit model.
 """
 
 import shutil
@@ -47,6 +49,7 @@ LAYOUTS = {
     "zero2_checkpointed": {"zero_stage": 2, "model": {"activation_checkpointing": True}},
     "sequence2": {"zero_stage": 1, "sequence_parallel": 2},
     "sequence2_zero3": {"zero_stage": 3, "sequence_parallel": 2},
+    "data2_sequence2": {"zero_stage": 2, "sequence_parallel": 2, "nproc": 4},
 }
 
 
@@ -67,9 +70,10 @@ def layout_run(ranks, token_data, tmp_path_factory):
     def run(layout):
         if layout not in runs:
             tmp = tmp_path_factory.mktemp(layout)
-            job = ranks.job(tmp / "run", token_data, steps=STEPS, checkpoint_every=STEPS // 2, **LAYOUTS[layout])
+            train = {"nproc": 2, **LAYOUTS[layout]}
+            job = ranks.job(tmp / "run", token_data, steps=STEPS, checkpoint_every=STEPS // 2, **train)
             reference = ranks.reference_run(job)
-            proc = ranks.torchrun(job, tmp)
+            proc = ranks.torchrun(job, tmp, nproc=train["nproc"])
             assert proc.returncode == 0, ranks.errors(proc)
             runs[layout] = job, [r["loss"] for r in RunRecords(job.run_dir).metrics()], reference
         return runs[layout]
@@ -162,4 +166,4 @@ def test_the_hugging_face_export_of_a_sequence_split_run_is_the_unsplit_model(la
     expected = hf_state_dict(reference_model.state_dict(), tie_embeddings=False)
     assert set(exported) == set(expected)
     for name, tensor in expected.items():
-        torch.testing.assert_close(torch.from_numpy(exported[name]), tensor, rtol=0, atol=WEIGHT_TOLERANCE, msg=name)
+        torch.testing.assert_close(torch.tensor(exported[name]), tensor, rtol=0, atol=WEIGHT_TOLERANCE, msg=name)
