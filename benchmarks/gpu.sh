@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Throughput of the `1b` config in bf16 on GPU: ZeRO-1 eager, ZeRO-1 with train.compile=true,
-# ZeRO-3, ZeRO-1 and ZeRO-3 at seq_len 4096 and 8192, then a short pipeline check; one table at the end.
+# ZeRO-3, ZeRO-1 and ZeRO-3 at seq_len 4096 and 8192, ZeRO-1 at seq_len 32768 with activation checkpointing
+# (and, on two GPUs or more, the same sequence split over two of them), then a short pipeline check;
+# one table at the end.
 #
 #   benchmarks/gpu.sh                 # from anywhere; STEPS=36 MICRO_BATCH=8 GRAD_ACCUM=8 by default
 #   STEPS=100 MICRO_BATCH=8 GRAD_ACCUM=16 benchmarks/gpu.sh
@@ -23,7 +25,7 @@ STEPS="${STEPS:-36}"
 MICRO_BATCH="${MICRO_BATCH:-8}"
 GRAD_ACCUM="${GRAD_ACCUM:-8}"
 PIPELINE_STEPS="${PIPELINE_STEPS:-10}"
-RUNS="${RUNS:-zero1 zero1_compiled zero3 zero1_seq4096 zero3_seq4096 zero1_seq8192 zero3_seq8192 pipeline2}"
+RUNS="${RUNS:-zero1 zero1_compiled zero3 zero1_seq4096 zero3_seq4096 zero1_seq8192 zero3_seq8192 zero1_seq32768_ac sp2_seq32768_ac pipeline2}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kiln-gpu-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export KILN_CACHE_DIR="$WORK/cache" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -127,6 +129,14 @@ for seq in 4096 8192; do
       model.seq_len=$seq || status=1; }
   done
 done
+# Long context: one 32,768-token sequence per micro-batch, each block's activations recomputed.
+long_context=(model.seq_len=32768 model.activation_checkpointing=true train.zero_stage=1)
+wanted zero1_seq32768_ac && { run zero1_seq32768_ac 1 "$STEPS" 1 "${long_context[@]}" || status=1; }
+if wanted sp2_seq32768_ac && [ "$GPUS" -ge 2 ]; then
+  run sp2_seq32768_ac 2 "$STEPS" 1 "${long_context[@]}" train.sequence_parallel=2 || status=1
+elif wanted sp2_seq32768_ac; then
+  echo "== sp2_seq32768_ac: not run: a sequence split needs two GPUs and this machine has $GPUS (the CPU parity tests cover its correctness)"
+fi
 if wanted pipeline2 && [ "$GPUS" -ge 2 ]; then
   run pipeline2 2 "$PIPELINE_STEPS" "$MICRO_BATCH" train.zero_stage=1 train.pipeline_stages=2 || status=1
 elif wanted pipeline2; then
