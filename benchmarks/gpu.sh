@@ -89,7 +89,8 @@ overrides = [
 ]
 cfg = load_config("configs/1b.yaml", overrides)
 stages = cfg.train.pipeline_stages
-cfg.train.global_batch = cfg.train.micro_batch * (int(nproc) // stages) * max(int(accum), 2 * stages)
+data_parallel = int(nproc) // (stages * cfg.train.sequence_parallel)
+cfg.train.global_batch = cfg.train.micro_batch * data_parallel * max(int(accum), 2 * stages)
 TrainJob(run_dir=cfg.run_url, data_url=cfg.data_url, seed=cfg.run.seed, config_hash=cfg.training_hash(),
          model=cfg.model, train=cfg.train).save(job_path)
 PY
