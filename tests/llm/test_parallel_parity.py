@@ -91,7 +91,7 @@ def from_halfway(job, tmp_path, **train):
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_two_rank_layout_matches_single_process_loss_curve(layout, layout_run):
+def test_each_layout_matches_the_single_process_loss_curve(layout, layout_run):
     job, got, (expected, reference_model) = layout_run(layout)
     assert len(got) == STEPS
     worst = max(abs(g - e) / e for g, e in zip(got, expected))
