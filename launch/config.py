@@ -14,12 +14,13 @@ import typing
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cluster.config import ClusterConfig, EvalConfig
 from data_shards.config import DataConfig
 from llm.config import ModelConfig, TrainConfig
 from llm.job import TrainJob
+from llm.layout import check_split
 from ops import storage
 
 
@@ -49,6 +50,11 @@ class KilnConfig(BaseModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
+    @model_validator(mode="after")
+    def _check_split(self) -> "KilnConfig":
+        check_split(self.model, self.train)
+        return self
+
     @property
     def run_url(self) -> str:
         return self.run.dir or f"runs/{self.run.name}"
@@ -58,17 +64,20 @@ class KilnConfig(BaseModel):
         return self.data.output
 
     def train_job(self) -> TrainJob:
-        """What every rank of this config's training needs."""
-        return TrainJob(
-            run_dir=self.run_url,
-            data_url=self.data_url,
-            read=self.data.reading(),
-            seed=self.run.seed,
-            storage_options=self.storage.options,
-            config_hash=self.training_hash(),
-            model=self.model,
-            train=self.train,
-        )
+        """What every rank of this config's training needs (a ConfigError when it cannot train)."""
+        try:
+            return TrainJob(
+                run_dir=self.run_url,
+                data_url=self.data_url,
+                read=self.data.reading(),
+                seed=self.run.seed,
+                storage_options=self.storage.options,
+                config_hash=self.training_hash(),
+                model=self.model,
+                train=self.train,
+            )
+        except ValidationError as e:
+            raise ConfigError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
     def to_yaml(self) -> str:
         resolved = self.model_dump(mode="json")

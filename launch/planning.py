@@ -100,7 +100,12 @@ def _duration(seconds: float) -> str:
 
 def print_plan(cfg: KilnConfig, gpus: int, gpu: str, mfu: float, gpus_per_node: int = 8) -> dict:
     p = plan_for(cfg, gpus, gpu, mfu)
-    stages = f" · {p['pipeline_stages']} pipeline stages" if p["pipeline_stages"] > 1 else ""
+    splits = {
+        "pipeline stages": p["pipeline_stages"],
+        "tensor-parallel": p["tensor_parallel"],
+        "sequence-parallel": p["sequence_parallel"],
+    }
+    stages = "".join(f" · {n} {name}" for name, n in splits.items() if n > 1)
     table = Table(title=f"plan · {cfg.run.name} · {gpus} × {gpu.upper()}{stages} · ZeRO-{p['zero_stage']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")

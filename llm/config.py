@@ -70,6 +70,8 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
     zero_stage: int = Field(default=2, ge=0, le=3)
     pipeline_stages: int = Field(default=1, ge=1)
+    sequence_parallel: int = Field(default=1, ge=1, description="ranks that split each sequence (Ulysses attention)")
+    tensor_parallel: int = Field(default=1, ge=1, description="ranks that split each layer's projections")
     nodes: int = Field(default=1, ge=1, description="nodes the ranks run on; world size = nodes x nproc")
     nproc: int = Field(default=2, ge=1, description="ranks per node, under every launcher")
     launcher: Literal["local", "ray", "none"] = "local"
@@ -91,6 +93,15 @@ class TrainConfig(BaseModel):
                 f"train.zero_stage={self.zero_stage} cannot be combined with train.pipeline_stages={self.pipeline_stages}: "
                 "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1"
             )
+        if self.tensor_parallel > 1 and self.zero_stage > 2:
+            raise ValueError(
+                f"train.tensor_parallel={self.tensor_parallel} cannot be combined with train.zero_stage={self.zero_stage}: "
+                "tensor parallelism runs with ZeRO stage 0, 1 or 2"
+            )
+        split = {"sequence_parallel": self.sequence_parallel, "tensor_parallel": self.tensor_parallel}
+        if self.pipeline_stages > 1 and any(n > 1 for n in split.values()):
+            named = ", ".join(f"train.{k}={v}" for k, v in split.items() if v > 1)
+            raise ValueError(f"{named} cannot be combined with train.pipeline_stages={self.pipeline_stages}")
         if self.compile and self.pipeline_stages > 1:
             raise ValueError(
                 "train.compile=true needs train.pipeline_stages=1: pipeline stages hook into every layer call, "

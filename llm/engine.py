@@ -14,7 +14,7 @@ from torch import nn
 from llm.config import ModelConfig, TrainConfig
 from llm.layout import ParallelLayout
 from llm.model import Transformer, next_token_loss
-from llm.parallelize import checkpoint_blocks, compile_blocks
+from llm.parallelize import checkpoint_blocks, compile_blocks, sequence_group, split_sequences
 
 
 def resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
@@ -48,7 +48,8 @@ def deepspeed_config(
     if stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=False)
     config = {
-        "train_batch_size": cfg.global_batch,
+        # DeepSpeed counts every gradient rank as data-parallel, the ranks of a sequence split included.
+        "train_batch_size": cfg.micro_batch * layout.grad_accum_steps(cfg) * layout.gradient_ranks,
         "train_micro_batch_size_per_gpu": cfg.micro_batch,
         "gradient_accumulation_steps": layout.grad_accum_steps(cfg),
         "gradient_clipping": cfg.grad_clip,
@@ -81,6 +82,8 @@ def build_module(
 
         return build_pipeline(model_cfg, vocab_size, seed, layout.pipeline_stages)
     model = Transformer(model_cfg, vocab_size, seed)
+    if layout.sequence_parallel > 1:
+        split_sequences(model, sequence_group(layout))
     if model_cfg.activation_checkpointing:
         checkpoint_blocks(model)
     if not train_cfg.compile:
@@ -118,6 +121,7 @@ class TrainEngine:
     grad_accum: int
     micro_batch: int
     device: torch.device
+    sequence_rank: int = 0
     # Called right before each optimizer step (before the whole batch when pipelined: DeepSpeed's
     # schedule steps inside it): the checkpoint saver holds training there while a snapshot still
     # reads the live weights and optimizer state.
@@ -135,15 +139,19 @@ class TrainEngine:
             data = iter([(m[:, :-1], m[:, 1:]) for m in micro])
             self.before_optimizer_step()
             return float(self.engine.train_batch(data_iter=data))
+        # A rank of a sequence split holds positions [start, start + length) of every sequence.
+        length = (rows.shape[-1] - 1) // self.layout.sequence_parallel
+        start = self.sequence_rank * length
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         for i, m in enumerate(micro):
-            loss = next_token_loss(self.engine(m[:, :-1]), m[:, 1:])
+            inputs, targets = m[:, start : start + length], m[:, start + 1 : start + length + 1]
+            loss = next_token_loss(self.engine(inputs, start=start), targets)
             self.engine.backward(loss)
             if i == self.grad_accum - 1:  # DeepSpeed steps the optimizer at the last micro-batch only
                 self.before_optimizer_step()
             self.engine.step()
             total += loss.detach().float()
-        total /= self.grad_accum * self.layout.data_parallel
+        total /= self.grad_accum * self.layout.gradient_ranks  # equal token counts: the mean of means is the mean
         dist.all_reduce(total)
         return float(total)
 
@@ -193,4 +201,5 @@ def build_engine(
         grad_accum=layout.grad_accum_steps(train_cfg),
         micro_batch=train_cfg.micro_batch,
         device=device,
+        sequence_rank=layout.sequence_rank_of(dist.get_rank()),
     )

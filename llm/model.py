@@ -7,7 +7,7 @@ residual.  Attention is causal ``scaled_dot_product_attention`` with rotary
 position embeddings (the rotate-half convention of Hugging Face's Llama, so an
 export needs no permutation) and grouped-query attention (``kv_heads < heads``).
 
-Parallelism (ZeRO, pipeline stages, activation checkpointing) is applied around
+Parallelism (ZeRO, pipeline stages, sequence splits, activation checkpointing) is applied around
 these modules by ``llm.parallelize`` and ``llm.pipeline``, never inside them.
 
 Initialisation is deterministic per part: the embedding, each block and the head
@@ -64,9 +64,21 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, D] by the position tables [T, D]."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    """Rotate x [B, T, H, D] by the position tables [T, D]."""
+    cos, sin = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]
     return x * cos + rotate_half(x) * sin
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of q [B, T, H, D] over k, v [B, T, KV, D]; the output is [B, T, H, D].
+
+    Each group of ``H / KV`` query heads shares one key/value head (grouped-query attention).
+    """
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
 
 
 class LayerKV:
@@ -91,6 +103,12 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Projections, rotary embeddings and an attention core.
+
+    ``core`` is the one step that needs every position of the sequence at once; a parallel
+    layout may replace it (``llm.parallelize.split_sequences``) while the projections stay.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.n_kv_heads, cfg.head_dim
@@ -98,26 +116,30 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
+        self.core = causal_attention
 
     def forward(self, x, cos, sin, kv: LayerKV | None = None) -> torch.Tensor:
         batch, length, _ = x.shape
-        q = self.wq(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = 0
-        if kv is not None:
-            past = 0 if kv.keys is None else kv.keys.shape[2]
-            k, v = kv.extend(k, v)
-        if self.kv_heads != self.heads:  # each group of heads shares one key/value head
-            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        q = apply_rope(self.wq(x).view(batch, length, -1, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(batch, length, -1, self.head_dim), cos, sin)
+        v = self.wv(x).view(batch, length, -1, self.head_dim)
+        if kv is None:
+            y = self.core(q, k, v)
+        else:
+            y = self._decode(q, k, v, kv)
+        return self.wo(y.reshape(batch, length, -1))
+
+    def _decode(self, q, k, v, kv: LayerKV) -> torch.Tensor:
+        """New queries see every cached position and the new ones up to themselves."""
+        past = 0 if kv.keys is None else kv.keys.shape[2]
+        k, v = kv.extend(k.transpose(1, 2), v.transpose(1, 2))
+        length = q.shape[1]
+        k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # new queries see every cached position and the new ones up to themselves
-            mask = torch.ones(length, past + length, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.wo(y.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True).transpose(1, 2)
+        mask = torch.ones(length, past + length, dtype=torch.bool, device=q.device).tril(diagonal=past)
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask).transpose(1, 2)
 
 
 class FeedForward(nn.Module):
@@ -191,9 +213,12 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.head.proj.weight = self.embed.weight
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [B, T, vocab] for tokens [B, T]; with a cache, tokens continue the cached positions."""
-        start = cache.length if cache is not None else 0
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        """Logits [B, T, vocab] for tokens [B, T] at positions ``start`` .. ``start + T - 1`` of their
+        sequence (a sequence-parallel rank holds a later slice); with a cache, tokens continue the
+        cached positions."""
+        if cache is not None:
+            start = cache.length
         x = self.embed(tokens)
         cos, sin = rope_tables(self.cfg.head_dim, start, tokens.shape[1], self.cfg.rope_theta, tokens.device)
         for i, block in enumerate(self.layers):

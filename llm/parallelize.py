@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from llm.layout import ParallelLayout
 from llm.model import Transformer
 
 
@@ -53,3 +57,42 @@ def _wrap_forward(module: nn.Module) -> None:
         return recompute(inner, *args)
 
     module.forward = forward
+
+
+class UlyssesAttention(nn.Module):
+    """The attention core of a rank holding ``seq_len / N`` tokens of every sequence (DeepSpeed Ulysses).
+
+    An all-to-all over the N ranks of ``group`` trades the sequence split for a head split: each
+    rank receives every position of ``heads / N`` query heads and ``kv_heads / N`` key/value heads
+    (head ``h`` and its key/value head land on the same rank), runs the one-device core on them,
+    and a second all-to-all returns its own positions of every head.  Rotary embeddings are applied
+    before the exchange, at the positions of the full sequence.
+    """
+
+    def __init__(self, local: Callable, group: dist.ProcessGroup):
+        super().__init__()
+        from deepspeed.sequence.layer import DistributedAttention
+
+        # Tensors are [batch, positions, heads, head_dim]: scatter the heads (2), gather the positions (1).
+        self.exchange = DistributedAttention(local, group, scatter_idx=2, gather_idx=1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.exchange(q, k, v, 0)
+
+
+def sequence_group(layout: ParallelLayout) -> dist.ProcessGroup:
+    """Collective (every rank makes every group): the process group of this rank's sequence split."""
+    mine = None
+    for ranks in layout.sequence_groups():
+        group = dist.new_group(ranks)
+        if dist.get_rank() in ranks:
+            mine = group
+    return mine
+
+
+def split_sequences(model: Transformer, group: dist.ProcessGroup) -> Transformer:
+    """Let each rank of ``group`` hold a slice of every sequence: attention cores are swapped for
+    :class:`UlyssesAttention`, which holds no parameters (names and checkpoints are unchanged)."""
+    for block in model.layers:
+        block.attn.core = UlyssesAttention(block.attn.core, group)
+    return model

@@ -7,6 +7,11 @@ Adam: 2 bytes of bf16 parameters, and 18 more per parameter for bf16 gradients (
 fp32 gradients (4), fp32 master weights (4) and Adam's two moments (8).  ZeRO
 partitions the 18 (stage 2) and then the bf16 parameters too (stage 3, which keeps
 one whole module gathered at a time).
+
+Tensor parallelism splits every matrix (attention and MLP projections, embedding, output
+layer) ``tensor_parallel`` ways and keeps the norm gains whole on every rank.  Sequence
+parallelism keeps whole weights on every rank of a sequence group, and ZeRO partitions over
+those ranks too (``data_parallel × sequence_parallel`` gradient ranks).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class Layout(Protocol):
     world_size: int
     data_parallel: int
     pipeline_stages: int
+    tensor_parallel: int
+    sequence_parallel: int
     zero_stage: int
 
 
@@ -56,7 +63,8 @@ def model_dims(model: Any) -> dict[str, Any]:
 
 
 def parameter_counts(model: Any, vocab_size: int) -> dict[str, int]:
-    """Parameter counts of the Llama-style decoder in ``llm/model.py`` (tied weights counted once)."""
+    """Parameter counts of the Llama-style decoder in ``llm/model.py`` (tied weights counted once);
+    ``norms`` are the RMSNorm gains, the only parameters tensor parallelism does not split."""
     d = model_dims(model)
     dim, kv_dim, hidden = d["dim"], d["kv_heads"] * d["head_dim"], d["hidden"]
     attention = dim * dim * 2 + dim * kv_dim * 2  # wq, wo; wk, wv
@@ -73,7 +81,14 @@ def parameter_counts(model: Any, vocab_size: int) -> dict[str, int]:
         # The largest single module: DeepSpeed ZeRO-3 gathers one at a time.
         "largest_module": max(embedding, dim * hidden, dim * dim),
         "matmul": d["layers"] * (attention + ffn) + vocab_size * dim,
+        "norms": (2 * d["layers"] + 1) * dim,
     }
+
+
+def parameters_per_rank(counts: dict[str, int], tensor_parallel: int) -> tuple[int, int]:
+    """(parameters, largest module) one rank of a ``tensor_parallel`` split holds."""
+    split = counts["total"] - counts["norms"]
+    return -(-split // tensor_parallel) + counts["norms"], -(-counts["largest_module"] // tensor_parallel)
 
 
 def flops_per_token(model: Any, vocab_size: int, seq_len: int) -> float:
@@ -113,22 +128,33 @@ def model_state_bytes(total_params: int, largest_module_params: int, zero_stage:
 
 
 def activation_bytes(
-    model: Any, vocab_size: int, seq_len: int, micro_batch: int, activation_checkpointing: bool = False
+    model: Any,
+    vocab_size: int,
+    seq_len: int,
+    micro_batch: int,
+    activation_checkpointing: bool = False,
+    tensor_parallel: int = 1,
+    sequence_parallel: int = 1,
 ) -> int:
-    """Estimated bf16 activations kept for the backward pass of one micro-batch.
+    """Estimated bf16 activations one rank keeps for the backward pass of one micro-batch.
 
     Per block and token: the inputs of both norms and their outputs, q/k/v, the
     attention output, the SwiGLU's three hidden tensors and their product, with a
     fused attention kernel (no T x T scores).  With activation checkpointing only
     each block's input is kept, plus one block's worth during its recomputation.
     The logits count twice (bf16 and the fp32 copy the loss reads).
+
+    A sequence split holds ``seq_len / sequence_parallel`` tokens of everything (inside
+    attention, every position of ``heads / sequence_parallel`` heads: the same bytes).  A
+    tensor split divides the tensors between its column and row projections (q/k/v, attention
+    output, SwiGLU hidden) and the logits; the norms' inputs and outputs stay whole.
     """
     d = model_dims(model)
     dim, kv_dim, hidden = d["dim"], d["kv_heads"] * d["head_dim"], d["hidden"]
-    tokens = seq_len * micro_batch
-    per_block = 2 * tokens * (6 * dim + 2 * kv_dim + 4 * hidden)
+    tokens = seq_len // sequence_parallel * micro_batch
+    per_block = 2 * tokens * (4 * dim + (2 * dim + 2 * kv_dim + 4 * hidden) // tensor_parallel)
     blocks = d["layers"] * 2 * tokens * dim + per_block if activation_checkpointing else d["layers"] * per_block
-    logits = tokens * vocab_size * (2 + 4)
+    logits = tokens * (vocab_size // tensor_parallel) * (2 + 4)
     return blocks + logits
 
 
@@ -146,8 +172,8 @@ def plan(
 ) -> dict[str, Any]:
     """Everything `kiln plan` prints, as one dict of plain numbers.
 
-    ZeRO partitions over the data-parallel ranks; each pipeline stage holds about
-    ``1 / pipeline_stages`` of the parameters.
+    ZeRO partitions over the gradient ranks (data × sequence parallel); each pipeline stage
+    holds about ``1 / pipeline_stages`` of the parameters, each tensor-parallel rank its split.
     """
     gpu_key = gpu.lower()
     if gpu_key not in PEAK_BF16_TFLOPS:
@@ -156,12 +182,22 @@ def plan(
         raise ValueError(f"mfu={mfu} must be in (0, 1]")
     gpus, zero_stage = layout.world_size, layout.zero_stage
     counts = parameter_counts(model, vocab_size)
-    stage_params = -(-counts["total"] // layout.pipeline_stages)
-    per_stage = {
-        stage: model_state_bytes(stage_params, counts["largest_module"], stage, layout.data_parallel) / GIB
-        for stage in (0, 1, 2, 3)
-    }
-    activations = activation_bytes(model, vocab_size, seq_len, micro_batch, activation_checkpointing) / GIB
+    rank_params, largest = parameters_per_rank(counts, layout.tensor_parallel)
+    stage_params = -(-rank_params // layout.pipeline_stages)
+    gradient_ranks = layout.data_parallel * layout.sequence_parallel
+    per_stage = {stage: model_state_bytes(stage_params, largest, stage, gradient_ranks) / GIB for stage in (0, 1, 2, 3)}
+    activations = (
+        activation_bytes(
+            model,
+            vocab_size,
+            seq_len,
+            micro_batch,
+            activation_checkpointing,
+            layout.tensor_parallel,
+            layout.sequence_parallel,
+        )
+        / GIB
+    )
     flops = flops_per_token(model, vocab_size, seq_len)
     tokens_per_s = gpus * PEAK_BF16_TFLOPS[gpu_key] * 1e12 * mfu / flops
     tokens_per_step = global_batch * seq_len
@@ -175,6 +211,8 @@ def plan(
         "gpus": gpus,
         "data_parallel": layout.data_parallel,
         "pipeline_stages": layout.pipeline_stages,
+        "tensor_parallel": layout.tensor_parallel,
+        "sequence_parallel": layout.sequence_parallel,
         "zero_stage": zero_stage,
         "model_states_gb_by_stage": per_stage,
         "model_states_gb": per_stage[zero_stage],

@@ -26,7 +26,7 @@ def rank_files(files: list[FileEntry], layout: ParallelLayout, rank: int) -> lis
     """The files DeepSpeed loads on ``rank`` when a checkpoint of ``layout`` resumes on the same layout:
     its stage's model states and layers, the first stage's model states, and its own partitions - never
     another rank's partition."""
-    stage, data_rank = layout.stage_of(rank), layout.data_rank_of(rank)
+    stage, data_rank = layout.stage_of(rank), layout.gradient_rank_of(rank)
 
     def needed(entry: FileEntry) -> bool:
         if match := _PARTITION_FILE.match(entry.path):

@@ -113,3 +113,47 @@ def test_kiln_plan_prints_the_numbers_of_the_7b_config_worked_out_independently(
     seconds = 100_000 * step_tokens / tokens_per_s
     assert seconds // 86400 == 8 and seconds % 86400 // 3600 == 20 and seconds % 3600 // 60 == 4
     assert rows["time to train.steps=100,000 (419.43 B tokens)"] == "8d 20h 4m"
+
+
+def test_plan_of_the_7b_config_at_32k_tokens_on_8_gpus_under_sequence_and_tensor_splits_worked_out_by_hand():
+    """configs/7b.yaml (activation checkpointing, micro-batch 1) at seq_len 32,768 on 8 H100s.
+
+    SP=8 (ZeRO-3): every rank holds whole weights, ZeRO partitions them over all 8 ranks, and each
+    rank keeps the activations of 32,768 / 8 = 4,096 tokens.  TP=8 (ZeRO-1, one data-parallel rank):
+    every matrix is split 8 ways and the 65 norm gains are whole on each rank; nothing is left for ZeRO
+    to partition; the residual stream (each block's checkpointed input, the norms' inputs and outputs)
+    is whole, the projections' outputs and the logits are an eighth.
+    """
+    gib = 2**30
+    params = 6_738_415_616
+    largest = 32000 * 4096  # the embedding
+
+    sp = plan_for(
+        load_config(str(REPO / "configs/7b.yaml"), ["model.seq_len=32768", "train.sequence_parallel=8"]), 8, "h100", 0.4
+    )
+    assert (sp["data_parallel"], sp["sequence_parallel"], sp["zero_stage"]) == (1, 8, 3)
+    assert sp["model_states_gb"] * gib == 4 * largest + 18 * params / 8 == 15_685_723_136
+    tokens = 4096
+    blocks_inputs = 32 * 2 * tokens * 4096  # 1 GiB
+    one_block = 2 * tokens * (6 * 4096 + 2 * 4096 + 4 * 11008)
+    logits = tokens * 32000 * (2 + 4)
+    assert blocks_inputs + one_block + logits == 2_489_319_424
+    assert sp["activations_gb"] * gib == 2_489_319_424
+
+    tp = plan_for(
+        load_config(str(REPO / "configs/7b.yaml"), ["model.seq_len=32768", "train.tensor_parallel=8", "train.zero_stage=1"]),
+        8,
+        "h100",
+        0.4,
+    )
+    assert (tp["data_parallel"], tp["tensor_parallel"], tp["zero_stage"]) == (1, 8, 1)
+    norms = (2 * 32 + 1) * 4096
+    per_rank = (params - norms) // 8 + norms
+    assert per_rank == 842_534_912
+    assert tp["model_states_gb"] * gib == 20 * per_rank == 16_850_698_240  # ZeRO-1 over one gradient rank
+    tokens = 32768
+    blocks_inputs = 32 * 2 * tokens * 4096  # 8 GiB: the residual stream is whole on every tensor-parallel rank
+    one_block = 2 * tokens * (4 * 4096 + (2 * 4096 + 2 * 4096 + 4 * 11008) // 8)
+    logits = tokens * (32000 // 8) * (2 + 4)
+    assert blocks_inputs + one_block + logits == 10_945_036_288
+    assert tp["activations_gb"] * gib == 10_945_036_288

@@ -15,6 +15,7 @@ LAYOUTS = {
     "zero0_tied": {"zero_stage": 0, "model": {"tie_embeddings": True}},
     "zero2": {"zero_stage": 2},
     "pipeline2": {"zero_stage": 1, "pipeline_stages": 2},
+    "sequence2": {"zero_stage": 2, "sequence_parallel": 2},
 }
 
 

@@ -135,6 +135,13 @@ def test_per_parameter_state_is_used_only_when_a_zero_layout_changes():
         reshape_route(record(zero_stage=1, pipeline_stages=2), now(1, 1))
 
 
+def test_a_sequence_split_changes_no_zero_partition_so_its_checkpoint_loads_as_saved_either_way():
+    split = ParallelLayout(world_size=2, data_parallel=1, sequence_parallel=2, zero_stage=2)
+    assert reshape_route(record().model_copy(update={"layout": split}), now(2, 2)) is None
+    assert reshape_route(record(), split) is None
+    assert reshape_route(record().model_copy(update={"layout": split}), now(1, 0)) == "plain"
+
+
 def test_a_pipelined_checkpoint_resumes_only_on_its_own_layout_even_with_the_same_ranks_and_zero_stage():
     pipelined = record(zero_stage=1, pipeline_stages=2)
     assert reshape_route(pipelined, now(2, 1, pipeline_stages=2)) is None

@@ -35,6 +35,15 @@ SAVED = {
             "zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
         },
     ),
+    "sequence2_zero3": (  # the ranks of a sequence split hold ZeRO partitions of their own
+        ParallelLayout(world_size=2, data_parallel=1, sequence_parallel=2, zero_stage=3),
+        {
+            "zero_pp_rank_0_mp_rank_00_model_states.pt": 0,
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt": 0,
+            "zero_pp_rank_1_mp_rank_00_model_states.pt": 1,
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
+        },
+    ),
     "bf16_zero2": (
         ParallelLayout(world_size=2, data_parallel=2, zero_stage=2),
         {
@@ -63,6 +72,10 @@ EXPECTED = {
         {"mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"},
     ],
     "zero3": [
+        {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"},
+        {"zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"},
+    ],
+    "sequence2_zero3": [
         {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"},
         {"zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"},
     ],

@@ -1,9 +1,14 @@
 """The parallel layout: computed once from the train section and the world size, validated in one line."""
 
+from pathlib import Path
+
 import pytest
 
-from llm.config import TrainConfig
-from llm.layout import LayoutError, ParallelLayout
+from launch.config import ConfigError, load_config
+from llm.config import ModelConfig, TrainConfig
+from llm.layout import LayoutError, ParallelLayout, check_split
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_data_parallel_ranks_are_the_world_divided_by_pipeline_stages():
@@ -43,7 +48,114 @@ def test_a_layout_that_does_not_fit_is_one_line_naming_the_keys():
 def test_a_layout_read_back_from_a_record_is_checked_too():
     with pytest.raises(ValueError, match="not the world size 4"):
         ParallelLayout(world_size=4, data_parallel=3, zero_stage=1)
-    with pytest.raises(ValueError, match="tensor_parallel"):
-        ParallelLayout(world_size=4, data_parallel=2, tensor_parallel=2, zero_stage=1)
+    with pytest.raises(ValueError, match="data_parallel=2 x tensor_parallel=2 x sequence_parallel=2 x pipeline_stages=1 = 8"):
+        ParallelLayout(world_size=4, data_parallel=2, tensor_parallel=2, sequence_parallel=2, zero_stage=1)
     layout = ParallelLayout(world_size=4, data_parallel=2, pipeline_stages=2, zero_stage=1)
     assert ParallelLayout.model_validate_json(layout.model_dump_json()) == layout
+
+
+def test_the_world_is_data_times_tensor_times_sequence_times_pipeline():
+    cfg = TrainConfig(micro_batch=1, global_batch=8, zero_stage=1, tensor_parallel=2, sequence_parallel=2)
+    layout = ParallelLayout.for_run(cfg, 8, "bf16")
+    assert (layout.data_parallel, layout.tensor_parallel, layout.sequence_parallel) == (2, 2, 2)
+    assert layout.gradient_ranks == 4
+    assert layout.grad_accum_steps(cfg) == 4  # the global batch is split over data-parallel ranks only
+    assert layout.describe() == "8 ranks (2 data-parallel x 2 tensor-parallel x 2 sequence-parallel, ZeRO-1)"
+
+
+def test_the_ranks_of_a_sequence_group_are_neighbours_reading_the_same_samples():
+    layout = ParallelLayout(world_size=4, data_parallel=2, sequence_parallel=2, zero_stage=3)
+    assert layout.sequence_groups() == [[0, 1], [2, 3]]
+    assert [layout.data_rank_of(r) for r in range(4)] == [0, 0, 1, 1]
+    assert [layout.sequence_rank_of(r) for r in range(4)] == [0, 1, 0, 1]
+    assert [layout.gradient_rank_of(r) for r in range(4)] == [0, 1, 2, 3]  # every rank holds its own ZeRO partition
+    mixed = ParallelLayout(world_size=8, data_parallel=2, tensor_parallel=2, sequence_parallel=2, zero_stage=1)
+    assert [(mixed.data_rank_of(r), mixed.tensor_rank_of(r), mixed.sequence_rank_of(r)) for r in range(4)] == [
+        (0, 0, 0),
+        (0, 0, 1),
+        (0, 1, 0),
+        (0, 1, 1),
+    ]
+
+
+def test_a_sequence_split_of_one_data_parallel_rank_keeps_the_configured_zero_stage():
+    cfg = TrainConfig(micro_batch=2, global_batch=8, zero_stage=3, sequence_parallel=2)
+    assert ParallelLayout.for_run(cfg, 2, "fp32").zero_stage == 3  # ZeRO partitions over both ranks of the split
+
+
+@pytest.mark.parametrize(
+    ("train", "world", "message"),
+    [
+        (
+            {"sequence_parallel": 2, "tensor_parallel": 2},
+            6,
+            "world size 6 is not a multiple of train.tensor_parallel=2 x train.sequence_parallel=2 = 4",
+        ),
+        ({"sequence_parallel": 4}, 6, "world size 6 is not a multiple of train.sequence_parallel=4"),
+    ],
+)
+def test_a_split_that_does_not_divide_the_world_is_one_line(train, world, message):
+    with pytest.raises(LayoutError) as err:
+        ParallelLayout.for_run(TrainConfig(micro_batch=1, global_batch=8, zero_stage=1, **train), world, "fp32")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("model", "train", "message"),
+    [
+        (
+            {"heads": 6, "kv_heads": 2, "dim": 48},
+            {"sequence_parallel": 4},
+            "train.sequence_parallel=4 must divide model.heads=6 and model.kv_heads=2",
+        ),
+        ({"heads": 4, "kv_heads": 1}, {"sequence_parallel": 2}, "train.sequence_parallel=2 must divide model.kv_heads=1"),
+        ({"seq_len": 30}, {"sequence_parallel": 4}, "train.sequence_parallel=4 must divide model.seq_len=30"),
+        ({"heads": 4, "ffn_hidden": 90}, {"tensor_parallel": 4}, "train.tensor_parallel=4 must divide MLP width=90"),
+    ],
+)
+def test_a_model_that_does_not_split_is_one_line(model, train, message):
+    with pytest.raises(LayoutError) as err:
+        check_split(ModelConfig(**model), TrainConfig(**train))
+    assert str(err.value) == message
+
+
+def write_config(tmp_path) -> str:
+    path = tmp_path / "kiln.yaml"
+    path.write_text((REPO / "configs/smoke.yaml").read_text())
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["train.sequence_parallel=3"],
+            "train.sequence_parallel=3 must divide model.kv_heads=2",
+        ),
+        (
+            ["train.tensor_parallel=2", "train.zero_stage=3"],
+            "train.tensor_parallel=2 cannot be combined with train.zero_stage=3: "
+            "tensor parallelism runs with ZeRO stage 0, 1 or 2",
+        ),
+        (
+            ["train.sequence_parallel=2", "train.pipeline_stages=2", "train.zero_stage=1"],
+            "train.sequence_parallel=2 cannot be combined with train.pipeline_stages=2",
+        ),
+    ],
+)
+def test_a_bad_split_in_a_config_file_is_one_line_before_any_rank_starts(tmp_path, overrides, message):
+    path = write_config(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_training_a_tensor_split_is_refused_in_one_line_while_its_plan_is_counted(tmp_path):
+    cfg = load_config(write_config(tmp_path), ["train.tensor_parallel=2"])
+    with pytest.raises(ConfigError) as err:
+        cfg.train_job()
+    assert str(err.value) == (
+        "train.tensor_parallel=2: training does not split layers yet (kiln plan counts it); "
+        "use train.sequence_parallel or ZeRO-3 to spread a large model"
+    )

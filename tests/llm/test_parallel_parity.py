@@ -1,4 +1,5 @@
-"""Loss-curve parity: 2-rank ZeRO-0/1/2/3 and 2-stage pipeline runs against single-process PyTorch.
+"""Loss-curve parity: 2-rank ZeRO-0/1/2/3, 2-stage pipeline and 2-way sequence-split runs (and a 4-rank
+2 data-parallel x 2 sequence-parallel one) against single-process PyTorch.
 
 Same seed, same global batch, same sample order: every layout must give the same loss at
 every step.  Layouts differ only in the order of floating-point reductions (gradient
@@ -7,7 +8,8 @@ over 20 optimizer steps: relative 2e-6 (measured: below 2e-7).
 The consolidated checkpoint of each layout holds the reference's final weights, and a checkpoint
 saved mid-run (asynchronously, while training went on) holds the weights of its own step.  A run
 resumed from that mid-run checkpoint on its own layout repeats the second half bit for bit; a
-pipelined checkpoint refuses any other layout in one line per rank.
+pipelined checkpoint refuses any other layout in one line per rank.  A sequence split changes no
+weight: its checkpoints resume with or without the split, and its Hugging Face export is the unsplit model.
 """
 
 import shutil
@@ -19,6 +21,7 @@ import torch
 from data_shards.loader import GlobalBatchLoader
 from llm import checkpoint
 from llm.checkpoint import load_model, load_model_state
+from llm.export_hf import export_hf, hf_state_dict, read_safetensors
 from llm.model import next_token_loss
 from ops import storage
 from ops.records import RunRecords
@@ -44,6 +47,8 @@ LAYOUTS = {
     "pipeline2_checkpointed": {"zero_stage": 0, "pipeline_stages": 2, "model": {"activation_checkpointing": True}},
     "zero3_tied": {"zero_stage": 3, "model": {"tie_embeddings": True}},
     "zero2_checkpointed": {"zero_stage": 2, "model": {"activation_checkpointing": True}},
+    "sequence2_zero3": {"zero_stage": 3, "sequence_parallel": 2},
+    "data2_sequence2": {"zero_stage": 2, "sequence_parallel": 2, "nproc": 4},
 }
 
 
@@ -64,9 +69,10 @@ def layout_run(ranks, token_data, tmp_path_factory):
     def run(layout):
         if layout not in runs:
             tmp = tmp_path_factory.mktemp(layout)
-            job = ranks.job(tmp / "run", token_data, steps=STEPS, checkpoint_every=STEPS // 2, **LAYOUTS[layout])
+            train = {"nproc": 2, **LAYOUTS[layout]}
+            job = ranks.job(tmp / "run", token_data, steps=STEPS, checkpoint_every=STEPS // 2, **train)
             reference = ranks.reference_run(job)
-            proc = ranks.torchrun(job, tmp)
+            proc = ranks.torchrun(job, tmp, nproc=train["nproc"])
             assert proc.returncode == 0, ranks.errors(proc)
             runs[layout] = job, [r["loss"] for r in RunRecords(job.run_dir).metrics()], reference
         return runs[layout]
@@ -84,7 +90,7 @@ def from_halfway(job, tmp_path, **train):
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_two_rank_layout_matches_single_process_loss_curve(layout, layout_run):
+def test_each_layout_matches_the_single_process_loss_curve(layout, layout_run):
     job, got, (expected, reference_model) = layout_run(layout)
     assert len(got) == STEPS
     worst = max(abs(g - e) / e for g, e in zip(got, expected))
@@ -135,3 +141,28 @@ def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_per_rank(l
     assert "llm/worker.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
     failures = [e for e in RunRecords(other.run_dir).events() if e["event"] == "failure"]
     assert {f["error"] for f in failures} == {f"CheckpointError: {expected}"}
+
+
+@pytest.mark.parametrize(("layout", "sequence_parallel"), [("sequence2_zero3", 1), ("zero3", 2)])
+def test_a_run_resumed_with_another_sequence_split_continues_its_curve(layout, sequence_parallel, layout_run, ranks, tmp_path):
+    """A sequence split changes no weight and no ZeRO partition: the checkpoint loads as saved, and only the
+    order of the loss's sums differs."""
+    job, got, _ = layout_run(layout)
+    resumed = from_halfway(job, tmp_path, sequence_parallel=sequence_parallel)
+    proc = ranks.torchrun(resumed, tmp_path)
+    assert proc.returncode == 0, ranks.errors(proc)
+    records = RunRecords(resumed.run_dir)
+    again = records.metrics()[STEPS:]
+    assert [r["step"] for r in again] == list(range(STEPS // 2 + 1, STEPS + 1))
+    assert [r["loss"] for r in again] == pytest.approx(got[STEPS // 2 :], rel=TOLERANCE)
+    assert [e["step"] for e in records.events() if e["event"] == "resume"] == [STEPS // 2]
+
+
+def test_the_hugging_face_export_of_a_sequence_split_run_is_the_unsplit_model(layout_run, tmp_path):
+    job, _, (_, reference_model) = layout_run("sequence2_zero3")
+    assert export_hf(job.run_dir, str(tmp_path / "hf")) == STEPS
+    exported = read_safetensors(str(tmp_path / "hf" / "model.safetensors"))
+    expected = hf_state_dict(reference_model.state_dict(), tie_embeddings=False)
+    assert set(exported) == set(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(torch.tensor(exported[name]), tensor, rtol=0, atol=WEIGHT_TOLERANCE, msg=name)
