@@ -9,9 +9,11 @@ printed, logged, or put into configs, job metadata or run records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
+from typing import Iterator
 
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
@@ -60,3 +62,43 @@ def write_new_token(path: str | os.PathLike) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(secrets.token_hex(32))
     return path
+
+
+@contextlib.contextmanager
+def private_token(folder: str | os.PathLike) -> Iterator[Path]:
+    """Token authentication for a Ray started in this process, with a new token kept in ``folder``.
+
+    ``folder`` must be private to the user (``tempfile.mkdtemp`` makes it 0700).  For the duration,
+    ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` name the new token, so the Ray processes
+    started here require it and this process presents it; a ``RAY_AUTH_TOKEN`` of the user's is
+    set aside, and neither Ray's default (``~/.ray/auth_token``, shared by every local Ray of the
+    user) nor Ray's choice of whether to authenticate at all is relied on.  The environment is
+    restored afterwards.
+    """
+    path = write_new_token(Path(folder) / "auth_token")
+    saved = {name: os.environ.get(name) for name in (AUTH_MODE_ENV, TOKEN_PATH_ENV, TOKEN_ENV)}
+    os.environ[AUTH_MODE_ENV] = "token"
+    os.environ[TOKEN_PATH_ENV] = str(path)
+    os.environ.pop(TOKEN_ENV, None)
+    _reload_ray_token()
+    try:
+        yield path
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_ray_token()
+
+
+def _reload_ray_token() -> None:
+    """Make this process's Ray re-read the auth mode and token from the environment.
+
+    Ray caches both once per process; without this a second Ray started by the same command
+    would be offered the first one's token.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
