@@ -34,15 +34,15 @@ def cmd_train(args) -> int:
 
 
 def _eval_config(args: argparse.Namespace):
-    """The config file given, or the resolved config a run saved when given its RUN_URL."""
+    """The config file given, or, given a RUN_URL, the run its saved config describes (as data only:
+    where to connect and what to run stay the user's)."""
     import os
 
-    from launch.config import load_config
+    from launch.config import SAVED_CONFIG, load_config, load_run_config
     from ops import storage
 
-    saved = storage.join(args.config, "config.yaml")
-    if not os.path.isfile(args.config) and storage.exists(saved):
-        return load_config(saved, args.overrides)
+    if not os.path.isfile(args.config) and storage.exists(storage.join(args.config, SAVED_CONFIG)):
+        return load_run_config(args.config, args.overrides)
     return load_config(args.config, args.overrides)
 
 
@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep watching the run: evaluate each newly committed checkpoint until the run finishes",
     )
     p.epilog = (
-        "CONFIG may also be a RUN_URL (its saved config.yaml is used).  "
+        "CONFIG may also be a RUN_URL: its saved config.yaml gives the model, data and eval.* "
+        "(cluster.*, storage.* and train.* come from overrides, RAY_ADDRESS and defaults, never from the run folder).  "
         "kiln eval make-cloze DATA_URL OUT.jsonl [--n N] builds a cloze task from held-out documents."
     )
     _with_config(add("run", cmd_run, "prepare → train → eval, skipping stages whose output is committed"))
