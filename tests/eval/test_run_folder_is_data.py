@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cluster.config import ClusterConfig
 from launch.cli import main
 from launch.config import load_run_config
 from ops import storage
@@ -53,12 +54,24 @@ def planted(trained_run, tmp_path_factory):
         yield run, sockets
 
 
-def test_a_saved_config_gives_the_model_data_and_eval_but_not_the_cluster_storage_or_launcher(planted, trained_run):
-    run, _ = planted
+def test_a_saved_config_gives_the_model_data_and_eval_but_not_the_cluster_storage_or_launcher(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {
+        "run": {"name": "planted", "dir": "s3://elsewhere/run", "seed": 7},
+        "data": {"inputs": ["in.jsonl"], "output": "data-url", "vocab_size": 512},
+        "model": {"dim": 32},
+        "train": {"launcher": "ray", "nodes": 64},
+        "eval": {"slice_size": 8},
+        "cluster": {"address": "ray://127.0.0.1:1", "entrypoint_num_cpus": 4},
+        "storage": {"options": {"endpoint_url": "http://127.0.0.1:1"}},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
     cfg = load_run_config(str(run))
-    assert cfg.cluster.address is None and cfg.storage.options == {} and cfg.train.launcher == "local"
+    assert cfg.cluster.model_dump() == ClusterConfig().model_dump() and cfg.storage.options == {}
+    assert cfg.train.launcher == "local" and cfg.train.nodes == 1
     assert cfg.run_url == str(run)  # the run is where the user found it, not where its file says
-    assert cfg.data_url == trained_run.data_url and cfg.model.dim == 32 and cfg.eval.slice_size == 8
+    assert (cfg.run.name, cfg.run.seed, cfg.data_url, cfg.model.dim, cfg.eval.slice_size) == ("planted", 7, "data-url", 32, 8)
     # the user's own overrides still choose
     assert load_run_config(str(run), ["cluster.address=ray://head:10001"]).cluster.address == "ray://head:10001"
 
