@@ -10,14 +10,17 @@ printed, logged, or put into configs, job metadata or run records.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
+INSECURE_ENV = "KILN_ALLOW_INSECURE_TOKEN"
 
 
 def default_token_path() -> Path:
@@ -52,6 +55,39 @@ def auth_headers(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The HTTP header that authenticates to a token-protected Ray dashboard (empty without a token)."""
     token = find_token(environ)
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as written in a URL) is this machine's loopback: localhost, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_token_allowed(flag: bool = False, environ: dict[str, str] | None = None) -> bool:
+    """Whether the user asked for the token to go over plain http to another machine (flag or environment)."""
+    env = os.environ if environ is None else environ
+    return flag or env.get(INSECURE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def plain_http_refusal(address: str) -> str | None:
+    """Why the token must not be sent to ``address``, in one line, or None where it may.
+
+    Over plain http anyone on the network path reads the Bearer header, and with it may run any
+    code on the cluster; so it goes only over https, or to a loopback address (which an SSH
+    tunnel provides), unless the user allows otherwise.
+    """
+    parsed = urlparse(address)
+    if parsed.scheme != "http" or is_loopback(parsed.hostname or ""):
+        return None
+    return (
+        f"not sending the Ray token to {address} over plain http, where anyone on the network path can read it: "
+        f"use an https:// address, or an SSH tunnel (ssh -L 8265:127.0.0.1:8265 {parsed.hostname}, then "
+        f"--address http://127.0.0.1:8265), or on a network you trust --allow-insecure-token ({INSECURE_ENV}=1)"
+    )
 
 
 def write_new_token(path: str | os.PathLike) -> Path:
