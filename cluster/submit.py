@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
-from cluster.auth import auth_headers, token_locations
+from cluster.auth import auth_headers, plain_http_refusal, token_locations
 
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 POLL_S = 1.0
@@ -44,9 +44,13 @@ class Jobs:
     client: JobSubmissionClient
 
     @classmethod
-    def connect(cls, address: str) -> "Jobs":
+    def connect(cls, address: str, allow_insecure_token: bool = False) -> "Jobs":
+        """Connect to ``address``; the token goes over plain http only to a loopback address, or when allowed."""
         address = check_address(address)
         headers = auth_headers()
+        refusal = None if allow_insecure_token or not headers else plain_http_refusal(address)
+        if refusal:
+            raise JobsError(refusal)
         try:
             client = JobSubmissionClient(address, headers=headers)
         except AuthenticationError:

@@ -34,15 +34,15 @@ def cmd_train(args) -> int:
 
 
 def _eval_config(args: argparse.Namespace):
-    """The config file given, or the resolved config a run saved when given its RUN_URL."""
+    """The config file given, or, given a RUN_URL, the run its saved config describes (as data only:
+    where to connect and what to run stay the user's)."""
     import os
 
-    from launch.config import load_config
+    from launch.config import SAVED_CONFIG, load_config, load_run_config
     from ops import storage
 
-    saved = storage.join(args.config, "config.yaml")
-    if not os.path.isfile(args.config) and storage.exists(saved):
-        return load_config(saved, args.overrides)
+    if not os.path.isfile(args.config) and storage.exists(storage.join(args.config, SAVED_CONFIG)):
+        return load_run_config(args.config, args.overrides)
     return load_config(args.config, args.overrides)
 
 
@@ -99,7 +99,9 @@ def _follow(jobs, job_id: str) -> int:
 def cmd_submit(args) -> int:
     from launch.submission import submit
 
-    jobs, job_id = submit(_config(args), _address(args))
+    from cluster.auth import insecure_token_allowed
+
+    jobs, job_id = submit(_config(args), _address(args), insecure_token_allowed(args.allow_insecure_token))
     print(job_id)
     print(
         f"kiln: submitted {job_id} to {jobs.address}; follow it with: "
@@ -113,9 +115,10 @@ def cmd_jobs(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from cluster.auth import insecure_token_allowed
     from cluster.submit import Jobs
 
-    jobs = Jobs.connect(_address(args))
+    jobs = Jobs.connect(_address(args), insecure_token_allowed(args.allow_insecure_token))
     if args.jobs_command == "list":
         table = Table(title=f"jobs · {jobs.address}")
         for col in ("job id", "status", "run", "entrypoint"):
@@ -283,6 +286,15 @@ def _with_job_shape(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of printing")
 
 
+def _with_insecure_token(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-insecure-token",
+        action="store_true",
+        help="send the Ray token over plain http to another machine (default: only https or a loopback "
+        "address such as an SSH tunnel; KILN_ALLOW_INSECURE_TOKEN=1 also allows it)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln", description="Pretrain Llama-style language models: prepare → train → eval → monitor."
@@ -304,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep watching the run: evaluate each newly committed checkpoint until the run finishes",
     )
     p.epilog = (
-        "CONFIG may also be a RUN_URL (its saved config.yaml is used).  "
+        "CONFIG may also be a RUN_URL: its saved config.yaml gives the model, data and eval.* "
+        "(cluster.*, storage.* and train.* come from overrides, RAY_ADDRESS and defaults, never from the run folder).  "
         "kiln eval make-cloze DATA_URL OUT.jsonl [--n N] builds a cloze task from held-out documents."
     )
     _with_config(add("run", cmd_run, "prepare → train → eval, skipping stages whose output is committed"))
@@ -313,12 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(p)
     p.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
     p.add_argument("--follow", action="store_true", help="stream the job's logs and exit with its outcome")
+    _with_insecure_token(p)
 
     p = add("jobs", cmd_jobs, "list, inspect, follow and stop jobs on a Ray cluster")
     p.add_argument("jobs_command", choices=["list", "status", "logs", "stop"])
     p.add_argument("job_id", nargs="?")
     p.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
     p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    _with_insecure_token(p)
 
     p = add("monitor", cmd_monitor, "live dashboard over a run's records")
     p.add_argument("run_url")

@@ -176,8 +176,7 @@ def _describe(err: dict, source: str) -> str:
     return f"{source}: {dotted}: {err['msg']} (got {given!r})"
 
 
-def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnConfig:
-    """Read ``path`` (a local file or a URL), apply dotted overrides, validate. Raises ConfigError with one line."""
+def _read_tree(path: str) -> dict:
     if not storage.exists(path):
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -188,6 +187,10 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnC
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, model, train, ...)")
+    return tree
+
+
+def _validated(tree: dict, overrides: list[str] | tuple[str, ...], source: str) -> KilnConfig:
     for override in overrides:
         apply_override(tree, override)
     try:
@@ -196,4 +199,32 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnC
         errors = e.errors()
         # A misspelled key also leaves the right one missing: name the misspelling.
         first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
-        raise ConfigError(_describe(first, path)) from None
+        raise ConfigError(_describe(first, source)) from None
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnConfig:
+    """Read ``path`` (a local file or a URL), apply dotted overrides, validate. Raises ConfigError with one line."""
+    return _validated(_read_tree(path), overrides, path)
+
+
+SAVED_CONFIG = "config.yaml"
+# What a run folder may describe. Whoever can write the folder (a bucket's other writers) must not
+# decide where a command connects or what it runs: cluster, storage and train (launcher, ranks)
+# come from the user's own overrides, environment and defaults instead.
+RUN_FOLDER_SECTIONS = ("run", "data", "model", "eval")
+
+
+def load_run_config(run_url: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnConfig:
+    """The run in ``run_url`` as its saved config describes it, taken as data only.
+
+    Only the model, data, eval and run description are read from ``RUN_URL/config.yaml``; the run
+    lives where the user found it (``run.dir`` is ``run_url``, whatever the file says); everything
+    else is the user's: the dotted overrides given here, the environment (``RAY_ADDRESS``, AWS
+    variables) and the defaults.
+    """
+    saved = storage.join(run_url, SAVED_CONFIG)
+    tree = _read_tree(saved)
+    kept = {section: tree[section] for section in RUN_FOLDER_SECTIONS if section in tree}
+    run = kept.get("run")
+    kept["run"] = {**(run if isinstance(run, dict) else {}), "dir": run_url}
+    return _validated(kept, overrides, saved)

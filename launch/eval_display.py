@@ -5,18 +5,19 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from cluster.eval import EvalReport
 
 
 def eval_table(report: EvalReport, run_url: str) -> Table:
-    table = Table(title=f"evaluation · {run_url} · step {report.step}")
+    table = Table(title=Text(f"evaluation · {run_url} · step {report.step}"))
     table.add_column("task")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for result in report.results:
         for i, metric in enumerate(result.metrics):
-            table.add_row(result.name if i == 0 else "", metric.label, metric.formatted())
+            table.add_row(Text(result.name if i == 0 else ""), Text(metric.label), Text(metric.formatted()))
         table.add_section()
     return table
 

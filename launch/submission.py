@@ -92,9 +92,9 @@ def stage_working_dir(folder: str, cfg: KilnConfig) -> None:
     Path(folder, JOB_CONFIG).write_text(cfg.to_yaml(), encoding="utf-8")
 
 
-def submit(cfg: KilnConfig, address: str) -> tuple[Jobs, str]:
+def submit(cfg: KilnConfig, address: str, allow_insecure_token: bool = False) -> tuple[Jobs, str]:
     """Submit ``kiln run`` of ``cfg`` to the cluster at ``address``; returns the connection and the job id."""
-    jobs = Jobs.connect(address)
+    jobs = Jobs.connect(address, allow_insecure_token)
     resolved = config_for_cluster(cfg, cluster_is_on_this_machine(jobs.address))
     with tempfile.TemporaryDirectory(prefix="kiln-submit-") as folder:
         stage_working_dir(folder, resolved)

@@ -67,16 +67,20 @@ def write_file(
 
 
 def _check(url: str, entry: FileEntry, read: Callable[[], BinaryIO], sink: BinaryIO | None) -> str | None:
-    sha, size = hashlib.sha256(), 0
+    """Read ``url`` through, hashing it (and copying it to ``sink``), but never more than one byte past
+    the size the record lists: a file grown after its commit is refused without reading the rest."""
+    sha, size, limit = hashlib.sha256(), 0, entry.bytes + 1
     try:
         with read() as f:
-            while chunk := f.read(CHUNK):
+            while size < limit and (chunk := f.read(min(CHUNK, limit - size))):
                 sha.update(chunk)
                 size += len(chunk)
                 if sink is not None:
                     sink.write(chunk)
     except FileNotFoundError:
         return f"{url} is missing"
+    if size > entry.bytes:
+        return f"{url} is larger than the {entry.bytes} bytes the record lists"
     if size != entry.bytes:
         return f"{url} is {size} bytes; the record lists {entry.bytes}"
     if sha.hexdigest() != entry.sha256:

@@ -95,7 +95,7 @@ def header(status: RunStatus, width: int, error: str | None = None) -> Panel:
     body: RenderableType = grid
     if error:
         body = Group(grid, Text(f"records not read: {error}", style="bold red"))
-    title = " · ".join(p for p in ("kiln", status.name, status.run_url) if p)
+    title = Text(" · ".join(p for p in ("kiln", status.name, status.run_url) if p))
     return Panel(body, title=title, title_align="left", box=box.ROUNDED)
 
 
@@ -103,7 +103,15 @@ def _rank_row(r: RankHealth) -> list[RenderableType]:
     state = Text(r.state, style=RANK_STYLES[r.state])
     if r.straggler:
         state.append(" straggler", style="bold yellow")
-    return [str(r.rank), r.host, _num(r.step, "d"), duration(r.step_time_s), duration(r.idle_s), duration(r.age_s), state]
+    return [
+        str(r.rank),
+        Text(r.host),
+        _num(r.step, "d"),
+        duration(r.step_time_s),
+        duration(r.idle_s),
+        duration(r.age_s),
+        state,
+    ]
 
 
 def ranks_panel(status: RunStatus, max_rows: int = MAX_RANK_ROWS) -> Panel:
@@ -186,24 +194,24 @@ def eval_panel(status: RunStatus) -> Panel:
     heldout.add_column(style="dim")
     heldout.add_column(justify="right")
     for key, value in ev.metrics.items():
-        heldout.add_row(key, f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.4g}")
+        heldout.add_row(Text(key), f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.4g}")
     lines.append(heldout)
     if ev.tasks:
         keys = sorted({k for t in ev.tasks.values() for k in t})
         tasks = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         tasks.add_column("task")
         for key in keys:
-            tasks.add_column(key, justify="right")
+            tasks.add_column(Text(key), justify="right")
         for name, values in sorted(ev.tasks.items()):
-            tasks.add_row(name, *(_cell(values.get(k)) for k in keys))
+            tasks.add_row(Text(name), *(_cell(values.get(k)) for k in keys))
         lines.append(tasks)
     return Panel(Group(*lines), title=f"evaluation · step {ev.step}", title_align="left", box=box.ROUNDED)
 
 
-def _cell(value) -> str:
+def _cell(value) -> Text:
     if isinstance(value, float):
-        return f"{value:.4g}"
-    return "—" if value is None else str(value)
+        return Text(f"{value:.4g}")
+    return Text("—" if value is None else str(value))
 
 
 def events_panel(status: RunStatus) -> Panel:
@@ -211,7 +219,7 @@ def events_panel(status: RunStatus) -> Panel:
     table.add_column(style="dim", no_wrap=True)
     table.add_column(ratio=1)
     for e in status.recent_events:
-        table.add_row(time.strftime("%H:%M:%S", time.localtime(e.time)), e.sentence)
+        table.add_row(time.strftime("%H:%M:%S", time.localtime(e.time)), Text(e.sentence))
     body: RenderableType = table if status.recent_events else Text("no events yet", style="dim")
     return Panel(body, title="events", title_align="left", box=box.ROUNDED)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import re
+import threading
+
 import pytest
 
 from support.s3_endpoint import s3_endpoint
@@ -32,6 +36,44 @@ def s3_bucket(monkeypatch):
     finally:
         reset_moto(endpoint)
         server.stop()
+
+
+@pytest.fixture
+def counted_s3(monkeypatch):
+    """A moto S3 server on 127.0.0.1 whose GET response bytes are counted per (access key, object path)."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    counts: collections.Counter = collections.Counter()
+    moto = DomainDispatcherApplication(create_backend_app)
+
+    def counting(environ, start_response):
+        body = moto(environ, start_response)
+        if environ["REQUEST_METHOD"] != "GET":
+            return body
+        credential = re.search(r"Credential=([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+        key = (credential.group(1) if credential else "", environ.get("PATH_INFO", ""))
+
+        def chunks():
+            try:
+                for chunk in body:
+                    counts[key] += len(chunk)
+                    yield chunk
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+
+        return chunks()
+
+    server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with s3_endpoint(monkeypatch, f"http://127.0.0.1:{server.server_port}") as bucket:
+            yield bucket, counts
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 @pytest.fixture(scope="session")

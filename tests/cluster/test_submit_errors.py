@@ -1,5 +1,6 @@
 """What `kiln submit` refuses before it reaches a cluster, and how it says so."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -7,12 +8,13 @@ import sys
 import psutil
 import pytest
 
+from cluster.auth import insecure_token_allowed, plain_http_refusal
 from launch.config import ConfigError, load_config
 from launch.submission import cluster_is_on_this_machine, config_for_cluster, stage_working_dir
 
 
-def kiln(*args):
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=120)
+def kiln(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture
@@ -82,3 +84,37 @@ def test_the_job_carries_kilns_code_and_the_resolved_config_but_no_caches(config
     assert staged == {"cluster", "data_shards", "launch", "llm", "ops", "kiln-job.yaml"}
     assert not list((tmp_path / "job").rglob("__pycache__"))
     assert load_config(str(tmp_path / "job" / "kiln-job.yaml")).run_url == "s3://bucket/runs/r"
+
+
+@pytest.mark.parametrize(
+    "address, refused",
+    [
+        ("http://10.0.0.5:8265", True),
+        ("http://head.example.org:8265", True),
+        ("http://127.0.0.1.example.org:8265", True),
+        ("http://127.0.0.1:8265", False),
+        ("http://127.3.4.5:8265", False),
+        ("http://localhost:8265", False),
+        ("http://[::1]:8265", False),
+        ("https://head.example.org:8265", False),
+    ],
+)
+def test_the_token_goes_over_plain_http_only_to_a_loopback_address(address, refused):
+    assert (plain_http_refusal(address) is not None) == refused
+
+
+def test_a_flag_or_the_environment_lets_the_token_go_over_plain_http():
+    assert insecure_token_allowed(True, {}) and insecure_token_allowed(False, {"KILN_ALLOW_INSECURE_TOKEN": "1"})
+    assert not insecure_token_allowed(False, {}) and not insecure_token_allowed(False, {"KILN_ALLOW_INSECURE_TOKEN": "0"})
+
+
+@pytest.mark.parametrize("command", [["jobs", "list"], ["submit", "CONFIG"]])
+def test_kiln_refuses_to_send_a_token_over_plain_http_to_another_machine_in_one_line(config, tmp_path, command):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "KILN_"))}
+    env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN="f" * 64)
+    address = "http://192.0.2.10:8265"  # nothing is asked of it: the refusal comes first
+    out = kiln(*[config if part == "CONFIG" else part for part in command], "--address", address, env=env)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"kiln: error: not sending the Ray token to {address} over plain http")
+    assert "ssh -L 8265:127.0.0.1:8265 192.0.2.10" in out.stderr and "--allow-insecure-token" in out.stderr
+    assert "f" * 64 not in out.stderr

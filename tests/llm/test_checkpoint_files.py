@@ -54,3 +54,42 @@ def test_a_short_or_missing_file_is_named(step_url):
     assert verify(step_url, entry) == f"{url} is {len(PAYLOAD) - 1} bytes; the record lists {len(PAYLOAD)}"
     storage.remove(url)
     assert verify(step_url, entry) == f"{url} is missing"
+
+
+GROWN = 64 * 2**20
+
+
+def grow_after_commit(step_url):
+    entry = write(step_url)
+    url = storage.join(step_url, entry.path)
+    storage.write_bytes(url, PAYLOAD + os.urandom(GROWN))
+    return entry, url
+
+
+def bytes_read_by_this_process() -> int:
+    """Bytes this process has taken in through read() so far."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_a_file_grown_after_its_commit_is_refused_one_byte_past_the_recorded_size(tmp_path):
+    step_url = str(tmp_path / "run" / "checkpoints" / "step-00000002")
+    entry, url = grow_after_commit(step_url)
+    before = bytes_read_by_this_process()
+    problem = fetch(step_url, entry, str(tmp_path / "fetched"))
+    read = bytes_read_by_this_process() - before
+    assert problem == f"{url} is larger than the {len(PAYLOAD)} bytes the record lists"
+    assert not (tmp_path / "fetched" / entry.path).exists()
+    assert read < len(PAYLOAD) + GROWN // 4  # the rest of the grown file was never read
+    assert verify(step_url, entry) == problem
+
+
+def test_on_s3_a_grown_file_is_refused_after_downloading_one_byte_past_the_recorded_size(counted_s3, tmp_path):
+    bucket, counts = counted_s3
+    step_url = bucket + "/run/checkpoints/step-00000002"
+    entry, url = grow_after_commit(step_url)
+    counts.clear()
+    problem = fetch(step_url, entry, str(tmp_path / "fetched"))
+    assert problem == f"{url} is larger than the {len(PAYLOAD)} bytes the record lists"
+    assert not (tmp_path / "fetched" / entry.path).exists()
+    assert sum(counts.values()) == len(PAYLOAD) + 1  # bytes the server sent: the recorded size and one more

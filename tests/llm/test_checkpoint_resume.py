@@ -1,18 +1,14 @@
 """Resume with two real DeepSpeed ranks: damaged files are caught and passed over, and on S3 each
 rank downloads only the files it loads (bytes counted by the S3 server itself)."""
 
-import collections
-import re
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from llm import checkpoint
 from ops import storage
 from ops.records import RunRecords
-from support.s3_endpoint import s3_endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -84,44 +80,6 @@ def test_a_damaged_file_is_named_by_ckpt_verify_and_makes_every_rank_fall_back_t
     assert failure["error"].startswith(
         f"CheckpointError: no committed checkpoint under {checkpoint.checkpoints_url(job.run_dir)} passes its checks"
     )
-
-
-@pytest.fixture
-def counted_s3(monkeypatch):
-    """A moto S3 server on 127.0.0.1 whose GET response bytes are counted per (access key, object path)."""
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
-
-    counts: collections.Counter = collections.Counter()
-    moto = DomainDispatcherApplication(create_backend_app)
-
-    def counting(environ, start_response):
-        body = moto(environ, start_response)
-        if environ["REQUEST_METHOD"] != "GET":
-            return body
-        credential = re.search(r"Credential=([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
-        key = (credential.group(1) if credential else "", environ.get("PATH_INFO", ""))
-
-        def chunks():
-            try:
-                for chunk in body:
-                    counts[key] += len(chunk)
-                    yield chunk
-            finally:
-                if hasattr(body, "close"):
-                    body.close()
-
-        return chunks()
-
-    server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with s3_endpoint(monkeypatch, f"http://127.0.0.1:{server.server_port}") as bucket:
-            yield bucket, counts
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 def test_on_s3_each_rank_downloads_only_the_model_states_and_its_own_optimizer_partition(

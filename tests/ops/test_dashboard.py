@@ -143,3 +143,26 @@ def test_kiln_monitor_once_prints_one_frame_and_a_url_without_a_run_is_an_error(
         timeout=120,
     )
     assert missing.returncode == 2 and missing.stderr.startswith("kiln: error: ")
+
+
+MARKUP = ["[red]RED[/]", "[/]", "[link=https://example.invalid]click[/link]", "[bold", "x[/bold]y"]
+
+
+@pytest.mark.parametrize("hostile", MARKUP)
+def test_text_from_records_shows_literally_never_as_markup(runs, hostile):
+    import yaml
+
+    events = STARTED + [("failure", 5, {"rank": 1, "host": "node-1", "error": f"RuntimeError: {hostile}"})]
+    evals = [{"step": 40, "loss": 3.2, "tasks": {f"t{hostile}": {f"m{hostile}": 0.5, "note": hostile}}}]
+    config = yaml.safe_dump({"run": {"name": f"n{hostile}"}, "train": {"steps": 100}})
+    beats = [runs.beat(0), runs.beat(1, host=f"h{hostile}")]
+    run = runs.make(events=events, beats=beats, evals=evals, config=config)
+    snapshot = RunWatcher(run).refresh(now=runs.now)
+    assert snapshot.status.name == f"n{hostile}"
+    for drawn in (render(snapshot, 400), render_summary(snapshot.status, 400)):
+        console = Console(record=True, width=400, height=200, color_system="truecolor")
+        console.print(drawn)
+        text = console.export_text()
+        for shown in (f"n{hostile}", f"h{hostile}", f"RuntimeError: {hostile}", f"t{hostile}", f"m{hostile}"):
+            assert shown in text, shown
+        assert "\x1b]8;" not in console.export_text(styles=True)  # no terminal hyperlink
