@@ -74,7 +74,7 @@ def config(tmp_path):
     path.write_text(
         yaml.safe_dump(
             {
-                "run": {"name": "Llama_7B run", "dir": "s3://bucket/runs/7b"},
+                "run": {"name": "Llama_7B.run", "dir": "s3://bucket/runs/7b"},
                 "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/7b"},
                 "train": {"nproc": 2, "max_restarts": 3, "micro_batch": 1, "global_batch": 256},
             }

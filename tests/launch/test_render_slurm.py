@@ -28,7 +28,7 @@ def config(tmp_path):
     path.write_text(
         yaml.safe_dump(
             {
-                "run": {"name": "Big Run", "dir": "s3://bucket/runs/big"},
+                "run": {"name": "Big_Run", "dir": "s3://bucket/runs/big"},
                 "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/big"},
                 "train": {"nproc": 2, "launcher": "local", "micro_batch": 1, "global_batch": 256},
             }
@@ -315,6 +315,6 @@ def test_submit_without_sbatch_is_one_line(tmp_path, config, capsys, monkeypatch
     assert code == 2 and err.count("\n") == 1 and "sbatch not found on PATH" in err
 
 
-@pytest.mark.parametrize("run_name, job", [("Big Run", "kiln-big-run"), ("kiln-7b", "kiln-7b"), ("__", "kiln-run")])
+@pytest.mark.parametrize("run_name, job", [("Big_Run", "kiln-big-run"), ("kiln-7b", "kiln-7b"), ("__", "kiln-run")])
 def test_the_job_is_named_after_the_run_once(run_name, job):
     assert job_name(KilnConfig.model_validate({"run": {"name": run_name}, "data": {}})) == job
