@@ -195,7 +195,9 @@ exit 1
         **job_environment(slurm),
         "PATH": f"{bin_dir}:{job_environment(slurm)['PATH']}",
         "PROBE": str(probe),
-        "RAY_raylet_start_wait_time_s": "600",  # a busy test machine can take minutes to start the head
+        # A busy test machine can take minutes to start the head's raylet and its agents.
+        "RAY_raylet_start_wait_time_s": "600",
+        "RAY_agent_register_timeout_ms": "600000",
     }
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", "launch", "slurm", str(config), "--gpus-per-node", "0", "--ray", "--submit"],
