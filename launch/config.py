@@ -9,12 +9,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.config import ClusterConfig, EvalConfig
 from data_shards.config import DataConfig
@@ -28,11 +29,22 @@ class ConfigError(Exception):
     """A config file or override that cannot be used; the message is one line."""
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = "kiln"
+    name: str = Field(default="kiln", description="names the run's folder and its cluster jobs")
     dir: str = Field(default="", description="RUN_URL; defaults to runs/<name>")
     seed: int = 1234
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, value: str) -> str:
+        # It becomes a folder name and part of job names, scripts and manifests: a plain name, nothing to quote.
+        if not RUN_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a run name; use letters, digits and ._- (not starting with '.')")
+        return value
 
 
 class StorageConfig(BaseModel):

@@ -1,7 +1,8 @@
 """Cluster job rendering: pure functions from a resolved config and typed launch options to the text of a job.
 
-``render_sbatch`` writes a SLURM batch script, ``render_rayjob`` a KubeRay RayJob with its ConfigMap;
-the jinja2 templates live beside them in ``templates/``.
+``render_sbatch`` writes a SLURM batch script from the jinja2 templates in ``templates/`` (every value in it
+is a validated name or number, or sits in a quoted heredoc); ``render_rayjob`` builds a KubeRay RayJob with
+its ConfigMap as data and writes it with a YAML serializer.
 """
 
 from launch.render.kubernetes import render_rayjob

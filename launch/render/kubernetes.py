@@ -12,12 +12,8 @@ from launch.config import ConfigError, KilnConfig
 from launch.render.job_config import job_config, job_name
 from launch.render.options import KubernetesOptions
 from launch.render.policy import manifest_violations
-from launch.render.templates import render_template
+from launch.render.rayjob import manifest_text, rayjob_documents
 
-CONFIG_MOUNT = "/etc/kiln"
-POD_UID = 1000  # the unprivileged user of the image (see Dockerfile)
-HEAD_CPUS = 4
-HEAD_MEMORY = "16Gi"
 CREDENTIAL_KEY = re.compile(r"secret|password|token|credential|private|(^|_)key$", re.IGNORECASE)
 
 
@@ -42,19 +38,9 @@ def render_rayjob(cfg: KilnConfig, options: KubernetesOptions) -> str:
     """A ConfigMap and a RayJob as one multi-document YAML, checked against Kiln's manifest policy."""
     _check_storage(cfg)
     job = job_config(cfg, options, launcher="ray")
-    text = render_template(
-        "rayjob.yaml.j2",
-        o=options,
-        run_name=job.run.name,
-        name=job_name(job),
-        config_yaml=job.to_yaml(),
-        config_mount=CONFIG_MOUNT,
-        backoff_limit=job.train.max_restarts,
-        ray_version=version("ray"),
-        uid=POD_UID,
-        head_cpus=HEAD_CPUS,
-        head_memory=HEAD_MEMORY,
-    )
+    documents = rayjob_documents(job_name(job), job.to_yaml(), options, job.train.max_restarts, version("ray"))
+    header = f"Kiln run {job.run.name} on Kubernetes (KubeRay), rendered by `kiln launch k8s`. Apply with `kubectl apply -f`."
+    text = manifest_text(documents, header)
     violations = manifest_violations(list(yaml.safe_load_all(text)), options.gpus_per_node)
     if violations:
         raise RuntimeError(f"rendered manifest breaks Kiln's policy: {'; '.join(violations)}")

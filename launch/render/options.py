@@ -15,12 +15,14 @@ from launch.config import ConfigError
 
 # SLURM's --time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
 # days-hours:minutes, days-hours:minutes:seconds; 0, UNLIMITED or INFINITE for no limit.
-SLURM_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|UNLIMITED|INFINITE")
+SLURM_TIME = re.compile(r"[0-9]+(:[0-9]+){0,2}|[0-9]+-[0-9]+(:[0-9]+){0,2}|UNLIMITED|INFINITE")
 SLURM_TIME_FORMATS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 # Partition, account and QOS names go into #SBATCH lines: no spaces, quotes or shell characters.
 SLURM_NAME = r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$"
 # A Kubernetes object name (RFC 1123 label), as namespaces and Secrets need.
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+# An image reference: [registry[:port]/]path[:tag][@digest].
+IMAGE_REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
 K8S_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 
 HINTS = {
@@ -35,7 +37,7 @@ VALID_FORMS = {
     "qos": SLURM_NAME_HELP,
     "namespace": K8S_NAME_HELP,
     "secret": K8S_NAME_HELP,
-    "image": "an image reference without spaces",
+    "image": "an image reference: letters, digits and ._/:@- (registry/path:tag@digest)",
     "memory_per_node": "a Kubernetes quantity such as 64Gi",
 }
 
@@ -67,7 +69,7 @@ class SlurmOptions(LaunchOptions):
 
 
 class KubernetesOptions(LaunchOptions):
-    image: str = Field(min_length=1, pattern=r"^\S+$")
+    image: str = Field(min_length=1, pattern=IMAGE_REFERENCE)
     namespace: str = Field(default="default", pattern=K8S_NAME)
     secret: str | None = Field(default=None, pattern=K8S_NAME, description="Secret whose keys become environment variables")
     cpus_per_node: int = Field(default=8, ge=1, description="CPU request (and limit) of each worker pod")

@@ -1,9 +1,10 @@
 """Kiln's policy for the Kubernetes manifests it renders, checked on the parsed documents.
 
-Credentials reach pods only through a named Secret (``envFrom`` / ``secretKeyRef``), never as inline
-values or Secret objects in the manifest; every pod runs as a non-root user without privilege
-escalation; GPU workers declare their GPU limit; Ray uses token authentication and neither its
-dashboard nor anything else is exposed outside the cluster.
+A manifest is exactly one ConfigMap (the config) and one RayJob; any other kind, or a second of either, is
+refused, so nothing else (a Pod, a Service, a Secret) can ride along. Credentials reach pods only through a
+named Secret (``envFrom`` / ``secretKeyRef``), never as inline values or Secret objects in the manifest;
+every pod runs as a non-root user without privilege escalation; GPU workers declare their GPU limit; Ray
+uses token authentication and neither its dashboard nor anything else is exposed outside the cluster.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from typing import Any, Iterator
 GPU_RESOURCE = "nvidia.com/gpu"
 CREDENTIAL_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEY($|_)", re.IGNORECASE)
 EXTERNAL_SERVICE_TYPES = ("NodePort", "LoadBalancer")
+ALLOWED_KINDS = ("ConfigMap", "RayJob")
 
 
 def _cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
     spec = doc.get("spec") or {}
-    return (spec.get("rayClusterSpec") or {}) if doc["kind"] == "RayJob" else spec
+    return spec.get("rayClusterSpec") or {}
 
 
 def _pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], bool]]:
-    """(where, pod template, is a worker) for every pod a RayJob or RayCluster makes."""
-    if doc["kind"] == "RayJob" and "submitterPodTemplate" in doc["spec"]:
+    """(where, pod template, is a worker) for every pod a RayJob makes."""
+    if "submitterPodTemplate" in (doc.get("spec") or {}):
         yield "submitter", doc["spec"]["submitterPodTemplate"], False
     cluster = _cluster_spec(doc)
     yield "head", (cluster.get("headGroupSpec") or {}).get("template") or {}, False
@@ -53,13 +55,18 @@ def _container_violations(where: str, container: dict[str, Any], pod_security: d
 def manifest_violations(documents: list[dict[str, Any]], gpus_per_node: int) -> list[str]:
     """Every way ``documents`` break the policy, one line each; empty when they comply."""
     violations = []
+    if not all(isinstance(doc, dict) for doc in documents):
+        return ["every document must be a mapping"]
+    kinds = sorted(str(doc.get("kind")) for doc in documents)
+    if kinds != sorted(ALLOWED_KINDS):
+        violations.append(f"the manifest must hold exactly one ConfigMap and one RayJob, not {', '.join(kinds) or 'nothing'}")
     for doc in documents:
         kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
         if kind == "Secret":
             violations.append(f"Secret {name}: the manifest must not carry credentials; pass an existing Secret's name")
         if kind == "Ingress" or (kind == "Service" and (doc.get("spec") or {}).get("type") in EXTERNAL_SERVICE_TYPES):
             violations.append(f"{kind} {name}: nothing may be exposed outside the cluster")
-        if kind not in ("RayJob", "RayCluster"):
+        if kind != "RayJob":
             continue
         cluster = _cluster_spec(doc)
         if (cluster.get("authOptions") or {}).get("mode") != "token":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launch.config import KilnConfig
+from launch.config import ConfigError, KilnConfig
 from launch.render.job_config import job_config, job_name
 from launch.render.options import SlurmOptions
 from launch.render.templates import render_template
@@ -25,7 +25,8 @@ def render_sbatch(cfg: KilnConfig, options: SlurmOptions) -> str:
     """The sbatch script that runs ``cfg`` on ``options.nodes`` nodes, requeueing itself when preempted."""
     job = job_config(cfg, options, launcher="ray" if options.ray else "local")
     config_yaml = job.to_yaml()
-    assert CONFIG_DELIMITER not in config_yaml.splitlines(), "the config would end the heredoc that carries it"
+    if CONFIG_DELIMITER in config_yaml.split("\n"):
+        raise ConfigError(f"the config holds a line {CONFIG_DELIMITER!r}, which would end the script's copy of it early")
     return render_template(
         "sbatch_ray.sh.j2" if options.ray else "sbatch_train.sh.j2",
         o=options,

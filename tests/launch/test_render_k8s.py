@@ -74,7 +74,7 @@ def config(tmp_path):
     path.write_text(
         yaml.safe_dump(
             {
-                "run": {"name": "Llama_7B run", "dir": "s3://bucket/runs/7b"},
+                "run": {"name": "Llama_7B.run", "dir": "s3://bucket/runs/7b"},
                 "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/7b"},
                 "train": {"nproc": 2, "max_restarts": 3, "micro_batch": 1, "global_batch": 256},
             }
@@ -268,3 +268,21 @@ def test_pods_run_as_the_unprivileged_user_of_the_image(config):
     user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")][-1]
     pod = rendered(config, gpus_per_node=8)[1]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+
+
+def test_any_document_beside_the_configmap_and_the_rayjob_fails_the_policy(config):
+    privileged_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "i", "securityContext": {"privileged": True}}]},
+    }
+    assert any(
+        "exactly one ConfigMap and one RayJob" in v for v in violations_after(config, lambda d: d.append(privileged_pod))
+    )
+
+    def second_rayjob(docs):
+        docs.append(copy.deepcopy(docs[1]))
+
+    assert any("not ConfigMap, RayJob, RayJob" in v for v in violations_after(config, second_rayjob))
+    assert any("exactly one ConfigMap" in v for v in violations_after(config, lambda docs: docs.pop(0)))

@@ -8,8 +8,10 @@ exactly the config that was rendered, without a multi-node cluster.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,7 @@ def config(tmp_path):
     path.write_text(
         yaml.safe_dump(
             {
-                "run": {"name": "Big Run", "dir": "s3://bucket/runs/big"},
+                "run": {"name": "Big_Run", "dir": "s3://bucket/runs/big"},
                 "data": {"inputs": ["s3://bucket/raw/*.jsonl.gz"], "output": "s3://bucket/data/big"},
                 "train": {"nproc": 2, "launcher": "local", "micro_batch": 1, "global_batch": 256},
             }
@@ -315,6 +317,61 @@ def test_submit_without_sbatch_is_one_line(tmp_path, config, capsys, monkeypatch
     assert code == 2 and err.count("\n") == 1 and "sbatch not found on PATH" in err
 
 
-@pytest.mark.parametrize("run_name, job", [("Big Run", "kiln-big-run"), ("kiln-7b", "kiln-7b"), ("__", "kiln-run")])
+@pytest.mark.parametrize("run_name, job", [("Big_Run", "kiln-big-run"), ("kiln-7b", "kiln-7b"), ("__", "kiln-run")])
 def test_the_job_is_named_after_the_run_once(run_name, job):
     assert job_name(KilnConfig.model_validate({"run": {"name": run_name}, "data": {}})) == job
+
+
+def test_the_preemption_signal_reaches_kiln_through_its_own_job_folder_only(tmp_path, config):
+    """USR2 to the batch shell reaches the `kiln train` whose pid sits in the folder mktemp made for the node
+    step, which then exits 75 and the job requeues itself; a folder of the same prefix that another user made
+    first names a pid that is left alone."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    stand_in(bin_dir, "scontrol", 'printf \'%s\\n\' "$*" >> "$RECORD/scontrol"; [ "$1" = show ] && echo node-a; exit 0\n')
+    stand_in(bin_dir, "srun", 'SLURM_NODEID=0 bash -c "${@: -1}"\n')
+    stand_in(
+        bin_dir,
+        "kiln",
+        """\
+        trap 'echo USR2 > "$RECORD/kiln-signal"; exit 75' USR2
+        dirname "$2" > "$RECORD/kiln-folder"
+        while :; do sleep 0.05; done
+        """,
+    )
+    bystander = subprocess.Popen(["sleep", "300"])
+    decoy = tmp_path / "kiln-123459-0.AAAAAAAA"  # the job's prefix, made first by someone else
+    decoy.mkdir()
+    (decoy / "kiln.pid").write_text(f"{bystander.pid}\n")
+    os.chown(decoy, 65534, 65534)
+    job = tmp_path / "job.sh"
+    job.write_text(render_sbatch(load_config(str(config)), SlurmOptions(nodes=1, gpus_per_node=0)))
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RECORD": str(record),
+        "TMPDIR": str(tmp_path),
+        "SLURM_JOB_ID": "123459",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_JOB_NODELIST": "node-a",
+    }
+    batch = subprocess.Popen(["bash", str(job)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            if (record / "kiln-folder").exists() and list(Path((record / "kiln-folder").read_text().strip()).glob("kiln.pid")):
+                break
+            time.sleep(0.1)
+        folder = Path((record / "kiln-folder").read_text().strip())
+        assert folder.parent == tmp_path and folder.name.startswith("kiln-123459-0.") and folder != decoy
+        assert folder.stat().st_mode & 0o777 == 0o700
+        batch.send_signal(signal.SIGUSR2)
+        out, err = batch.communicate(timeout=60)
+    finally:
+        batch.kill()
+        bystander.kill()
+        bystander.wait()
+    assert batch.returncode == 75, err
+    assert (record / "kiln-signal").read_text().strip() == "USR2"
+    assert "requeue 123459" in (record / "scontrol").read_text()
+    assert bystander.returncode == -signal.SIGKILL, "the pid in another user's folder was signalled"
+    assert not folder.exists(), "the node step's folder outlives it"

@@ -164,3 +164,73 @@ def test_the_ray_variant_runs_the_pipeline_to_its_eval_file(slurm, prepared):
     assert sorted(row["step"] for row in RunRecords(str(run)).metrics()) == [1, 2, 3, 4]
     assert set(Path("/tmp").glob("kiln-slurm-*")) == ray_folders, "the job left its Ray folder (and token) behind"
     assert slurm.wait_for_no_job_processes() == [], "the job left processes behind"
+
+
+CLIENT_PROBE = "import ray, sys; ray.init(sys.argv[1], logging_level='ERROR'); ray.shutdown()"
+
+
+def test_the_ray_variants_head_turns_away_a_client_without_the_jobs_token(slurm, tmp_path):
+    """The head that the rendered --ray script starts on the real Slurm: a client holding the job's token
+    connects to its Ray Client port (the stand-in for `kiln run` proves it from inside the job), and one
+    without the token, outside the job, is refused there."""
+    probe, bin_dir = tmp_path / "probe", tmp_path / "bin"
+    probe.mkdir()
+    bin_dir.mkdir()
+    kiln = bin_dir / "kiln"
+    kiln.write_text(
+        f"""#!/bin/bash
+address="${{3#cluster.address=}}"
+client="ray://${{address%:*}}:$(( ${{address##*:}} + 1 ))"
+echo "$client" > "$PROBE/client"
+timeout 300 {sys.executable} -c "{CLIENT_PROBE}" "$client" > "$PROBE/with-token.log" 2>&1
+echo $? > "$PROBE/with-token"
+for _ in $(seq 1200); do [ -e "$PROBE/done" ] && exit 0; sleep 0.5; done
+exit 1
+"""
+    )
+    kiln.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"run: {{name: probe, dir: {tmp_path / 'run'}}}\ndata: {{output: {tmp_path / 'data'}}}\n")
+    env = {
+        **job_environment(slurm),
+        "PATH": f"{bin_dir}:{job_environment(slurm)['PATH']}",
+        "PROBE": str(probe),
+        # A busy test machine can take minutes to start the head's raylet and its agents.
+        "RAY_raylet_start_wait_time_s": "600",
+        "RAY_agent_register_timeout_ms": "600000",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "launch", "slurm", str(config), "--gpus-per-node", "0", "--ray", "--submit"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    try:
+        deadline = time.monotonic() + 900
+        while not (probe / "with-token").exists():
+            assert time.monotonic() < deadline, f"the job's Ray did not come up: {job_log(tmp_path, job_id)}"
+            assert slurm.job(job_id)["JobState"] in ("PENDING", "CONFIGURING", "RUNNING"), job_log(tmp_path, job_id)
+            time.sleep(0.5)
+        assert (probe / "with-token").read_text().strip() == "0", (probe / "with-token.log").read_text()[-2000:]
+        home = tmp_path / "home"  # no ~/.ray/auth_token to fall back on
+        home.mkdir()
+        without = {k: v for k, v in job_environment(slurm).items() if not k.startswith("RAY_AUTH")}
+        refused = subprocess.run(
+            [sys.executable, "-c", CLIENT_PROBE, (probe / "client").read_text().strip()],
+            env={**without, "HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        # Ray Client retries a refused handshake and then reports it as a connection timeout.
+        assert refused.returncode != 0, "a client without the token connected"
+        assert "ConnectionError" in refused.stderr, refused.stderr[-2000:]
+    finally:
+        (probe / "done").touch()
+    info = slurm.wait_for_job(job_id)
+    assert info["JobState"] == "COMPLETED", job_log(tmp_path, job_id)
+    assert slurm.wait_for_no_job_processes() == [], "the job left processes behind"
