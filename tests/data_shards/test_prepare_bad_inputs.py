@@ -100,7 +100,7 @@ def test_an_s3_output_without_a_reachable_store_is_one_line(tmp_path, kit, comma
 def run_with_peak_rss(command: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, int]:
     """Run ``command`` to the end; its result and the peak of the summed resident memory of the
     process and all its descendants (the Ray processes and workers a command starts among them),
-    sampled every 50 ms."""
+    sampled every 100 ms."""
     peak = 0
     with subprocess.Popen(
         command,
@@ -115,7 +115,7 @@ def run_with_peak_rss(command: list[str], cwd: Path) -> tuple[subprocess.Complet
         def sample() -> None:
             nonlocal peak
             root = psutil.Process(proc.pid)
-            while not stop.wait(0.05):
+            while not stop.wait(0.1):
                 total = 0
                 try:
                     tree = [root, *root.children(recursive=True)]
@@ -169,6 +169,7 @@ def hostile_corpus(tmp_path):
             f.write(jsonl(texts[60:65]))
             write_long_json_line(f, 2 * GIB)
             f.write(jsonl(texts[65:70]))
+            os.fsync(f.fileno())  # written back before prepare starts, not while it does
         assert all(p.stat().st_size < 16 << 20 for p in folder.iterdir() if p != long)
         yield folder, texts[:70]
     finally:
