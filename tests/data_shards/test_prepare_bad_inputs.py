@@ -151,8 +151,7 @@ def jsonl(texts: list[str]) -> bytes:
 @pytest.fixture
 def hostile_corpus(tmp_path):
     """Good documents, and beside them in the same files: a gzip and a zstd bomb that expand to
-    10 GiB each, a JSON line nested 1,100 deep and a 2 GiB line.  Returns (inputs, val input,
-    good train texts); the 2 GiB file is removed afterwards whatever happens."""
+    10 GiB each and a JSON line nested 1,100 deep.  Returns the folder and the good train texts."""
     texts = [f"Document {i}. " + t for i, t in enumerate(stdlib_texts(80, chars=3000))]
     folder = tmp_path / "in"
     folder.mkdir()
@@ -162,31 +161,29 @@ def hostile_corpus(tmp_path):
     write_zstd_rle_bomb(folder / "bomb.jsonl.zst", 10 * GIB, prefix=jsonl(texts[40:50]))
     deep = '{"text": "deep", "x": ' + "[" * 1100 + "]" * 1100 + "}\n"
     (folder / "deep.jsonl").write_bytes(jsonl(texts[50:55]) + deep.encode() + jsonl(texts[55:60]))
-    long = folder / "long.jsonl"
+    assert all(p.stat().st_size < 16 << 20 for p in folder.iterdir())
+    return folder, texts
+
+
+def test_prepare_keeps_every_good_document_beside_bombs_and_endless_lines_in_bounded_memory(tmp_path, hostile_corpus):
+    folder, texts = hostile_corpus
+    long = folder / "long.jsonl"  # good documents around a 2 GiB line; removed whatever happens
     try:
         with open(long, "wb") as f:
             f.write(jsonl(texts[60:65]))
             write_long_json_line(f, 2 * GIB)
             f.write(jsonl(texts[65:70]))
             os.fsync(f.fileno())  # written back before prepare starts, not while it does
-        assert all(p.stat().st_size < 16 << 20 for p in folder.iterdir() if p != long)
-        yield folder, texts[:70]
+        inputs = [str(folder / n) for n in ("good.jsonl", "bomb.jsonl.gz", "bomb.jsonl.zst", "deep.jsonl", "long.jsonl")]
+        data = {"inputs": inputs, "val_inputs": [str(folder / "val.jsonl")], "on_error": "skip", "vocab_size": 600}
+        proc, peak = run_with_peak_rss(kiln_command(tmp_path, data), tmp_path)
     finally:
         long.unlink(missing_ok=True)
-
-
-def test_prepare_keeps_every_good_document_beside_bombs_and_endless_lines_in_bounded_memory(tmp_path, hostile_corpus):
-    folder, good = hostile_corpus
-    inputs = [str(folder / name) for name in ("good.jsonl", "bomb.jsonl.gz", "bomb.jsonl.zst", "deep.jsonl", "long.jsonl")]
-    command = kiln_command(
-        tmp_path, {"inputs": inputs, "val_inputs": [str(folder / "val.jsonl")], "on_error": "skip", "vocab_size": 600}
-    )
-    proc, peak = run_with_peak_rss(command, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(f"peak RSS of kiln prepare and its process tree: {peak / 2**20:.0f} MiB")
     assert peak < 2 * GIB
     manifest = json.loads((tmp_path / "data" / "train" / "manifest.json").read_text())
-    assert manifest["total_docs"] == len(good)
+    assert manifest["total_docs"] == 70  # texts[:70]: every good train document
     errors = manifest["errors"]
     assert (errors["too_long"], errors["too_deep"], errors["cut_files"]) == (3, 1, 2)
 
