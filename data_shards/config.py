@@ -61,6 +61,11 @@ class SourceConfig(_Strict):
     text_field: str | None = None
 
 
+# Web text extracted from Common Crawl stays under 1 MiB (the crawl truncates pages there, so
+# FineWeb-like pipelines never see more) and code corpora drop files over 1 MB; 8 MiB also admits
+# whole books while bounding what a prepare task holds per document.
+DEFAULT_MAX_DOC_BYTES = 8 << 20
+
 ShuffleMode = Literal["auto", "global", "block"]
 DEFAULT_BLOCK_SHARDS = 8
 DEFAULT_CACHE_LIMIT_GB = 32.0
@@ -108,6 +113,8 @@ class DataConfig(_Strict):
     tokenizer_threads: int = Field(default=4, ge=1)
     filters: list[FilterConfig] = []
     on_error: Literal["stop", "skip"] = "stop"
+    # Longest document read (a JSON line, a text file, a parquet value); longer ones follow on_error.
+    max_doc_bytes: int = Field(default=DEFAULT_MAX_DOC_BYTES, ge=1 << 10, le=1 << 30)
     record_batch_mb: float = Field(default=12, gt=0)
     # Uncompressed JSON-lines and parquet files bigger than this are split over several tasks.
     partition_mb: float = Field(default=512, gt=0)

@@ -1,21 +1,32 @@
 """Input discovery and streaming document readers for every supported format.
 
 Formats by file name: ``.jsonl``/``.ndjson`` (optionally ``.gz`` or ``.zst``), ``.txt``
-(the whole file is one document) and ``.parquet``.  Inputs may be paths, globs or
-fsspec URLs.  Readers stream: memory stays bounded whatever the file size.  Files
+(optionally ``.gz`` or ``.zst``; the whole file is one document, like a book or a source file)
+and ``.parquet``.  Inputs may be paths, globs or fsspec URLs.  Readers stream in bounded chunks
+(``bounded_read``): memory stays bounded whatever the file holds, and a document over
+``data.max_doc_bytes`` (a JSON line, a text file, a parquet value) is a per-document error.  Files
 bigger than the partition size are split so several tasks share them: uncompressed
 JSON lines by byte range (a line belongs to the range it starts in), parquet by row group.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from data_shards.bounded_read import (
+    MAX_JSON_DEPTH,
+    Oversized,
+    decompression_errors,
+    gzip_chunks,
+    json_too_deep,
+    plain_chunks,
+    read_capped,
+    split_lines,
+    zstd_chunks,
+)
+from data_shards.config import DEFAULT_MAX_DOC_BYTES
 from data_shards.errors import DataError
 from ops import storage
 
@@ -25,6 +36,9 @@ TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
 PARQUET_SUFFIXES = (".parquet",)
 # Plain-text files are grouped into partitions of about this many bytes.
 TEXT_PARTITION_BYTES = 64 << 20
+# An over-long line of a compressed file is followed for at most this many times max_doc_bytes.
+COMPRESSED_DISCARD_FACTOR = 16
+PARQUET_BATCH_BYTES = 16 << 20
 
 
 def file_format(url: str) -> str:
@@ -50,6 +64,8 @@ class Partition:
     sizes: list[int] = field(default_factory=list)
     # Part of a single file: [start, end) bytes of uncompressed JSON lines, or row groups of parquet.
     span: tuple[int, int] | None = None
+    # Longest document (JSON line, text file, parquet value) read; longer ones are per-document errors.
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES
 
     @property
     def bytes(self) -> int:
@@ -139,7 +155,10 @@ def _spans(url: str, size: int, partition_bytes: int, storage_options) -> list[t
 
 
 def partitions_for(
-    groups: list[tuple[str, str, str, list[str]]], storage_options: dict | None = None, partition_bytes: int = 1 << 62
+    groups: list[tuple[str, str, str, list[str]]],
+    storage_options: dict | None = None,
+    partition_bytes: int = 1 << 62,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> list[Partition]:
     """Partitions of (source, split, text_field, inputs) groups, numbered in a fixed order."""
     out: list[Partition] = []
@@ -160,46 +179,55 @@ def partitions_for(
                         part_size = size // len(spans)  # row groups: an even share is close enough for sampling
                     else:
                         part_size = span[1] - span[0]
-                    out.append(Partition(len(out), source, split, text_field, [url], [part_size], span))
+                    out.append(Partition(len(out), source, split, text_field, [url], [part_size], span, max_doc_bytes))
         group: list[tuple[str, int]] = []
         for url, size in texts:
             group.append((url, size))
             if sum(s for _, s in group) >= TEXT_PARTITION_BYTES:
-                out.append(Partition(len(out), source, split, text_field, [u for u, _ in group], [s for _, s in group]))
+                out.append(_text_partition(len(out), source, split, text_field, group, max_doc_bytes))
                 group = []
         if group:
-            out.append(Partition(len(out), source, split, text_field, [u for u, _ in group], [s for _, s in group]))
+            out.append(_text_partition(len(out), source, split, text_field, group, max_doc_bytes))
     return out
+
+
+def _text_partition(
+    index: int, source: str, split: str, text_field: str, group: list[tuple[str, int]], max_doc_bytes: int
+) -> Partition:
+    return Partition(
+        index, source, split, text_field, [u for u, _ in group], [s for _, s in group], max_doc_bytes=max_doc_bytes
+    )
 
 
 @dataclass
 class ReadCounts:
+    """Documents skipped (with ``data.on_error=skip``) or repaired while reading, by cause."""
+
     invalid_utf8: int = 0
     malformed_lines: int = 0
     missing_field: int = 0
-
-
-def _decompress_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (EOFError, gzip.BadGzipFile, zlib.error)
-    try:
-        import zstandard
-    except ImportError:
-        return errors
-    return (*errors, zstandard.ZstdError)
+    too_long: int = 0  # over data.max_doc_bytes
+    too_deep: int = 0  # JSON nested more than MAX_JSON_DEPTH levels
+    cut_files: int = 0  # compressed files left unread after an over-long line with no end in sight
 
 
 def _whole(chunks, url: str):
     """The items of a decompressing stream; a truncated or corrupt file is a DataError naming it."""
     try:
         yield from chunks
-    except _decompress_errors() as exc:
+    except decompression_errors() as exc:
         raise DataError(f"input {url} is truncated or corrupt ({exc}); replace it or remove it from data.inputs") from None
 
 
-def _decompressed(raw, url: str):
+def _is_compressed(url: str) -> bool:
+    return url.lower().endswith((".gz", ".zst"))
+
+
+def _chunks(raw, url: str):
+    """The decompressed bytes of a text or JSON-lines file, in bounded chunks."""
     name = url.lower()
     if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw)
+        return gzip_chunks(raw)
     if name.endswith(".zst"):
         try:
             import zstandard
@@ -207,43 +235,8 @@ def _decompressed(raw, url: str):
             raise DataError(
                 f"input {url}: reading .zst needs the zstandard package (pip install 'kiln-pretrain[zstd]')"
             ) from None
-        return io.BufferedReader(_ZstdFrames(raw, zstandard.ZstdDecompressor().decompressobj), 1 << 20)
-    return raw
-
-
-class _ZstdFrames(io.RawIOBase):
-    """The frames of a zstd stream decompressed one after another.  Unlike zstandard's stream
-    reader, a stream that ends inside a frame (a truncated file) raises EOFError instead of ending quietly."""
-
-    def __init__(self, raw, new_frame):
-        self._raw, self._new_frame = raw, new_frame
-        self._frame = None
-        self._out = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._out:
-            data = self._raw.read(1 << 20)
-            if not data:
-                if self._frame is not None and not self._frame.eof:
-                    raise EOFError("the zstd stream ends inside a frame")
-                return 0
-            self._out = self._decompress(data)
-        n = min(len(buffer), len(self._out))
-        buffer[:n] = self._out[:n]
-        self._out = self._out[n:]
-        return n
-
-    def _decompress(self, data: bytes) -> bytes:
-        parts = []
-        while data:
-            if self._frame is None or self._frame.eof:
-                self._frame = self._new_frame()
-            parts.append(self._frame.decompress(data))
-            data = self._frame.unused_data if self._frame.eof else b""
-        return b"".join(parts)
+        return zstd_chunks(raw, zstandard.ZstdDecompressor().decompressobj)
+    return plain_chunks(raw)
 
 
 def _decode(data: bytes, counts: ReadCounts) -> str:
@@ -254,30 +247,40 @@ def _decode(data: bytes, counts: ReadCounts) -> str:
         return data.decode("utf-8", errors="replace")
 
 
+def _too_long(where: str, limit: int, on_error: str, counts: ReadCounts) -> None:
+    counts.too_long += 1
+    if on_error != "skip":
+        raise DataError(
+            f"{where}: document over data.max_doc_bytes ({limit:,} bytes); raise data.max_doc_bytes "
+            f"or set data.on_error=skip to skip such documents"
+        )
+
+
 def read_documents(
     partition: Partition, on_error: str, counts: ReadCounts, storage_options: dict | None = None
 ) -> Iterator[str]:
-    """Every document's text of a partition, in file order.
+    """Every document's text of a partition, in file order, in bounded memory (see ``bounded_read``).
 
-    A malformed JSON line or a missing/non-string text field raises DataError with file and line,
-    or is skipped and counted when ``on_error == "skip"``.
+    A document that cannot be read (a malformed JSON line, a missing or non-string text field, a
+    line or text over ``partition.max_doc_bytes``, JSON nested deeper than ``MAX_JSON_DEPTH``)
+    raises DataError naming its file and line, or is skipped and counted in ``counts`` when
+    ``on_error == "skip"``.
     """
     for url in partition.files:
         fmt = file_format(url)
         fs, path = storage.filesystem(url, storage_options)
         if fmt == "parquet":
-            yield from _parquet_texts(fs, path, url, partition.text_field, partition.span)
+            yield from _parquet_texts(fs, path, url, partition, on_error, counts)
             continue
         with storage.with_retries(lambda: fs.open(path, "rb")) as raw:
-            if partition.span is not None:
-                lines = _lines_in_range(raw, url, *partition.span)
-            else:
-                stream = _decompressed(raw, url)
-                if fmt == "txt":
-                    yield _decode(b"".join(_whole(iter(lambda: stream.read(1 << 20), b""), url)), counts)
-                    continue
-                lines = ((f"{url}:{n}", line) for n, line in enumerate(_whole(stream, url), start=1))
-            for where, line in lines:
+            if fmt == "txt":
+                data = read_capped(_whole(_chunks(raw, url), url), partition.max_doc_bytes)
+                if data is None:
+                    _too_long(url, partition.max_doc_bytes, on_error, counts)
+                else:
+                    yield _decode(data, counts)
+                continue
+            for where, line in _jsonl_lines(raw, url, partition, on_error, counts):
                 if not line.strip():
                     continue
                 text = _json_text(line, where, partition.text_field, on_error, counts)
@@ -285,29 +288,60 @@ def read_documents(
                     yield text
 
 
-def _lines_in_range(raw, url: str, start: int, end: int):
+def _jsonl_lines(raw, url: str, partition: Partition, on_error: str, counts: ReadCounts) -> Iterator[tuple[str, bytes]]:
+    """(location, line) of the lines of a JSON-lines file (or of its byte range) up to the length limit.
+
+    An over-long line is dropped as it is read.  In a compressed file the search for its end
+    stops after ``COMPRESSED_DISCARD_FACTOR * max_doc_bytes`` bytes and the rest of the file is
+    left unread (counted in ``cut_files``): a few KiB of gzip or zstd can expand to many GiB
+    without a newline, and decompressing all of it would cost time in proportion to the bomb, not
+    to the file.  An uncompressed file is always read to the line's end, which costs no more than
+    the bytes the file really holds, so every line after it is kept.
+    """
+    limit = partition.max_doc_bytes
+    if partition.span is not None:
+        lines = _lines_in_range(raw, url, *partition.span, limit)
+    else:
+        discard = COMPRESSED_DISCARD_FACTOR * limit if _is_compressed(url) else None
+        numbered = enumerate(split_lines(_whole(_chunks(raw, url), url), limit, discard), start=1)
+        lines = ((f"{url}:{n}", line) for n, (_, line) in numbered)
+    for where, line in lines:
+        if line is Oversized.CUT:
+            counts.cut_files += 1
+            return
+        if line is Oversized.LINE:
+            _too_long(where, limit, on_error, counts)
+            continue
+        yield where, line
+
+
+def _lines_in_range(raw, url: str, start: int, end: int, limit: int):
     """(location, line) of the lines that start in bytes [start, end) of an uncompressed file.
 
     The location is ``url:line`` in the first range and ``url at byte N`` after it,
     where counting lines would mean reading everything before the range.
     """
+    first = max(start - 1, 0)
+    raw.seek(first)
+    lines = split_lines(plain_chunks(raw), limit)
     if start > 0:
-        raw.seek(start - 1)
-        raw.readline()  # the rest of a line that started before this range
-    line_no = 0
-    while True:
-        pos = raw.tell()
+        next(lines, None)  # the rest of a line that started before this range (or just its newline)
+    for n, (offset, line) in enumerate(lines, start=1):
+        pos = first + offset
         if pos >= end:
             return
-        line = raw.readline()
-        if not line:
-            return
-        line_no += 1
-        yield (f"{url}:{line_no}" if start == 0 else f"{url} at byte {pos}"), line
+        yield (f"{url}:{n}" if start == 0 else f"{url} at byte {pos}"), line
 
 
 def _json_text(line: bytes, where: str, field: str, on_error: str, counts: ReadCounts) -> str | None:
     """The text field of one JSON line; ``where`` names the file and line for errors."""
+    if json_too_deep(line):
+        counts.too_deep += 1
+        if on_error == "skip":
+            return None
+        raise DataError(
+            f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep; set data.on_error=skip to skip such lines"
+        )
     decoded = _decode(line, counts)
     try:
         row = json.loads(decoded)
@@ -325,14 +359,45 @@ def _json_text(line: bytes, where: str, field: str, on_error: str, counts: ReadC
     return text
 
 
-def _parquet_texts(fs, path: str, url: str, field: str, span: tuple[int, int] | None) -> Iterator[str]:
+def _parquet_batch_rows(row_group, field: str) -> int:
+    """Rows per batch so that a batch of the text column holds about ``PARQUET_BATCH_BYTES``."""
+    for i in range(row_group.num_columns):
+        column = row_group.column(i)
+        if column.path_in_schema == field:
+            return max(1, min(1024, PARQUET_BATCH_BYTES * row_group.num_rows // max(1, column.total_uncompressed_size)))
+    return 1024
+
+
+def _parquet_texts(fs, path: str, url: str, partition: Partition, on_error: str, counts: ReadCounts) -> Iterator[str]:
+    """The text column of a parquet file (or of its row groups), batch by batch.
+
+    Batches are sized from the row group's recorded column size; a value over ``max_doc_bytes``
+    is a per-document error located by row.  pyarrow decodes a data page whole, so one value is
+    bounded by the format's page size rather than by ``max_doc_bytes``.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    field, limit = partition.text_field, partition.max_doc_bytes
     with fs.open(path, "rb") as f:
         reader = pq.ParquetFile(f)
         if field not in reader.schema_arrow.names:
             raise DataError(f"{url}: no column {field!r} (data.text_field); columns are {reader.schema_arrow.names}")
-        groups = list(range(*span)) if span is not None else None
-        for batch in reader.iter_batches(batch_size=1024, columns=[field], row_groups=groups):
-            for text in batch.column(0).to_pylist():
-                yield text if isinstance(text, str) else ""
+        meta = reader.metadata
+        groups = range(*partition.span) if partition.span is not None else range(meta.num_row_groups)
+        row = sum(meta.row_group(g).num_rows for g in range(groups.start))
+        for g in groups:
+            batches = reader.iter_batches(
+                batch_size=_parquet_batch_rows(meta.row_group(g), field), columns=[field], row_groups=[g]
+            )
+            for batch in batches:
+                column = batch.column(0)
+                is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                sizes = pc.binary_length(column).to_pylist() if is_text else [0] * len(column)
+                for text, size in zip(column.to_pylist(), sizes):
+                    row += 1
+                    if size is not None and size > limit:
+                        _too_long(f"{url} row {row}", limit, on_error, counts)
+                        continue
+                    yield text if isinstance(text, str) else ""

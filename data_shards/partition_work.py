@@ -7,6 +7,7 @@ same shard names, so a killed prepare resumes without losing or duplicating docu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import os
@@ -25,6 +26,9 @@ from ops import storage
 
 DOC_INDEX_BITS = 36  # doc_id = partition << 36 | document number within the partition
 ENCODE_BATCH = 256
+# Documents are encoded in batches of ENCODE_BATCH or of this much text, whichever comes first,
+# so a batch of documents near data.max_doc_bytes does not multiply what a task holds.
+ENCODE_BATCH_BYTES = 16 << 20
 MAX_SENTENCE_BYTES = 1 << 15
 SAMPLE_SCAN_FACTOR = 4
 WORK_DIR = "_work"
@@ -199,12 +203,15 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drop: frozenset =
     workdir = tempfile.mkdtemp(prefix=f"part-{partition.index:05d}-", dir=scratch)
     splits = {name: _SplitShards(job, partition, name, workdir) for name in ("train", "val")}
     pending: list[tuple[int, str, str]] = []
+    pending_bytes = 0
     last_report, reported = time.monotonic(), (0, 0)
     totals = [0, 0]
 
     def flush() -> None:
+        nonlocal pending_bytes
         if not pending:
             return
+        pending_bytes = 0
         encoded = tok.encode_batch([text for _, _, text in pending])
         for (doc, split, _), ids in zip(pending, encoded):
             ids.append(tok.eos_id)
@@ -229,7 +236,8 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drop: frozenset =
             else:
                 split = partition.split
             pending.append((doc, split, text))
-            if len(pending) >= ENCODE_BATCH:
+            pending_bytes += len(text)
+            if len(pending) >= ENCODE_BATCH or pending_bytes >= ENCODE_BATCH_BYTES:
                 flush()
                 if report is not None and time.monotonic() - last_report > 1.0:
                     report(totals[0] - reported[0], totals[1] - reported[1])
@@ -246,12 +254,7 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drop: frozenset =
         "files": partition.files,
         "source": partition.source,
         "shards": {name: s.entries for name, s in splits.items()},
-        "errors": {
-            "invalid_utf8": counts.invalid_utf8,
-            "malformed_lines": counts.malformed_lines,
-            "missing_field": counts.missing_field,
-            "empty_docs": empty,
-        },
+        "errors": {**dataclasses.asdict(counts), "empty_docs": empty},
         "filters": {**chain.counts, **({"dedup_exact": {"dropped": deduped, "changed": 0}} if job.dedup else {})},
     }
     storage.write_json(job.marker_url(partition.index), marker, job.storage_options)

@@ -55,7 +55,8 @@ def _partitions(data: DataConfig, storage_options) -> list[Partition]:
     groups = [(s.name, train_split, s.text_field or data.text_field, s.inputs) for s in sources]
     if data.val_inputs:
         groups.append(("val", "val", data.text_field, data.val_inputs))
-    return partitions_for(groups, storage_options, partition_bytes=max(1, int(data.partition_mb * MIB)))
+    partition_bytes = max(1, int(data.partition_mb * MIB))
+    return partitions_for(groups, storage_options, partition_bytes, data.max_doc_bytes)
 
 
 def _settings_hash(payload: dict) -> str:

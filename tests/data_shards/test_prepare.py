@@ -164,7 +164,15 @@ def test_malformed_line_stops_with_file_and_line_or_is_skipped_and_counted(local
     bad.write_text('{"text": "fine line of text"}\n{"text": broken\n{"other": "x"}\n{"text": ""}\n')
     prepare(config(folder, tmp_path / "o3", inputs=inputs, on_error="skip"), seed=0, progress=False)
     errors = load_manifest(str(tmp_path / "o3"), "train").errors
-    assert errors == {"malformed_lines": 1, "missing_field": 1, "empty_docs": 1, "invalid_utf8": 0}
+    assert errors == {
+        "malformed_lines": 1,
+        "missing_field": 1,
+        "empty_docs": 1,
+        "invalid_utf8": 0,
+        "too_long": 0,
+        "too_deep": 0,
+        "cut_files": 0,
+    }
 
 
 def test_inspect_shows_splits_sources_and_decoded_samples(prepared):
