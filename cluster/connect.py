@@ -37,17 +37,17 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
     folder = tempfile.mkdtemp(prefix="kiln-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     try:
         with private_token(folder):
-            ray.init(
-                num_cpus=cluster.num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=False,
-                _node_ip_address="127.0.0.1",
-                _temp_dir=os.path.join(folder, "r"),
-                configure_logging=False,
-            )
             try:
+                ray.init(
+                    num_cpus=cluster.num_cpus or os.cpu_count(),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    _node_ip_address="127.0.0.1",
+                    _temp_dir=os.path.join(folder, "r"),
+                    configure_logging=False,
+                )
                 yield
             finally:
-                ray.shutdown()
+                ray.shutdown()  # also after a failed start, which can leave the head's processes running
     finally:
         shutil.rmtree(folder, ignore_errors=True)
