@@ -3,7 +3,6 @@ ConfigMap holding the resolved config it runs."""
 
 from __future__ import annotations
 
-import re
 from importlib.metadata import version
 
 import yaml
@@ -13,34 +12,35 @@ from launch.render.job_config import job_config, job_name
 from launch.render.options import KubernetesOptions
 from launch.render.policy import manifest_violations
 from launch.render.templates import render_template
+from ops.credentials import SECRETS_ENV, credential_keys
 
 CONFIG_MOUNT = "/etc/kiln"
 POD_UID = 1000  # the unprivileged user of the image (see Dockerfile)
 HEAD_CPUS = 4
 HEAD_MEMORY = "16Gi"
-CREDENTIAL_KEY = re.compile(r"secret|password|token|credential|private|(^|_)key$", re.IGNORECASE)
 
 
-def _check_storage(cfg: KilnConfig) -> None:
+def _check_storage(cfg: KilnConfig, secret: str | None) -> None:
     """Pods share no folder and a retried job starts on fresh pods: the run and its data live on object storage,
-    and credentials come from a Secret, never from the config (which a ConfigMap carries in plain text)."""
+    and credentials come from a Secret, never from the config (which the ConfigMap carries redacted)."""
     for key, url in (("run.dir", cfg.run_url), ("data.output", cfg.data_url)):
         if "://" not in url:
             raise ConfigError(
                 f"{key}: {url!r} is a local path; on Kubernetes give an object-store URL (s3://bucket/...), "
                 "so that every pod and every retry of the job sees the same files"
             )
-    for key in cfg.storage.options:
-        if CREDENTIAL_KEY.search(key):
-            raise ConfigError(
-                f"storage.options.{key} looks like a credential: keep it out of the config and put it in a "
-                "Kubernetes Secret passed with --secret NAME (its keys become environment variables)"
-            )
+    credentials = credential_keys(cfg.storage.options)
+    if credentials and not secret:
+        raise ConfigError(
+            f"{credentials[0]} looks like a credential: the ConfigMap carries it redacted, so put the credentials in a "
+            f"Kubernetes Secret (as AWS_* variables, or as {SECRETS_ENV}, a JSON object of the secret storage options) "
+            "and pass --secret NAME (its keys become environment variables)"
+        )
 
 
 def render_rayjob(cfg: KilnConfig, options: KubernetesOptions) -> str:
     """A ConfigMap and a RayJob as one multi-document YAML, checked against Kiln's manifest policy."""
-    _check_storage(cfg)
+    _check_storage(cfg, options.secret)
     job = job_config(cfg, options, launcher="ray")
     text = render_template(
         "rayjob.yaml.j2",
