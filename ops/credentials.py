@@ -122,7 +122,7 @@ def credentials_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
-        raise MissingCredential(f"{SECRETS_ENV} is not a JSON object of storage options (e.g. {{\"secret\": \"...\"}})")
+        raise MissingCredential(f'{SECRETS_ENV} is not a JSON object of storage options (e.g. {{"secret": "..."}})')
     return value
 
 
