@@ -218,8 +218,8 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnC
         raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, model, train, ...)")
     for override in overrides:
         apply_override(tree, override)
-    section = tree.get("storage")
-    if isinstance(section, dict) and isinstance(section.get("options"), dict):
+    section = tree.setdefault("storage", {})
+    if isinstance(section, dict) and isinstance(section.setdefault("options", {}), dict):
         try:
             section["options"] = restore_credentials(section["options"], os.environ)
         except MissingCredential as e:

@@ -114,3 +114,10 @@ def test_a_url_with_user_info_outside_storage_options_is_refused_in_one_line(con
     with pytest.raises(ConfigError, match=f"{key} is a URL with user info") as e:
         load_config(str(config_file), [override])
     assert "s3cr3t" not in str(e.value) and "pw@" not in str(e.value)
+
+
+def test_credentials_in_the_environment_reach_a_config_that_names_none(tmp_path, monkeypatch):
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump({"data": {"inputs": ["in/*.jsonl"], "output": "data"}}))
+    monkeypatch.setenv(SECRETS_ENV, json.dumps({"client_kwargs": {"aws_session_token": "t"}}))
+    assert load_config(str(path)).storage.options == {"client_kwargs": {"aws_session_token": "t"}}
