@@ -87,8 +87,6 @@ def command_env(**extra: str) -> dict[str, str]:
         AWS_SHARED_CREDENTIALS_FILE="/nonexistent/aws-credentials",
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
         RAY_USAGE_STATS_ENABLED="0",
-        # a busy machine can take more than Ray's default to start a node's agents
-        RAY_agent_register_timeout_ms="120000",
     )
     env.update(extra)
     return env
@@ -169,9 +167,7 @@ def ray_head(world):
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith("AWS_")]:
             mp.delenv(name)
-        head = RayHead(
-            num_cpus=2, extra_env={SECRETS_ENV: json.dumps(world["secrets"]), "RAY_agent_register_timeout_ms": "120000"}
-        )
+        head = RayHead(num_cpus=2, extra_env={SECRETS_ENV: json.dumps(world["secrets"])})
         head.start()
     try:
         yield head
