@@ -196,7 +196,7 @@ def test_kiln_submit_puts_no_credential_in_the_package_runtime_env_or_ray_train_
     token = Path(head.token_path).read_text().strip()
     client = JobSubmissionClient(head.dashboard_url, headers={"Authorization": f"Bearer {token}"})
     info = client.get_job_info(job_id)
-    assert SECRET not in json.dumps(info.dict(), default=str)
+    assert SECRET not in json.dumps(info.model_dump(), default=str)
     assert SECRET not in client.get_job_logs(job_id)
     assert files_holding(Path(head.folder), SECRET) == []  # the unpacked package, Ray's session logs
     assert objects_holding(world["bucket"], SECRET) == []  # Ray Train's own state under the run included
