@@ -61,7 +61,7 @@ def _watch_stop_flag(flag, stop, done: threading.Event) -> None:
 
 def _rank_main(config: dict[str, Any]) -> None:
     """Body of one Ray Train worker: the per-rank loop; a non-zero exit is a failure Ray Train retries."""
-    job = TrainJob.model_validate(config["job"])
+    job = TrainJob.from_shared(config["job"])
     configure_this_process(job.train.nproc)
     from llm.worker import StopRequest, run_training
 
@@ -115,22 +115,23 @@ class RecordRestarts(UserCallback):
     """Runs on Ray Train's controller: each failure it will recover from becomes a ``restart`` event."""
 
     def __init__(self, job: TrainJob):
-        self.job = job
+        self.job = job.shareable()  # pickled to the controller: credentials come from its environment
         self.failures_seen = 0
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         self.failures_seen += 1
-        max_restarts = self.job.train.max_restarts
+        job = TrainJob.from_shared(self.job)
+        max_restarts = job.train.max_restarts
         if self.failures_seen > max_restarts:
             return  # the launcher records the final failure
-        records = RunRecords(self.job.run_dir, self.job.storage_options)
+        records = RunRecords(job.run_dir, job.storage_options)
         records.event(
             "restart",
             launcher="ray",
             attempt=self.failures_seen,
             max_restarts=max_restarts,
-            failures=[f.model_dump(exclude_none=True) for f in _failures(self.job, worker_exceptions)],
-            step=latest_committed_step(self.job.run_dir, self.job.storage_options) or 0,
+            failures=[f.model_dump(exclude_none=True) for f in _failures(job, worker_exceptions)],
+            step=latest_committed_step(job.run_dir, job.storage_options) or 0,
         )
         records.flush()  # the controller may be torn down with the run
 
@@ -161,7 +162,7 @@ class RayTrainRun:
         path, filesystem = _train_storage(self.job)
         trainer = TorchTrainer(
             _rank_main,
-            train_loop_config={"job": self.job.model_dump(mode="json"), "stop_flag": self.stop_flag},
+            train_loop_config={"job": self.job.shareable(), "stop_flag": self.stop_flag},
             scaling_config=ScalingConfig(
                 num_workers=train.world_size,
                 use_gpu=use_gpu,

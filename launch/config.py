@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -23,6 +24,14 @@ from llm.config import ModelConfig, TrainConfig
 from llm.job import TrainJob
 from llm.layout import check_split
 from ops import storage
+from ops.credentials import (
+    REDACTED,
+    MissingCredential,
+    credentials_environment,
+    has_user_info,
+    restore_credentials,
+    split_credentials,
+)
 
 
 class ConfigError(Exception):
@@ -49,7 +58,21 @@ class RunConfig(BaseModel):
 
 class StorageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec for every URL")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"passed to fsspec for every URL; credentials in it are written as {REDACTED} (see ops.credentials)",
+    )
+
+
+def _user_info_key(tree: Any, path: str = "") -> str | None:
+    """The dotted key of the first URL with user info in ``tree`` outside ``storage.options``."""
+    if isinstance(tree, dict):
+        items = [(f"{path}.{k}" if path else str(k), v) for k, v in tree.items() if not (path == "" and k == "storage")]
+    elif isinstance(tree, list):
+        items = [(f"{path}.{i}", v) for i, v in enumerate(tree)]
+    else:
+        return path if has_user_info(tree) else None
+    return next((found for key, value in items if (found := _user_info_key(value, key))), None)
 
 
 class KilnConfig(BaseModel):
@@ -66,6 +89,18 @@ class KilnConfig(BaseModel):
     def _check_split(self) -> "KilnConfig":
         check_split(self.model, self.train)
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials_in_urls(cls, tree: Any) -> Any:
+        """A URL's user info would be written wherever the URL is (records, scripts, manifests)."""
+        key = _user_info_key(tree)
+        if key:
+            raise ValueError(
+                f"{key} is a URL with user info (user:password@): give the URL without it and the credentials "
+                "in storage.options (or the store's usual environment variables)"
+            )
+        return tree
 
     @property
     def run_url(self) -> str:
@@ -94,6 +129,7 @@ class KilnConfig(BaseModel):
     def to_yaml(self) -> str:
         resolved = self.model_dump(mode="json")
         resolved["run"]["dir"] = self.run_url
+        resolved["storage"]["options"] = split_credentials(self.storage.options)[0]
         return yaml.safe_dump(resolved, sort_keys=False)
 
     def training_hash(self) -> str:
@@ -205,17 +241,27 @@ def _read_tree(path: str) -> dict:
 def _validated(tree: dict, overrides: list[str] | tuple[str, ...], source: str) -> KilnConfig:
     for override in overrides:
         apply_override(tree, override)
+    section = tree.setdefault("storage", {})
+    if isinstance(section, dict) and isinstance(section.setdefault("options", {}), dict):
+        try:
+            section["options"] = restore_credentials(section["options"], os.environ)
+        except MissingCredential as e:
+            raise ConfigError(f"{source}: {e}") from None
     try:
-        return KilnConfig.model_validate(tree)
+        cfg = KilnConfig.model_validate(tree)
     except ValidationError as e:
         errors = e.errors()
         # A misspelled key also leaves the right one missing: name the misspelling.
         first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
         raise ConfigError(_describe(first, source)) from None
+    # Every process this one starts (ranks, Ray's workers, a batch job) finds the credentials there.
+    os.environ.update(credentials_environment(cfg.storage.options))
+    return cfg
 
 
 def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> KilnConfig:
-    """Read ``path`` (a local file or a URL), apply dotted overrides, validate. Raises ConfigError with one line."""
+    """Read ``path`` (a local file or a URL), apply dotted overrides, merge back the credentials a saved config
+    holds redacted (from ``ops.credentials.SECRETS_ENV``), validate. Raises ConfigError with one line."""
     return _validated(_read_tree(path), overrides, path)
 
 

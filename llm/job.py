@@ -1,7 +1,12 @@
-"""Everything one training rank needs, as one JSON file the launcher writes and each rank reads."""
+"""Everything one training rank needs, as one JSON file the launcher writes and each rank reads.
+
+What leaves the launcher's process (the job file, Ray Train's ``train_loop_config``) holds the storage
+credentials redacted; each rank merges them back from its environment (``ops.credentials``).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,6 +15,7 @@ from data_shards.config import ReadConfig
 from llm.config import ModelConfig, TrainConfig
 from llm.layout import check_split
 from ops import storage
+from ops.credentials import restore_credentials, split_credentials
 
 
 class TrainJob(BaseModel):
@@ -34,9 +40,22 @@ class TrainJob(BaseModel):
             )
         return self
 
+    def shareable(self) -> dict[str, Any]:
+        """This job as JSON-ready data for another process, its storage credentials redacted."""
+        shared = self.model_dump(mode="json")
+        shared["storage_options"] = split_credentials(self.storage_options)[0]
+        return shared
+
+    @classmethod
+    def from_shared(cls, shared: dict[str, Any]) -> "TrainJob":
+        """The job :meth:`shareable` gave, with the storage credentials of this process's environment."""
+        job = cls.model_validate(shared)
+        job.storage_options = restore_credentials(job.storage_options, os.environ)
+        return job
+
     def save(self, path: str) -> None:
-        storage.write_text(path, self.model_dump_json(indent=2) + "\n")
+        storage.write_json(path, self.shareable())
 
     @classmethod
     def load(cls, path: str) -> "TrainJob":
-        return cls.model_validate_json(storage.read_text(path))
+        return cls.from_shared(storage.read_json(path))

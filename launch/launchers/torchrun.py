@@ -28,6 +28,7 @@ from llm.config import TrainConfig
 from llm.devices import gloo_interface_environment, rank_environment
 from llm.job import TrainJob
 from llm.worker import STOP_FILE_ENV
+from ops.credentials import credentials_environment
 from ops.rank_failure import RankFailure
 
 RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT")
@@ -102,7 +103,7 @@ class TorchrunLauncher(Launcher):
         self.network_environment = (
             gloo_interface_environment(this_node_address(self.environ), self.environ) if job.train.nodes > 1 else {}
         )
-        self.folder = tempfile.mkdtemp(prefix="kiln-job-")  # private (0700): the job file names storage options
+        self.folder = tempfile.mkdtemp(prefix="kiln-job-")  # private (0700)
         self.job_path = os.path.join(self.folder, "job.json")
         self.stop_file = os.path.join(self.folder, "stop")
         job.save(self.job_path)
@@ -111,6 +112,7 @@ class TorchrunLauncher(Launcher):
         failures_path = os.path.join(self.folder, f"failures-{attempt}.json")
         env = rank_environment(self.job.train.nproc, self.environ)
         env.update(self.network_environment)
+        env.update(credentials_environment(self.job.storage_options))  # the job file holds them redacted
         env[STOP_FILE_ENV] = self.stop_file
         cmd = [
             sys.executable,
