@@ -70,6 +70,34 @@ def copy_checkpoint(run_dir: str, step: int, into) -> str:
     return str(into)
 
 
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"dim": 64}, "model.dim=64 but the source checkpoint has 32"),
+        ({"layers": 3}, "model.layers=3 but the source checkpoint has 2"),
+        ({"kv_heads": 4}, "model.kv_heads=4 but the source checkpoint has 2"),
+        ({"ffn_hidden": 80}, "model.ffn_hidden=80 but the source checkpoint has"),
+        ({"tie_embeddings": True}, "model.tie_embeddings=True but the source checkpoint has False"),
+    ],
+)
+def test_a_model_of_another_shape_is_named_by_its_field(ranks, change, says):
+    from llm.checkpoint_record import CheckpointRecord
+    from llm.config import ModelConfig
+    from llm.init_from import shape_mismatch
+
+    source = CheckpointRecord.model_construct(model=ModelConfig(**ranks.model), vocab_size=512)
+    assert says in shape_mismatch(source, ModelConfig(**{**ranks.model, **change}), 512)
+    assert shape_mismatch(source, ModelConfig(**{**ranks.model, "seq_len": 128, "rope_theta": 5e5}), 512) is None
+    assert "vocabulary has 600 tokens" in shape_mismatch(source, ModelConfig(**ranks.model), 600)
+
+
+def test_init_optimizer_needs_init_from():
+    from llm.config import TrainConfig
+
+    with pytest.raises(ValueError, match="train.init_optimizer=true needs train.init_from"):
+        TrainConfig(init_optimizer=True)
+
+
 @pytest.mark.slow
 def test_extending_the_stable_phase_by_a_resume_reproduces_the_longer_run_bit_for_bit(ranks, stable, tmp_path):
     """A run planned for 6 steps (its decay would start at step 3) stops at step 3 and resumes with
