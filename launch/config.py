@@ -34,6 +34,10 @@ from ops.credentials import (
 )
 
 
+# The train keys that shape the learning rate of past steps (train.steps only once a decay has started).
+SCHEDULE_KEYS = {"lr", "min_lr", "warmup_steps", "schedule", "decay_steps", "decay_shape"}
+
+
 class ConfigError(Exception):
     """A config file or override that cannot be used; the message is one line."""
 
@@ -133,12 +137,15 @@ class KilnConfig(BaseModel):
         return yaml.safe_dump(resolved, sort_keys=False)
 
     def training_hash(self) -> str:
-        """Hash of what a checkpoint must agree with to be resumed (not train.steps, not the launcher)."""
+        """Hash of what shaped a checkpoint's past, which a resume must agree with: the model, data, seed,
+        batch and learning-rate schedule.  Not train.steps (a warmup-stable-decay run is extended by
+        raising it), the layout, the launcher or activation checkpointing."""
         keyed = {
-            "model": self.model.model_dump(mode="json"),
+            "model": self.model.model_dump(mode="json", exclude={"activation_checkpointing"}),
             "data": self.data.output,
             "seed": self.run.seed,
             "global_batch": self.train.global_batch,
+            "schedule": self.train.model_dump(mode="json", include=SCHEDULE_KEYS),
         }
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -18,12 +18,14 @@ from cluster.eval import (
     plan_steps,
 )
 from data_shards.config import READ_KEYS
+from data_shards.manifest import load_manifest
 from data_shards.prepare import check_output, is_prepared, prepare
 from launch.accelerator import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
 from launch.eval_display import EvalProgress, print_eval_table
 from launch.launchers import launcher_for
 from launch.launchers.base import run_job
+from llm import init_from
 from llm.checkpoint import latest_committed_step
 from ops import storage
 
@@ -67,9 +69,21 @@ def train_stage(cfg: KilnConfig) -> int:
     use_cpu_accelerator_without_cuda()
     if not is_prepared(cfg.data_url, cfg.storage.options):
         raise ConfigError(f"data.output: no committed data at {cfg.data_url} — run `kiln prepare` with this config first")
+    check_init_source(cfg)
     storage.write_text(storage.join(cfg.run_url, "config.yaml"), cfg.to_yaml(), cfg.storage.options)
     with launcher_for(cfg) as launcher:
         return run_job(launcher)
+
+
+def check_init_source(cfg: KilnConfig) -> None:
+    """A run that starts from train.init_from: its source checked before anything is written to this run.
+    A run with a committed checkpoint of its own resumes from that and never reads the source again."""
+    options = cfg.storage.options
+    if not cfg.train.init_from or latest_committed_step(cfg.run_url, options) is not None:
+        return
+    vocab_size = load_manifest(cfg.data_url, "train", options).vocab_size
+    origin = init_from.check_source(cfg.train, cfg.model, vocab_size, options)
+    console.print(f"train: starting from step {origin.step} of {origin.run}")
 
 
 def eval_stage(cfg: KilnConfig, follow: bool = False) -> list[EvalReport]:

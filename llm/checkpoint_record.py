@@ -94,6 +94,17 @@ class DataPosition(BaseModel):
     loader: dict[str, Any] = Field(description="the data loader's state_dict(), opaque here")
 
 
+class InitOrigin(BaseModel):
+    """Where a run started from when ``train.init_from`` named another run: that run's checkpoint and its files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: str = Field(description="the source RUN_URL")
+    step: int = Field(ge=0)
+    sha256: dict[str, str] = Field(description="every file of the source checkpoint: path -> sha256")
+    optimizer: bool = Field(description="the source's optimizer state was carried too")
+
+
 class CheckpointRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -110,6 +121,7 @@ class CheckpointRecord(BaseModel):
     rng: list[RngState] = Field(min_length=1, description="the distinct RNG states of the ranks")
     rng_of_rank: list[int] = Field(description="index into rng for each rank")
     files: list[FileEntry] = Field(default_factory=list)
+    origin: InitOrigin | None = Field(default=None, description="the checkpoint this run started from (train.init_from)")
 
     def rng_for(self, rank: int) -> RngState:
         """The state rank ``rank`` saved; a rank the saving run did not have takes rank 0's."""

@@ -94,8 +94,12 @@ def _converted(run_url: str, record: CheckpointRecord, options: dict | None, poi
     return problems
 
 
-def _prepare(run_url: str, step: int, layout: ParallelLayout, options: dict | None) -> tuple[ResumePoint | None, list[str]]:
-    """Collective: this step checked by every rank; the point and every rank's problems."""
+def prepare_step(
+    run_url: str, step: int, layout: ParallelLayout, options: dict | None
+) -> tuple[ResumePoint | None, list[str]]:
+    """Collective: this step of ``run_url`` checked by every rank; the point and every rank's problems.
+
+    ``run_url`` may be another run's: ``llm.init_from`` starts a run from one of its checkpoints."""
     point, problems = None, []
     try:
         record = checkpoint.read_commit(run_url, step, options)
@@ -126,7 +130,7 @@ def find(run_url: str, layout: ParallelLayout, storage_options: dict | None = No
     candidates = checkpoint.resume_candidates(run_url, storage_options)
     rejected: list[str] = []
     for step in candidates:
-        point, problems = _prepare(run_url, step, layout, storage_options)
+        point, problems = prepare_step(run_url, step, layout, storage_options)
         if not problems:
             point.rejected = rejected
             return point
@@ -145,6 +149,19 @@ def find(run_url: str, layout: ParallelLayout, storage_options: dict | None = No
             f"checks ({rejected[-1]}); move the damaged step folders away to start afresh"
         )
     return None
+
+
+def check_same_training(run_url: str, point: ResumePoint, config_hash: str) -> None:
+    """A resume continues the past the checkpoint holds: its config hash (model, data, seed, batch and
+    learning-rate schedule) must be this config's.  Only train.steps and the layout may change."""
+    record = point.record
+    if record.config_hash != config_hash:
+        point.cleanup()
+        raise CheckpointError(
+            f"{checkpoint.step_url(run_url, record.step)} was trained with another model, data, seed, global_batch or "
+            "learning-rate schedule than this config; a resume may change only train.steps and the layout "
+            f"(start a new run from it with train.init_from={run_url}@{record.step})"
+        )
 
 
 def load(ds_engine, point: ResumePoint, cfg: TrainConfig) -> None:

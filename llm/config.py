@@ -85,6 +85,15 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     peak_tflops: float | None = Field(default=None, gt=0, description="per-device peak for MFU; None uses the GPU table")
     compile: bool = Field(default=False, description="torch.compile each block (any ZeRO stage, no pipeline)")
+    schedule: Literal["cosine", "wsd", "constant"] = Field(
+        default="cosine", description="cosine to min_lr at train.steps; wsd: warmup, stable, decay; constant after warmup"
+    )
+    decay_steps: int | None = Field(default=None, ge=1, description="wsd: the last decay_steps steps decay to min_lr")
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = Field(default="1-sqrt", description="wsd: shape of the decay")
+    init_from: str | None = Field(
+        default=None, description="RUN_URL[@STEP]: start from that run's weights (its newest committed step by default)"
+    )
+    init_optimizer: bool = Field(default=False, description="with init_from: also carry the source's optimizer state")
 
     @model_validator(mode="after")
     def _check_parallelism(self) -> "TrainConfig":
@@ -109,6 +118,15 @@ class TrainConfig(BaseModel):
             )
         if self.min_lr > self.lr:
             raise ValueError(f"train.min_lr={self.min_lr} must not exceed train.lr={self.lr}")
+        if self.schedule == "wsd" and self.decay_steps is None:
+            raise ValueError("train.schedule=wsd needs train.decay_steps: how many of the last steps decay to train.min_lr")
+        if self.schedule == "wsd" and self.warmup_steps + self.decay_steps > self.steps:
+            raise ValueError(
+                f"train.warmup_steps={self.warmup_steps} + train.decay_steps={self.decay_steps} must not exceed "
+                f"train.steps={self.steps}"
+            )
+        if self.init_optimizer and not self.init_from:
+            raise ValueError("train.init_optimizer=true needs train.init_from: the run whose optimizer state to carry")
         if self.global_batch % self.micro_batch:
             raise ValueError(
                 f"train.global_batch={self.global_batch} must be a multiple of train.micro_batch={self.micro_batch}"

@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 
 from data_shards.errors import DataError
-from llm import checkpoint_resume
-from llm.checkpoint_record import CheckpointRecord, DataPosition, RngState, distinct_states
+from llm import checkpoint_resume, init_from
+from llm.checkpoint_record import CheckpointRecord, DataPosition, InitOrigin, RngState, distinct_states
 from llm.devices import die_with_parent
 from llm.exit_codes import REQUEUE_EXIT_CODE
 from llm.flops import device_peak_tflops, flops_per_token, throughput
@@ -127,6 +127,13 @@ class Trainer:
         self.precision = resolve_precision(self.cfg, self.device)
         self.layout = ParallelLayout.for_run(self.cfg, self.world, self.precision)
         self.resume_point = checkpoint_resume.find(job.run_dir, self.layout, job.storage_options)
+        if self.resume_point is not None:
+            checkpoint_resume.check_same_training(job.run_dir, self.resume_point, job.config_hash)
+        self.init_point = None  # a run with no checkpoint of its own starts from train.init_from, if set
+        if self.resume_point is None and self.cfg.init_from:
+            self.init_point = init_from.prepare(self.cfg, job.model, self.vocab_size, self.layout, job.storage_options)
+        self.origin: InitOrigin | None = None
+        loading = self.resume_point or (self.init_point.point if self.init_point else None)
         self.engine = build_engine(
             job.model,
             self.cfg,
@@ -134,7 +141,7 @@ class Trainer:
             self.vocab_size,
             job.seed,
             self.device,
-            load_universal=self.resume_point is not None and self.resume_point.route == "universal",
+            load_universal=loading is not None and loading.route == "universal",
         )
         self.saver = CheckpointSaver(
             self.engine.engine, job.run_dir, self.cfg.keep_checkpoints, job.storage_options, on_commit=self.committed
@@ -180,6 +187,7 @@ class Trainer:
             ),
             rng=rng,
             rng_of_rank=rng_of_rank,
+            origin=self.origin,
         )
 
     def save(self) -> None:
@@ -191,7 +199,23 @@ class Trainer:
         if self.rank == 0:
             self.records.event("checkpoint", step=record.step, url=url, tokens=record.tokens)
 
+    def start_from_source(self) -> None:
+        init, self.init_point = self.init_point, None
+        init_from.load(self.engine.engine, init, self.cfg)
+        self.origin = init.origin
+        if self.rank == 0:
+            self.records.event(
+                "init_from",
+                run=init.origin.run,
+                step=init.origin.step,
+                optimizer=init.origin.optimizer,
+                reshaped=init.point.route is not None,
+            )
+
     def resume(self) -> None:
+        if self.init_point is not None:
+            self.start_from_source()
+            return
         point = self.resume_point
         if point is None:
             return
@@ -201,6 +225,7 @@ class Trainer:
         self.loader.load_state_dict(saved.data.loader)
         saved.rng_for(self.rank).restore()
         self.step, self.tokens, self.saved_step = saved.step, saved.tokens, saved.step
+        self.origin = saved.origin
         if self.rank == 0:
             self.records.event(
                 "resume",
@@ -208,7 +233,6 @@ class Trainer:
                 tokens=self.tokens,
                 reshaped=point.route is not None,
                 world_size=self.world,
-                config_hash_changed=saved.config_hash != self.job.config_hash,
                 rejected=point.rejected,
             )
 

@@ -82,6 +82,8 @@ def header(status: RunStatus, width: int, error: str | None = None) -> Panel:
         ("ETA", duration(status.eta_s)),
         ("checkpoint", f"step {ckpt.step}" if ckpt else "—"),
     ]
+    if status.origin is not None:
+        pairs.append(("from", f"step {status.origin.step} of {status.origin.run}"))
     per_row = 3 if width >= WIDE else 2
     grid = Table.grid(padding=(0, 1), expand=True)
     for _ in range(per_row):

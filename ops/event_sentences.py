@@ -1,7 +1,7 @@
 """Run events as sentences a person reads at a glance, e.g.
 "rank 3 on host b failed with exit code -9; restart 1 of 3 from step 400".
 
-Events are written by ranks (start, resume, checkpoint, preemption, finish, failure) and by
+Events are written by ranks (start, init_from, resume, checkpoint, preemption, finish, failure) and by
 launchers (restart, failure), which may add rank, host, exit_code, attempt, max_restarts, step
 and the ``failures`` they saw (``ops.rank_failure``).  Each kind has a sentence; any other kind
 is written as its name and fields.
@@ -71,9 +71,13 @@ def _resume(e: dict[str, Any]) -> str:
         text += f" on {_count(e['world_size'], 'rank')}"
     if e.get("reshaped"):
         text += ", resharded to the new layout"
-    if e.get("config_hash_changed"):
-        text += "; the training config changed since that checkpoint"
     return text
+
+
+def _init_from(e: dict[str, Any]) -> str:
+    text = f"started from the checkpoint of step {e.get('step', '?')} of {e.get('run', '?')}"
+    text += ", with its optimizer state" if e.get("optimizer") else ", with a fresh optimizer"
+    return text + (", resharded to the new layout" if e.get("reshaped") else "")
 
 
 def _failed_ranks(e: dict[str, Any]) -> str:
@@ -126,6 +130,7 @@ def _finish(e: dict[str, Any]) -> str:
 SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
     "start": _start,
     "resume": _resume,
+    "init_from": _init_from,
     "restart": _restart,
     "failure": _failure,
     "checkpoint": _checkpoint,

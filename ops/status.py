@@ -60,6 +60,17 @@ class CheckpointStatus(BaseModel):
     latest: bool = Field(description="named by checkpoints/latest")
 
 
+class OriginStatus(BaseModel):
+    """The checkpoint of another run this run started from (``train.init_from``), as its checkpoints record it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str
+    step: int
+    optimizer: bool = Field(description="the source's optimizer state was carried too")
+    sha256: dict[str, str] = Field(description="every file of the source checkpoint: path -> sha256")
+
+
 class EvalStatus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -102,6 +113,7 @@ class RunStatus(BaseModel):
     elapsed_s: float | None = Field(description="since the first start, until now or until the run ended")
     eta_s: float | None = Field(description="to total_steps at the recent step rate, while running")
     last_checkpoint: CheckpointStatus | None = Field(description="the newest committed checkpoint")
+    origin: OriginStatus | None = Field(default=None, description="where the run started from, when train.init_from set it")
     checkpoints: list[CheckpointStatus]
     ranks: list[RankHealth]
     stragglers: list[int] = Field(description="ranks whose step time is far above the median")
@@ -175,6 +187,18 @@ class CheckpointFollower:
         self.options = options
         self.fs, self.path = storage.filesystem(self.root, options)
         self.committed: set[int] = set()
+        self._origin: tuple[int, OriginStatus | None] | None = None
+
+    def origin(self, step: int) -> OriginStatus | None:
+        """The origin committed step ``step`` records (its COMMITTED is read once per step)."""
+        if self._origin is None or self._origin[0] != step:
+            try:
+                record = json.loads(storage.read_bytes(storage.join(self.root, step_name(step), COMMITTED), self.options))
+                origin = record.get("origin") if isinstance(record, dict) else None
+                self._origin = (step, OriginStatus.model_validate(origin) if origin else None)
+            except (OSError, ValueError):
+                return None
+        return self._origin[1]
 
     def checkpoints(self) -> list[CheckpointStatus]:
         names = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fresh_listing(self.fs, self.path)}
@@ -271,6 +295,7 @@ class RunWatcher:
             elapsed_s=self._elapsed(now, state),
             eta_s=eta_seconds(step, total_steps, pace.steps_per_s) if state == "running" else None,
             last_checkpoint=committed[-1] if committed else None,
+            origin=self.checkpoint_follower.origin(committed[-1].step) if committed else None,
             checkpoints=checkpoints,
             ranks=report.ranks,
             stragglers=report.stragglers,

@@ -13,6 +13,7 @@ The rest of Kiln calls only what this package exports:
 from llm.deepspeed_files.consolidate import consolidate, trained_weights
 from llm.deepspeed_files.engine_io import (
     KilnCheckpointEngine,
+    fresh_optimizer_state,
     load_as_saved,
     load_universal,
     repair_optimizer_groups,
@@ -37,6 +38,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "consolidate",
     "deepspeed_loads_weights_only",
+    "fresh_optimizer_state",
     "load_as_saved",
     "load_universal",
     "load_universal_into_plain",

@@ -88,13 +88,25 @@ def load_universal(ds_engine, load_dir: str, tag: str) -> None:
         raise CheckpointError(f"DeepSpeed could not load the universal checkpoint {os.path.join(load_dir, tag)}")
 
 
+def _torch_optimizer(ds_engine) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's wrappers (ZeRO's, bf16's), which holds the per-parameter state."""
+    optimizer = ds_engine.optimizer
+    while not isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def fresh_optimizer_state(ds_engine) -> None:
+    """Forget the per-parameter optimizer state a load brought (moments, step counts), as a new engine
+    has none: every ZeRO stage creates it lazily at the first step, so the next step starts afresh."""
+    _torch_optimizer(ds_engine).state.clear()
+
+
 def repair_optimizer_groups(ds_engine, cfg: TrainConfig) -> None:
     """Undo two things DeepSpeed's universal loading does to a ZeRO engine: it gives every parameter
     group the first group's settings (weight decay on norm gains), and one step counter tensor to all
     groups (so each optimizer step advances it once per group)."""
-    optimizer = ds_engine.optimizer
-    while not isinstance(optimizer, torch.optim.Optimizer):
-        optimizer = optimizer.optimizer
+    optimizer = _torch_optimizer(ds_engine)
     if len(optimizer.param_groups) != 2:
         raise RuntimeError(
             f"expected the optimizer's two parameter groups (decay, no decay), found {len(optimizer.param_groups)}"

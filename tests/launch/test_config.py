@@ -84,6 +84,15 @@ def test_training_hash_ignores_steps_but_not_model_shape(tmp_path):
     assert load_config(path, ["model.layers=7"]).training_hash() != base
 
 
+def test_training_hash_covers_the_learning_rate_schedule_but_not_the_layout(tmp_path):
+    path = write_config(tmp_path, MINIMAL)
+    base = load_config(path).training_hash()
+    for changed in ("train.lr=1e-2", "train.warmup_steps=3", "train.schedule=constant", "train.min_lr=0"):
+        assert load_config(path, [changed]).training_hash() != base, changed
+    for same in ("train.zero_stage=1", "train.nproc=1", "model.activation_checkpointing=true", "train.init_from=runs/a"):
+        assert load_config(path, [same]).training_hash() == base, same
+
+
 def test_shipped_configs_validate():
     from pathlib import Path
 
