@@ -23,7 +23,7 @@ def ngram_hashes(text: str, n: int) -> set[int]:
     if not tokens:
         return set()
     n = min(n, len(tokens))
-    return {xxhash.xxh64_intdigest(" ".join(tokens[i : i + n])) for i in range(len(tokens) - n + 1)}
+    return {xxhash.xxh64_intdigest(" ".join(tokens[i : i + n]).encode()) for i in range(len(tokens) - n + 1)}
 
 
 def _strings(value) -> list[str]:
@@ -71,7 +71,7 @@ class Contamination:
         tokens = _WORD.findall(text.lower())
         n = self.n
         for i in range(max(1, len(tokens) - n + 1)):
-            owner = self.owner.get(xxhash.xxh64_intdigest(" ".join(tokens[i : i + n])))
+            owner = self.owner.get(xxhash.xxh64_intdigest(" ".join(tokens[i : i + n]).encode()))
             if owner is not None:
                 self.removed[owner] += 1
                 return None
