@@ -20,7 +20,16 @@ from data_shards import dedup, near_dedup
 from data_shards.config import READ_KEYS, DataConfig, DedupExact, NearDedup
 from data_shards.errors import DataError
 from data_shards.inputs import Partition, filesystem_for, partitions_for, unreachable
-from data_shards.manifest import Manifest, ShardEntry, SourceStats, load_manifest, manifest_url, write_manifest
+from data_shards.filters import CORPUS_STEPS
+from data_shards.manifest import (
+    FunnelStep,
+    Manifest,
+    ShardEntry,
+    SourceStats,
+    load_manifest,
+    manifest_url,
+    write_manifest,
+)
 from data_shards.partition_work import WORK_DIR, TokenizeJob, sample_partition, tokenize_partition
 from data_shards.progress import PrepareProgress
 from data_shards.ray_results import get
@@ -201,6 +210,7 @@ def _manifests(data: DataConfig, markers: list[dict], tok: Tokenizer, cfg_hash: 
             slot = filters.setdefault(name, {"dropped": 0, "changed": 0})
             for k, v in c.items():
                 slot[k] = slot.get(k, 0) + v
+    funnel = _funnel(data, filters, errors.get("empty_docs", 0), markers)
     out = {}
     for split in ("train", "val"):
         entries = [ShardEntry(**e) for m in markers for e in m["shards"][split]]
@@ -224,8 +234,25 @@ def _manifests(data: DataConfig, markers: list[dict], tok: Tokenizer, cfg_hash: 
             sources=sources,
             filters=filters,
             errors=errors,
+            funnel=funnel,
         )
     return out
+
+
+def _funnel(data: DataConfig, filters: dict, empty: int, markers: list[dict]) -> list[FunnelStep]:
+    """Documents read, then what each step removed in the order they run: per-document steps in
+    ``data.filters`` order, documents left empty, then the corpus-wide steps."""
+    steps = [f.name for f in data.filters if not isinstance(f, CORPUS_STEPS)]
+    steps += ["empty_docs"] + [f.name for f in data.filters if isinstance(f, CORPUS_STEPS)]
+    dropped = {name: filters.get(name, {}).get("dropped", 0) for name in steps}
+    dropped["empty_docs"] = empty
+    left = sum(e["docs"] for m in markers for split in ("train", "val") for e in m["shards"][split])
+    left += sum(dropped.values())
+    rows = [FunnelStep(step="read", dropped=0, left=left)]
+    for name in steps:
+        left -= dropped[name]
+        rows.append(FunnelStep(step=name, dropped=dropped[name], left=left))
+    return rows
 
 
 def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, progress: bool = True) -> dict:

@@ -6,7 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from rich.console import Console
+
 from data_shards.config import DataConfig
+from data_shards.inspect import inspect
 from data_shards.manifest import load_manifest
 from data_shards.prepare import prepare
 from data_shards.tokenizer import Tokenizer
@@ -69,5 +72,17 @@ def test_near_duplicates_are_removed_the_same_way_whatever_the_partitioning(loca
         assert manifest.filters["near_dedup"]["dropped"] == copies, label
         assert manifest.filters["gopher_repetition"]["dropped"] == 0, label
         kept[label] = _all_texts(cfg.output)
+        funnel = [(row.step, row.dropped, row.left) for row in manifest.funnel]
+        assert funnel == [
+            ("read", 0, len(texts)),
+            ("normalize_unicode", 0, len(texts)),
+            ("gopher_repetition", 0, len(texts)),
+            ("empty_docs", 0, len(texts)),
+            ("near_dedup", copies, len(texts) - copies),
+        ]
+    console = Console(record=True, width=160)
+    console.print(inspect(cfg.output))
+    shown = console.export_text()
+    assert "funnel" in shown and "near_dedup" in shown
     assert len(kept["whole files"]) == len(texts) - copies
     assert kept["whole files"] == kept["split files"]
