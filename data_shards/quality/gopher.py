@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
+
+import numpy as np
 
 from data_shards.config import GopherQuality, GopherRepetition
 from data_shards.quality.text import duplicates, is_symbol, words
@@ -12,26 +13,62 @@ _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
 
 
-def top_ngram_chars(tokens: list[str], n: int) -> int:
-    """Characters of the most frequent word n-gram (joined by spaces) times its count."""
-    counts = Counter(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
-    if not counts:
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+class WordGrams:
+    """A document's words as integer ids, so that n-grams become 64-bit keys computed by numpy."""
+
+    def __init__(self, tokens: list[str]):
+        index: dict[str, int] = {}
+        self.ids = np.fromiter((index.setdefault(w, len(index)) for w in tokens), dtype=np.uint64, count=len(tokens))
+        self.ids += np.uint64(1)
+        lengths = np.fromiter((len(w) for w in index), dtype=np.int64, count=len(index))
+        self.chars = np.concatenate([[0], np.cumsum(lengths[(self.ids - np.uint64(1)).astype(np.int64)])])
+
+    def keys(self, n: int) -> np.ndarray:
+        """One key per n-gram, in order; distinct n-grams get distinct keys but for 2**-64 chances."""
+        count = len(self.ids) - n + 1
+        key = self.ids[:count].copy()
+        for k in range(1, n):
+            key = key * _MIX + self.ids[k : k + count]
+        return key
+
+    def gram_chars(self, start: np.ndarray | int, n: int):
+        """Characters of the words of the n-gram(s) starting at ``start``, without separators."""
+        return self.chars[start + n] - self.chars[start]
+
+
+def top_ngram_chars(grams: WordGrams, n: int) -> int:
+    """Characters of the most frequent word n-gram (joined by spaces) times its count; among equally
+    frequent n-grams, the one seen first."""
+    if len(grams.ids) < n:
         return 0
-    gram, count = counts.most_common(1)[0]
-    return len(gram) * count
+    _, first, counts = np.unique(grams.keys(n), return_index=True, return_counts=True)
+    best = counts.max()
+    start = int(first[counts == best].min())
+    return (int(grams.gram_chars(start, n)) + n - 1) * int(best)
 
 
-def duplicate_ngram_chars(tokens: list[str], n: int) -> int:
-    """Characters of word n-grams that repeat an earlier one; a repeat's words are not counted twice."""
-    seen: set[tuple[str, ...]] = set()
-    chars = i = 0
-    while i <= len(tokens) - n:
-        gram = tuple(tokens[i : i + n])
-        if gram in seen:
-            chars += sum(map(len, gram))
+def duplicate_ngram_chars(grams: WordGrams, n: int) -> int:
+    """Characters of word n-grams that repeat an earlier one, scanning left to right and jumping over a
+    repeat, so its words are not counted twice."""
+    if len(grams.ids) < n:
+        return 0
+    keys = grams.keys(n)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    repeats = np.flatnonzero(first[inverse] < np.arange(len(keys)))
+    if not len(repeats):
+        return 0
+    start = int(repeats[0])  # every n-gram before it is new and none is jumped over
+    seen = set(keys[:start].tolist())
+    chars, i, keys = 0, start, keys.tolist()
+    while i < len(keys):
+        if keys[i] in seen:
+            chars += int(grams.gram_chars(i, n))
             i += n
         else:
-            seen.add(gram)
+            seen.add(keys[i])
             i += 1
     return chars
 
@@ -52,12 +89,12 @@ def repetition_rule(spec: GopherRepetition):
         n, chars = duplicates(lines)
         if n / len(lines) > spec.dup_line_frac or chars / size > spec.dup_line_char_frac:
             return None
-        tokens = words(text)
+        grams = WordGrams(words(text))
         for n, frac in top:
-            if top_ngram_chars(tokens, n) / size > frac:
+            if top_ngram_chars(grams, n) / size > frac:
                 return None
         for n, frac in dup:
-            if duplicate_ngram_chars(tokens, n) / size > frac:
+            if duplicate_ngram_chars(grams, n) / size > frac:
                 return None
         return text
 

@@ -4,6 +4,9 @@ As published (and in datatrove): a ``max`` ratio drops strictly above it and a `
 it, so a document exactly at a threshold is kept.
 """
 
+import random
+from collections import Counter
+
 import pytest
 
 from data_shards.config import C4, FineWeb, GopherQuality, GopherRepetition
@@ -33,7 +36,7 @@ def test_top_bigram_share_of_characters(total, keep):
 @pytest.mark.parametrize(("total", "keep"), [(100, True), (101, True), (99, False)])
 def test_duplicate_5gram_characters_count_each_repeat_once(total, keep):
     rule = gopher.repetition_rule(GopherRepetition(**{**NO_REPETITION_RULES, "dup_ngrams": {5: 0.15}}))
-    assert gopher.duplicate_ngram_chars("aaa bbb ccc ddd eee aaa bbb ccc ddd eee".split(), 5) == 15
+    assert gopher.duplicate_ngram_chars(gopher.WordGrams("aaa bbb ccc ddd eee aaa bbb ccc ddd eee".split()), 5) == 15
     assert kept(rule, padded("aaa bbb ccc ddd eee aaa bbb ccc ddd eee", total)) is keep
 
 
@@ -201,3 +204,35 @@ def test_fineweb_newlines_per_word(words_per_line, keep):
     # the full stops count as words, as a word tokenizer splits them off: 30 newlines over 310 words
     # keeps, over 279 drops
     assert kept(rule, "\n".join(lines)) is keep
+
+
+def _published_top(tokens, n):
+    grams = [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0
+    gram, count = Counter(grams).most_common(1)[0]
+    return len(gram) * count
+
+
+def _published_duplicates(tokens, n):
+    seen, chars, i = set(), 0, 0
+    while i < len(tokens) - n + 1:
+        gram = "".join(tokens[i : i + n])
+        if gram in seen:
+            chars += len(gram)
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_ngram_counts_match_the_published_definitions_on_repetitive_text(seed):
+    rng = random.Random(seed)
+    vocab = ["a", "bb", "ccc", "dddd", "the", "x"][: rng.randint(2, 6)]
+    tokens = [rng.choice(vocab) for _ in range(rng.randint(0, 60))]
+    grams = gopher.WordGrams(tokens)
+    for n in range(1, 11):
+        assert gopher.top_ngram_chars(grams, n) == _published_top(tokens, n)
+        assert gopher.duplicate_ngram_chars(grams, n) == _published_duplicates(tokens, n)
