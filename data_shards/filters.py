@@ -1,7 +1,8 @@
 """Document cleaning steps named in ``data.filters``; each reports what it dropped or changed.
 
-``dedup_exact`` is not a per-document step: prepare runs it across the whole corpus
-(see :mod:`data_shards.dedup`) on the text the other steps produce.
+``dedup_exact`` and ``near_dedup`` are not per-document steps: prepare runs them across the whole
+corpus (see :mod:`data_shards.dedup` and :mod:`data_shards.near_dedup`) on the text the other steps
+produce. The quality rules live in :mod:`data_shards.quality`, one module a rule family.
 """
 
 from __future__ import annotations
@@ -11,7 +12,22 @@ import re
 import unicodedata
 from typing import Callable
 
-from data_shards.config import DedupExact, MaskPII, MinLength, NormalizeUnicode, StripMarkup
+from data_shards.config import (
+    C4,
+    Decontaminate,
+    DedupExact,
+    FineWeb,
+    GopherQuality,
+    GopherRepetition,
+    Language,
+    MaskPII,
+    MinLength,
+    NearDedup,
+    NormalizeUnicode,
+    StripMarkup,
+)
+from data_shards.quality import c4, fineweb, gopher, language
+from data_shards.quality.decontaminate import Contamination
 
 _TAG = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>|<!--.*?-->|</?[A-Za-z][^<>]*>", re.S | re.I)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -36,7 +52,10 @@ def mask_pii(text: str, email: str = "<EMAIL>", phone: str = "<PHONE>", ip: str 
     return _PHONE.sub(phone, text)
 
 
-def _step(spec) -> Step:
+CORPUS_STEPS = (DedupExact, NearDedup)
+
+
+def _step(spec, storage_options) -> Step:
     if isinstance(spec, StripMarkup):
         return strip_markup
     if isinstance(spec, NormalizeUnicode):
@@ -45,27 +64,50 @@ def _step(spec) -> Step:
         return lambda t: t if len(t) >= spec.min_chars else None
     if isinstance(spec, MaskPII):
         return lambda t: mask_pii(t, spec.email, spec.phone, spec.ip)
+    if isinstance(spec, GopherRepetition):
+        return gopher.repetition_rule(spec)
+    if isinstance(spec, GopherQuality):
+        return gopher.quality_rule(spec)
+    if isinstance(spec, C4):
+        return c4.rule(spec)
+    if isinstance(spec, FineWeb):
+        return fineweb.rule(spec)
+    if isinstance(spec, Language):
+        return language.rule(spec)
+    if isinstance(spec, Decontaminate):
+        return Contamination(spec, storage_options)
     raise TypeError(f"not a per-document filter: {spec!r}")
 
 
 class FilterChain:
-    """The per-document steps of ``data.filters`` in order, with per-step counts."""
+    """The per-document steps of ``data.filters`` in order, with per-step counts.
 
-    def __init__(self, specs: list):
-        self.steps = [(spec.name, _step(spec)) for spec in specs if not isinstance(spec, DedupExact)]
-        self.counts: dict[str, dict[str, int]] = {name: {"dropped": 0, "changed": 0} for name, _ in self.steps}
+    Held-out (``val``) documents are not decontaminated: they are what training data is cleaned against.
+    """
+
+    def __init__(self, specs: list, split: str = "train", storage_options=None):
+        wanted = [
+            s for s in specs if not isinstance(s, CORPUS_STEPS) and not (split == "val" and isinstance(s, Decontaminate))
+        ]
+        self.steps = [(spec.name, _step(spec, storage_options)) for spec in wanted]
+        self._counts: dict[str, dict[str, int]] = {name: {"dropped": 0, "changed": 0} for name, _ in self.steps}
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        """dropped and changed per step; decontamination adds ``dropped:FILE`` per examples file."""
+        out = {name: dict(c) for name, c in self._counts.items()}
+        for name, step in self.steps:
+            if isinstance(step, Contamination):
+                out[name].update({f"dropped:{f}": n for f, n in sorted(step.removed.items())})
+        return out
 
     def __call__(self, text: str) -> str | None:
         for name, step in self.steps:
             out = step(text)
             if out is None:
-                self.counts[name]["dropped"] += 1
+                self._counts[name]["dropped"] += 1
                 return None
             if out != text:
-                self.counts[name]["changed"] += 1
+                self._counts[name]["changed"] += 1
             text = out
         return text
-
-
-def wants_dedup(specs: list) -> bool:
-    return any(isinstance(spec, DedupExact) for spec in specs)

@@ -49,8 +49,23 @@ def _counts(manifests: dict) -> Table:
     m = manifests["train"]
     for name, c in sorted(m.filters.items()):
         table.add_row("filter", name, f"{c.get('dropped', 0):,}", f"{c.get('changed', 0):,}")
+        for key, n in sorted(c.items()):
+            if key.startswith("dropped:"):  # decontamination, per file of examples
+                table.add_row("", f"  matching {key.removeprefix('dropped:')}", f"{n:,}", "")
     for name, n in sorted(m.errors.items()):
         table.add_row("input", name, "", f"{n:,}")
+    return table
+
+
+def _funnel(manifests: dict) -> Table:
+    table = Table(title="funnel: documents read → documents in shards (train and val)")
+    for col in ("step", "removed", "left", "of read"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    rows = manifests["train"].funnel
+    read = rows[0].left if rows else 0
+    for row in rows:
+        removed = "" if row.step == "read" else f"{row.dropped:,}"
+        table.add_row(row.step, removed, f"{row.left:,}", f"{row.left / read:.1%}" if read else "")
     return table
 
 
@@ -65,6 +80,8 @@ def inspect(data_url: str, storage_options: dict | None = None, samples: int = 3
         f"config hash {train.config_hash}"
     )
     parts = [head, _summary(manifests), _sources(manifests), _counts(manifests)]
+    if train.funnel:
+        parts.append(_funnel(manifests))
     shown = 0
     for i in range(len(train.shards)):
         if shown >= samples:

@@ -58,6 +58,16 @@ class SourceStats(BaseModel):
     weight: float = 1.0
 
 
+class FunnelStep(BaseModel):
+    """One row of the funnel from documents read to documents in shards: a step, what it removed, what is left."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: str
+    dropped: int = Field(ge=0)
+    left: int = Field(ge=0)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,6 +88,8 @@ class Manifest(BaseModel):
     filters: dict[str, dict[str, int]] = {}
     # invalid_utf8, empty_docs, malformed_lines, missing_field
     errors: dict[str, int] = {}
+    # Documents read, then left after each step in the order prepare applies them (both splits together).
+    funnel: list[FunnelStep] = []
     # Where the split lives; set when loaded, not stored.
     split_url: str = ""
 

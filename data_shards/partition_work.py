@@ -69,7 +69,7 @@ def sample_partition(
     """
     heap: list[tuple[float, int, str]] = []
     held = scanned = 0
-    counts, chain = ReadCounts(), FilterChain(filters)
+    counts, chain = ReadCounts(), FilterChain(filters, partition.split, storage_options)
     for number, text in iter_clean(partition, on_error, storage_options, counts, chain):
         if not text:
             continue
@@ -91,7 +91,7 @@ def sample_partition(
 def partition_hashes(partition: Partition, filters: list, on_error: str, storage_options=None) -> list[tuple[bytes, int]]:
     """(content hash, doc_id) of every non-empty document after the per-document filters."""
     out = []
-    counts, chain = ReadCounts(), FilterChain(filters)
+    counts, chain = ReadCounts(), FilterChain(filters, partition.split, storage_options)
     for number, text in iter_clean(partition, on_error, storage_options, counts, chain):
         if text:
             out.append((content_hash(text), doc_id(partition.index, number)))
@@ -112,7 +112,6 @@ class TokenizeJob:
     shard_bytes: int
     batch_bytes: int
     dtype: str
-    dedup: bool = False
     storage_options: dict = field(default_factory=dict)
 
     def marker_url(self, partition: int) -> str:
@@ -186,15 +185,17 @@ def _publish(local_path: str, url: str, storage_options) -> None:
     os.remove(local_path)
 
 
-def tokenize_partition(partition: Partition, job: TokenizeJob, drop: frozenset = frozenset(), report=None) -> dict:
+def tokenize_partition(partition: Partition, job: TokenizeJob, drops: dict[str, frozenset] | None = None, report=None) -> dict:
     """Tokenize one partition into shards and write its completion marker; returns the marker.
 
-    ``drop`` holds doc_ids removed by corpus-wide de-duplication. ``report(docs, tokens)``
-    receives progress every so often.
+    ``drops`` maps each corpus-wide step (``dedup_exact``, ``near_dedup``) to the doc_ids of this
+    partition it removes. ``report(docs, tokens)`` receives progress every so often.
     """
+    drops = drops or {}
+    removed = {name: 0 for name in drops}
     tok = _tokenizer(job.tokenizer_bytes)
-    counts, chain = ReadCounts(), FilterChain(job.filters)
-    empty = deduped = 0
+    counts, chain = ReadCounts(), FilterChain(job.filters, partition.split, job.storage_options)
+    empty = 0
     scratch = None
     if storage.is_local(job.output):  # same filesystem as the output, so a shard moves in by rename
         _, base = storage.filesystem(job.output)
@@ -228,8 +229,9 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drop: frozenset =
                 empty += 1
                 continue
             doc = doc_id(partition.index, number)
-            if doc in drop:
-                deduped += 1
+            by = next((name for name, ids in drops.items() if doc in ids), None)
+            if by is not None:
+                removed[by] += 1
                 continue
             if partition.split == "holdout":
                 split = "val" if held_out(job.seed, doc, job.val_fraction) else "train"
@@ -255,7 +257,7 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drop: frozenset =
         "source": partition.source,
         "shards": {name: s.entries for name, s in splits.items()},
         "errors": {**dataclasses.asdict(counts), "empty_docs": empty},
-        "filters": {**chain.counts, **({"dedup_exact": {"dropped": deduped, "changed": 0}} if job.dedup else {})},
+        "filters": {**chain.counts, **{name: {"dropped": n, "changed": 0} for name, n in removed.items()}},
     }
     storage.write_json(job.marker_url(partition.index), marker, job.storage_options)
     return marker

@@ -16,12 +16,20 @@ from collections import deque
 
 import ray
 
-from data_shards import dedup
-from data_shards.config import READ_KEYS, DataConfig
+from data_shards import dedup, near_dedup
+from data_shards.config import READ_KEYS, DataConfig, DedupExact, NearDedup
 from data_shards.errors import DataError
-from data_shards.filters import wants_dedup
 from data_shards.inputs import Partition, filesystem_for, partitions_for, unreachable
-from data_shards.manifest import Manifest, ShardEntry, SourceStats, load_manifest, manifest_url, write_manifest
+from data_shards.filters import CORPUS_STEPS
+from data_shards.manifest import (
+    FunnelStep,
+    Manifest,
+    ShardEntry,
+    SourceStats,
+    load_manifest,
+    manifest_url,
+    write_manifest,
+)
 from data_shards.partition_work import WORK_DIR, TokenizeJob, sample_partition, tokenize_partition
 from data_shards.progress import PrepareProgress
 from data_shards.ray_results import get
@@ -138,7 +146,7 @@ class _Counter:
 
 
 def _tokenize_all(
-    partitions, job: TokenizeJob, drops: dict[int, frozenset], max_inflight: int, show: PrepareProgress
+    partitions, job: TokenizeJob, drops: dict[str, dict[int, frozenset]], max_inflight: int, show: PrepareProgress
 ) -> tuple[list[dict], int]:
     """Run a tokenize task per partition without a marker, at most ``max_inflight`` at once; every
     partition's marker, and how many partitions were tokenized now."""
@@ -160,7 +168,8 @@ def _tokenize_all(
     while queue or pending:
         while queue and len(pending) < max_inflight:
             p = queue.popleft()
-            pending[task.remote(p, job_ref, drops.get(p.index, frozenset()), counter)] = p.index
+            mine = {name: ids.get(p.index, frozenset()) for name, ids in drops.items()}
+            pending[task.remote(p, job_ref, mine, counter)] = p.index
         done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
         for ref in done:
             markers[pending.pop(ref)] = get(ref)
@@ -170,8 +179,19 @@ def _tokenize_all(
     return [markers[p.index] for p in partitions], len(todo)
 
 
-def _tokenize_task(partition: Partition, job: TokenizeJob, drop: frozenset, counter) -> dict:
-    return tokenize_partition(partition, job, drop, report=lambda d, t: counter.add.remote(d, t))
+def _corpus_drops(data: DataConfig, partitions, job: TokenizeJob, show) -> dict[str, dict[int, frozenset]]:
+    """doc_ids removed by the corpus-wide steps, by step name and partition."""
+    drops = {}
+    for spec in data.filters:
+        if isinstance(spec, DedupExact):
+            drops[spec.name] = dedup.duplicates(partitions, job, show)
+        elif isinstance(spec, NearDedup):
+            drops[spec.name] = near_dedup.duplicates(partitions, job, spec, show)
+    return drops
+
+
+def _tokenize_task(partition: Partition, job: TokenizeJob, drops: dict[str, frozenset], counter) -> dict:
+    return tokenize_partition(partition, job, drops, report=lambda d, t: counter.add.remote(d, t))
 
 
 def _config_hash(data: DataConfig, seed: int, tokenizer: Tokenizer) -> str:
@@ -190,7 +210,8 @@ def _manifests(data: DataConfig, markers: list[dict], tok: Tokenizer, cfg_hash: 
         for name, c in m["filters"].items():
             slot = filters.setdefault(name, {"dropped": 0, "changed": 0})
             for k, v in c.items():
-                slot[k] += v
+                slot[k] = slot.get(k, 0) + v
+    funnel = _funnel(data, filters, errors.get("empty_docs", 0), markers)
     out = {}
     for split in ("train", "val"):
         entries = [ShardEntry(**e) for m in markers for e in m["shards"][split]]
@@ -214,8 +235,25 @@ def _manifests(data: DataConfig, markers: list[dict], tok: Tokenizer, cfg_hash: 
             sources=sources,
             filters=filters,
             errors=errors,
+            funnel=funnel,
         )
     return out
+
+
+def _funnel(data: DataConfig, filters: dict, empty: int, markers: list[dict]) -> list[FunnelStep]:
+    """Documents read, then what each step removed in the order they run: per-document steps in
+    ``data.filters`` order, documents left empty, then the corpus-wide steps."""
+    steps = [f.name for f in data.filters if not isinstance(f, CORPUS_STEPS)]
+    steps += ["empty_docs"] + [f.name for f in data.filters if isinstance(f, CORPUS_STEPS)]
+    dropped = {name: filters.get(name, {}).get("dropped", 0) for name in steps}
+    dropped["empty_docs"] = empty
+    left = sum(e["docs"] for m in markers for split in ("train", "val") for e in m["shards"][split])
+    left += sum(dropped.values())
+    rows = [FunnelStep(step="read", dropped=0, left=left)]
+    for name in steps:
+        left -= dropped[name]
+        rows.append(FunnelStep(step=name, dropped=dropped[name], left=left))
+    return rows
 
 
 def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, progress: bool = True) -> dict:
@@ -248,11 +286,10 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
             shard_bytes=max(1, int(data.shard_mb * MIB)),
             batch_bytes=max(1, int(min(data.record_batch_mb, data.shard_mb / 4) * MIB)),
             dtype=dtype,
-            dedup=wants_dedup(data.filters),
             storage_options=options,
         )
         max_inflight = data.max_inflight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        drops = dedup.duplicates(partitions, job, show) if job.dedup else {}
+        drops = _corpus_drops(data, partitions, job, show)
         markers, tokenized = _tokenize_all(partitions, job, drops, max_inflight, show)
     manifests = _manifests(data, markers, tok, cfg_hash, dtype)
     if manifests["train"].total_docs == 0:
