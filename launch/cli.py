@@ -169,6 +169,30 @@ def cmd_status(args) -> int:
     return status_exit_code(status)
 
 
+def cmd_metrics(args) -> int:
+    from ops.metrics_table import print_metrics
+
+    try:
+        print_metrics(args.run_url, fmt=args.format, follow=args.follow, interval_s=args.interval)
+    except BrokenPipeError:  # `kiln metrics RUN | head`: the reader has what it wanted
+        sys.stderr.close()
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from rich.console import Console
+
+    from ops.compare import load_runs, terminal_charts, write_png
+
+    runs = load_runs(args.run_urls)
+    console = Console()
+    console.print(terminal_charts(runs, console.width))
+    if args.output:
+        write_png(runs, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_data_inspect(args) -> int:
     from rich.console import Console
 
@@ -333,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_url")
     p.add_argument("--json", action="store_true", help="machine-readable output (schema: ops.status.RunStatus)")
+
+    p = add("metrics", cmd_metrics, "the run's metrics table (every writer, restarts resolved) as CSV or JSON lines")
+    p.add_argument("run_url")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--follow", action="store_true", help="then print each new step as it is logged, until the run ends")
+    p.add_argument("--interval", type=float, default=2.0, help="--follow: seconds between reads")
+
+    p = add("compare", cmd_compare, "loss, learning-rate and held-out curves of several runs on shared axes")
+    p.add_argument("run_urls", nargs="+", metavar="RUN_URL")
+    p.add_argument("-o", "--output", metavar="PNG", help="also write the charts to this PNG (a path or URL)")
 
     data = add("data", None, "inspect prepared data").add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     p = add("inspect", cmd_data_inspect, "manifest summary, per-source counts and decoded samples", parent=data)
