@@ -51,10 +51,12 @@ smoke: $(STAMP)
 # CI runs the tests in file order, so a run is reproduced by running it again.  `make test-shuffled` runs
 # them in a random order (pytest-randomly; it prints the seed, SEED=N replays one) to show that no test
 # depends on another's side effects.
-# The lint gate: pyflakes and pycodestyle (the rules in pyproject.toml) and ruff's formatting.
+# The lint gate: pyflakes and pycodestyle (the rules in pyproject.toml), ruff's formatting, and the
+# one-way imports between the top-level packages (the contract in .importlinter).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 test: system-packages lint $(STAMP)
 	$(BIN)/python -m pytest -q -p no:randomly --durations=30
