@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
+    except Exception as e:  # narrowed below: user_errors() imports their types only now; the rest is raised on
         if isinstance(e, user_errors()):
             print(f"kiln: error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR

@@ -315,7 +315,7 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
         rc = trainer.run(stop, heartbeat)
         drain_collectives()
         return rc
-    except Exception as exc:
+    except Exception as exc:  # whatever ends this rank is recorded as its failure event, then it exits 1
         rc = 1
         rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
         records.event("failure", rank=rank, error=f"{type(exc).__name__}: {exc}")
