@@ -30,6 +30,9 @@ system-packages:
 
 # The read benchmark's peers (OLMo-core, Megatron-core, litdata, MosaicML Streaming) with Kiln, in
 # .venv-bench: their pins would downgrade packages Kiln's tests use.  torch stays the CPU wheel.
+# torchvision (asked for by litdata and Streaming, used by neither on the benchmark's text path) goes
+# again: PyPI has no build of it for the CPU torch wheel, and the one pip picks fails on import
+# (`operator torchvision::nms does not exist`); bench_read.py keeps Streaming's vision part unimported.
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.kiln-installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
@@ -38,6 +41,7 @@ $(BENCH_VENV)/.kiln-installed: pyproject.toml
 	echo "torch==2.13.0" > $(BENCH_VENV)/constraints.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt -e ".[test]"
 	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt -e ".[bench]"
+	$(BENCH_VENV)/bin/python -m pip uninstall --quiet --yes torchvision
 	touch $@
 
 bench-peers: $(BENCH_VENV)/.kiln-installed
