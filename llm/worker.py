@@ -320,7 +320,9 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
         rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
         records.event("failure", rank=rank, error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, DataError):  # bad input: one line, no traceback
-            print(f"rank {rank}: {exc}", file=sys.stderr)
+            # one write of the whole line: ranks run unbuffered (python -u), where print's separate write of
+            # the newline lets another rank's message land in the middle of this one
+            sys.stderr.write(f"rank {rank}: {exc}\n")
         else:
             traceback.print_exc()
         return 1
