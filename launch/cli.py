@@ -451,6 +451,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, FileNotFoundError, JobsError)
 
 
+KILN_PACKAGES = {"launch", "cluster", "llm", "data_shards", "ops"}
+
+
+def missing_dependency(error: ModuleNotFoundError) -> str:
+    """One line for a Python without Kiln's dependencies, e.g. the one a Ray cluster started outside Kiln's
+    environment runs a submitted job with."""
+    return (
+        f"{sys.executable} cannot import {error.name!r}, one of Kiln's dependencies: run Kiln with the Python it "
+        f"is installed in, or install it into this one (`{sys.executable} -m pip install kiln-pretrain`); on a Ray "
+        "cluster, start Ray from Kiln's environment"
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; dotted overrides may also follow the options (argparse alone cannot take
     positionals after them)."""
@@ -475,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in KILN_PACKAGES:
+            raise
+        print(f"kiln: error: {missing_dependency(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as e:  # narrowed below: user_errors() imports their types only now; the rest is raised on
         if isinstance(e, user_errors()):
             print(f"kiln: error: {e}", file=sys.stderr)
