@@ -125,7 +125,6 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, root: Path, config: Path) -> None:
-
     import psutil
     import ray
 
