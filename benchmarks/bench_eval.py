@@ -58,7 +58,7 @@ FULL = {
     "cloze": {"context_tokens": 96, "continuation_tokens": 12},
 }
 TINY = {
-    "corpus_chars": 300_000,
+    "corpus_chars": 2_000_000,  # whole stdlib files: enough held-out ones for a four-choice cloze
     "vocab": 400,
     "shard_mb": 0.05,
     "model": {"dim": 32, "layers": 1, "heads": 2, "seq_len": 32},
