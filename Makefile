@@ -30,6 +30,9 @@ system-packages:
 
 # The read benchmark's peers (OLMo-core, Megatron-core, litdata, MosaicML Streaming) with Kiln, in
 # .venv-bench: their pins would downgrade packages Kiln's tests use.  torch stays the CPU wheel.
+# torchvision (asked for by litdata and Streaming, used by neither on the benchmark's text path) goes
+# again: PyPI has no build of it for the CPU torch wheel, and the one pip picks fails on import
+# (`operator torchvision::nms does not exist`); bench_read.py keeps Streaming's vision part unimported.
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.kiln-installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
@@ -38,6 +41,7 @@ $(BENCH_VENV)/.kiln-installed: pyproject.toml
 	echo "torch==2.13.0" > $(BENCH_VENV)/constraints.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt -e ".[test]"
 	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt -e ".[bench]"
+	$(BENCH_VENV)/bin/python -m pip uninstall --quiet --yes torchvision
 	touch $@
 
 bench-peers: $(BENCH_VENV)/.kiln-installed
@@ -51,10 +55,12 @@ smoke: $(STAMP)
 # CI runs the tests in file order, so a run is reproduced by running it again.  `make test-shuffled` runs
 # them in a random order (pytest-randomly; it prints the seed, SEED=N replays one) to show that no test
 # depends on another's side effects.
-# The lint gate: pyflakes and pycodestyle (the rules in pyproject.toml) and ruff's formatting.
+# The lint gate: pyflakes and pycodestyle (the rules in pyproject.toml), ruff's formatting, and the
+# one-way imports between the top-level packages (the contract in .importlinter).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 test: system-packages lint $(STAMP)
 	$(BIN)/python -m pytest -q -p no:randomly --durations=30

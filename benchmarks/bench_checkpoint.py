@@ -129,7 +129,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--targets", default="local,s3", help="comma-separated: local, s3")
+    parser.add_argument("--tiny", action="store_true", help="the code path only, at a size the test suite can afford")
     args = parser.parse_args()
+    if args.tiny:
+        args.dim, args.layers, args.heads, args.vocab, args.seq_len, args.repeats = 32, 1, 2, 256, 16, 1
 
     os.environ.update(external_rank_environment({}))
     init_distributed(torch.device("cpu"))

@@ -37,10 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / ".cache" / "bench" / "eval"
 
 
-def kiln(*args: str) -> None:
+def kiln(root: Path, *args: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", *args],
-        cwd=ROOT,
+        cwd=root,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -49,27 +49,44 @@ def kiln(*args: str) -> None:
         raise SystemExit(f"kiln {args[0]} failed:\n{proc.stderr[-3000:]}")
 
 
-def setup() -> Path:
+# Sizes of the benchmark, and of --tiny (the code path only).
+FULL = {
+    "corpus_chars": 2_000_000,
+    "vocab": 4096,
+    "shard_mb": 1,
+    "model": {"dim": 256, "layers": 4, "heads": 4, "seq_len": 256},
+    "cloze": {"context_tokens": 96, "continuation_tokens": 12},
+}
+TINY = {
+    "corpus_chars": 2_000_000,  # whole stdlib files: enough held-out ones for a four-choice cloze
+    "vocab": 400,
+    "shard_mb": 0.05,
+    "model": {"dim": 32, "layers": 1, "heads": 2, "seq_len": 32},
+    "cloze": {"context_tokens": 16, "continuation_tokens": 4},
+}
+
+
+def setup(root: Path, size: dict) -> Path:
     """Data, a one-step checkpoint and a cloze task (made once, then reused)."""
     from launch.corpus import write_corpus
     from llm.cloze import write_cloze
 
-    ROOT.mkdir(parents=True, exist_ok=True)
-    config = ROOT / "config.yaml"
-    if not (ROOT / "run" / "checkpoints" / "latest").exists():
-        write_corpus(str(ROOT / "corpus"), max_chars=2_000_000)
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.yaml"
+    if not (root / "run" / "checkpoints" / "latest").exists():
+        write_corpus(str(root / "corpus"), max_chars=size["corpus_chars"])
         config.write_text(
             yaml.safe_dump(
                 {
-                    "run": {"name": "bench-eval", "dir": str(ROOT / "run"), "seed": 1},
+                    "run": {"name": "bench-eval", "dir": str(root / "run"), "seed": 1},
                     "data": {
-                        "inputs": [str(ROOT / "corpus" / "train-*.jsonl.gz")],
-                        "val_inputs": [str(ROOT / "corpus" / "val-*.jsonl.gz")],
-                        "output": str(ROOT / "data"),
-                        "vocab_size": 4096,
-                        "shard_mb": 1,
+                        "inputs": [str(root / "corpus" / "train-*.jsonl.gz")],
+                        "val_inputs": [str(root / "corpus" / "val-*.jsonl.gz")],
+                        "output": str(root / "data"),
+                        "vocab_size": size["vocab"],
+                        "shard_mb": size["shard_mb"],
                     },
-                    "model": {"dim": 256, "layers": 4, "heads": 4, "seq_len": 256},
+                    "model": size["model"],
                     "train": {
                         "steps": 1,
                         "micro_batch": 2,
@@ -82,10 +99,10 @@ def setup() -> Path:
                 }
             )
         )
-        kiln("prepare", str(config))
-        kiln("train", str(config))
-    if not (ROOT / "cloze.jsonl").exists():
-        write_cloze(str(ROOT / "data"), str(ROOT / "cloze.jsonl"), n=400, context_tokens=96, continuation_tokens=12)
+        kiln(root, "prepare", str(config))
+        kiln(root, "train", str(config))
+    if not (root / "cloze.jsonl").exists():
+        write_cloze(str(root / "data"), str(root / "cloze.jsonl"), n=400, **size["cloze"])
     return config
 
 
@@ -94,9 +111,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--windows", type=int, default=96, help="held-out windows (cap per val shard)")
     parser.add_argument("--examples", type=int, default=96, help="cloze examples")
+    parser.add_argument("--tiny", action="store_true", help="the code path only, at a size the test suite can afford")
     args = parser.parse_args()
-    config = setup()
+    if args.tiny:
+        args.rounds, args.windows, args.examples = 1, 4, 4
+        tiny_root = tempfile.mkdtemp(prefix="kiln-bench-eval-")
+    root = Path(tiny_root) if args.tiny else ROOT
+    try:
+        measure(args, root, setup(root, TINY if args.tiny else FULL))
+    finally:
+        if args.tiny:
+            shutil.rmtree(tiny_root, ignore_errors=True)
 
+
+def measure(args: argparse.Namespace, root: Path, config: Path) -> None:
     import psutil
     import ray
 
@@ -108,7 +136,7 @@ def main() -> None:
         [
             f"eval.max_windows_per_shard={args.windows}",
             "eval.slice_size=8",
-            f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {ROOT / 'cloze.jsonl'}, limit: {args.examples}}}]",
+            f"eval.tasks=[{{name: cloze, type: multiple_choice, path: {root / 'cloze.jsonl'}, limit: {args.examples}}}]",
         ],
     )
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -50,6 +50,8 @@ def real_texts(min_bytes: int):
     for path in sorted(PYTHON_DOCS.glob("*.jsonl.gz")) if PYTHON_DOCS.is_dir() else []:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for line in f:
+                if seen >= min_bytes:
+                    return
                 text = json.loads(line)["text"]
                 seen += len(text.encode())
                 yield text
@@ -108,14 +110,19 @@ def prepared_tokens(data_url: str) -> int:
     return total
 
 
-def whole_command(work: Path, inputs: str, cores: int) -> float:
-    """Seconds of ``kiln prepare`` with a config a user would write (everything else at its default)."""
+def whole_command(work: Path, inputs: str, cores: int, vocab_size: int | None = None) -> float:
+    """Seconds of ``kiln prepare`` with a config a user would write (everything else at its default, the
+    vocabulary too unless given)."""
     config = work / "config.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "run": {"name": "bench-prepare", "seed": 0},
-                "data": {"inputs": [inputs], "output": str(work / "data-cli")},
+                "data": {
+                    "inputs": [inputs],
+                    "output": str(work / "data-cli"),
+                    **({"vocab_size": vocab_size} if vocab_size else {}),
+                },
                 "cluster": {"num_cpus": cores},
             }
         )
@@ -139,7 +146,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default=str(REPO / ".cache" / "bench"))
     parser.add_argument("--min-tokens", type=float, default=75e6)
+    parser.add_argument("--tiny", action="store_true", help="the code path only, at a size the test suite can afford")
     args = parser.parse_args()
+    vocab_size = None
+    if args.tiny:
+        args.min_tokens, vocab_size = 50_000, 400
     cores = os.cpu_count() or 1
     work = Path(args.work)
     files = build_corpus(work / "corpus", args.min_tokens)
@@ -148,7 +159,7 @@ def main() -> None:
         shutil.rmtree(work / name, ignore_errors=True)
     print(f"{cores} cores; {load()} at the start", flush=True)
     docs = load_docs(files)
-    command_s = whole_command(work, inputs, cores)
+    command_s = whole_command(work, inputs, cores, vocab_size)
     model = (work / "data-cli" / "tokenizer" / "tokenizer.model").read_bytes()
     raw_tokens, raw_s = raw_encode(model, docs, cores)
     ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)

@@ -110,6 +110,7 @@ def convert(peer: str, data_url: str, folder: Path, seq_len: int) -> None:
             verbose=False,
         )
     elif peer == "mosaicml-streaming":
+        without_streaming_vision()
         from streaming import MDSWriter
 
         n = (len(tokens) - 1) // seq_len
@@ -311,6 +312,17 @@ def child(args) -> None:
     print(json.dumps({"index_s": index_s, "tokens": tokens, "seconds": seconds, "peak_rss_mb": _status_mb("VmHWM") - before}))
 
 
+def without_streaming_vision() -> None:
+    """MosaicML Streaming's package imports its vision datasets, which import torchvision, which has no build
+    for the CPU torch wheel (``make bench-peers`` leaves it out); the benchmark uses only the text path, so an
+    empty module stands in for ``streaming.vision``."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("torchvision") is None:
+        sys.modules.setdefault("streaming.vision", types.ModuleType("streaming.vision"))
+
+
 def preload(peer: str) -> None:
     """Import a peer before the memory mark is reset: its peak counts reading, not its libraries."""
     import importlib
@@ -321,6 +333,8 @@ def preload(peer: str) -> None:
         "litdata": ["torch", "litdata"],
         "mosaicml-streaming": ["torch", "streaming"],
     }
+    if _format_of(peer) == "mosaicml-streaming":
+        without_streaming_vision()
     for name in packages.get(_format_of(peer), []):
         importlib.import_module(name)
 
@@ -425,7 +439,10 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / ".cache" / "bench" / "read"))
     parser.add_argument("--s3", action="store_true", help="also stream Kiln (block) and litdata from a moto S3 server")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny", action="store_true", help="the code path only, at a size the test suite can afford")
     args = parser.parse_args()
+    if args.tiny:
+        args.seq_len, args.global_batch, args.block_shards = 16, 4, 1
     if args.child:
         child(args)
         return

@@ -93,7 +93,10 @@ def object_store_bytes(rows: int) -> tuple[int, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--tiny", action="store_true", help="the code path only, at a size the test suite can afford")
     args = parser.parse_args()
+    if args.tiny:
+        args.rows = 20
     with tempfile.TemporaryDirectory(prefix="kiln-bench-records-") as folder:
         buffered, appended = per_row_seconds(args.rows, folder)
     print(

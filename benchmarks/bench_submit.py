@@ -50,7 +50,10 @@ def seconds_to_first_step(start_command, run_dir: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="the code path only, at a size the test suite can afford")
     args = parser.parse_args()
+    if args.tiny:  # the model and run are tiny already: one round
+        args.repeats = 1
     with tempfile.TemporaryDirectory(prefix="kiln-bench-submit-") as tmp:
         write_corpus(f"{tmp}/corpus", max_chars=400_000)
         config = {

@@ -1,6 +1,6 @@
 """Kiln's training step time divided by a bare PyTorch loop's, same model and batch, one rank, one run.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--zero-stages 0,1,2] [--steps 60] [--dim 192 ...]
+    .venv/bin/python benchmarks/bench_train_step.py [--zero-stages 0,1,2] [--steps 60] [--dim 192 ...] [--tiny]
 
 Both loops do the same work per optimizer step: ``grad_accum`` micro-batches of forward
 and backward, gradient clipping, AdamW.  Kiln's step goes through the DeepSpeed engine
@@ -74,7 +74,10 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--clock", choices=["cpu", "wall"], default=None, help="default: wall on GPU, process CPU time on CPU")
+    parser.add_argument("--tiny", action="store_true", help="the code path only, at a size the test suite can afford")
     args = parser.parse_args()
+    if args.tiny:
+        args.steps, args.warmup, args.dim, args.layers, args.heads, args.seq_len, args.vocab = 2, 1, 32, 1, 2, 16, 256
     stages = [int(z) for z in args.zero_stages.split(",")]
 
     os.environ.update(external_rank_environment({}))
@@ -130,7 +133,7 @@ def main() -> None:
         name = f"zero{z}"
         print(
             f"kiln ZeRO-{z} step  median {medians[name] * 1e3:8.2f} ms   ratio kiln/bare = "
-            f"{medians[name] / medians['bare']:.3f}  (target <= 1.05; runs as stage {engines[z].zero_stage})"
+            f"{medians[name] / medians['bare']:.3f}  (target <= 1.05; runs as stage {engines[z].layout.zero_stage})"
         )
     dist.destroy_process_group()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow.fs
 import ray
@@ -32,6 +32,7 @@ from ops.rank_failure import RankFailure
 from ops.records import RunRecords
 
 STOP_POLL_S = 0.5
+STOP_READ_TIMEOUT_S = 30.0
 
 
 @ray.remote(num_cpus=0)
@@ -48,12 +49,19 @@ class StopFlag:
         return self.reason
 
 
-def _watch_stop_flag(flag, stop, done: threading.Event) -> None:
+def _read_stop_flag(flag) -> str | None:
+    return ray.get(flag.requested.remote(), timeout=STOP_READ_TIMEOUT_S)
+
+
+def _watch_stop_flag(read_flag: Callable[[], str | None], stop, done: threading.Event) -> None:
+    """Forward the driver's stop request to ``stop`` until ``done``; a slow read is asked again, not given up."""
     while not done.wait(STOP_POLL_S):
         try:
-            reason = ray.get(flag.requested.remote(), timeout=30)
-        except Exception:  # the driver is gone: Ray Train tears the ranks down itself
-            return
+            reason = read_flag()
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+            continue  # a busy head or a flag actor being restarted: the next poll asks again
+        except ray.exceptions.RayActorError:
+            return  # the flag died with its owner, the driver: Ray Train tears the ranks down itself
         if reason:
             stop.request(reason)
             return
@@ -67,7 +75,8 @@ def _rank_main(config: dict[str, Any]) -> None:
 
     stop = StopRequest(stop_file="")
     done = threading.Event()
-    watcher = threading.Thread(target=_watch_stop_flag, args=(config["stop_flag"], stop, done), daemon=True)
+    flag = config["stop_flag"]
+    watcher = threading.Thread(target=_watch_stop_flag, args=(lambda: _read_stop_flag(flag), stop, done), daemon=True)
     watcher.start()
     try:
         rc = run_training(job, stop)

@@ -179,7 +179,7 @@ class GlobalBatchLoader:
             self._index_documents(storage_options)
             if self.store.bounded:
                 self._check_cache_room(read)
-        except BaseException:
+        except BaseException:  # anything, Ctrl-C included: let go of the cache, then raise it on
             self.close()
             raise
         self._blend = sample_order.BlendIndex([self.weights[n] for n in self.source_names]) if len(self.sources) > 1 else None

@@ -161,7 +161,7 @@ class NodeShardCache:
                         self._download(sha256, size, url, storage_options, prefetch=False)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)  # then take it shared and look again: it may be gone already
-        except BaseException:
+        except BaseException:  # anything, Ctrl-C included: close the lock file, then raise it on
             os.close(fd)
             raise
 
@@ -223,7 +223,7 @@ class NodeShardCache:
             if digest != sha256:
                 raise DataError(f"shard {url} is damaged: its sha256 does not match the manifest (re-run `kiln prepare`)")
             os.replace(part, self.path(sha256))
-        except BaseException:
+        except BaseException:  # anything, Ctrl-C included: no partial file left behind, then raise it on
             with contextlib.suppress(FileNotFoundError):
                 os.remove(part)
             raise

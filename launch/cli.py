@@ -172,6 +172,30 @@ def cmd_status(args) -> int:
     return status_exit_code(status)
 
 
+def cmd_metrics(args) -> int:
+    from ops.metrics_table import print_metrics
+
+    try:
+        print_metrics(args.run_url, fmt=args.format, follow=args.follow, interval_s=args.interval)
+    except BrokenPipeError:  # `kiln metrics RUN | head`: the reader has what it wanted
+        sys.stderr.close()
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from rich.console import Console
+
+    from ops.compare import load_runs, terminal_charts, write_png
+
+    runs = load_runs(args.run_urls)
+    console = Console()
+    console.print(terminal_charts(runs, console.width))
+    if args.output:
+        write_png(runs, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_data_inspect(args) -> int:
     from rich.console import Console
 
@@ -349,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_url")
     p.add_argument("--json", action="store_true", help="machine-readable output (schema: ops.status.RunStatus)")
 
+    p = add("metrics", cmd_metrics, "the run's metrics table (every writer, restarts resolved) as CSV or JSON lines")
+    p.add_argument("run_url")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--follow", action="store_true", help="then print each new step as it is logged, until the run ends")
+    p.add_argument("--interval", type=float, default=2.0, help="--follow: seconds between reads")
+
+    p = add("compare", cmd_compare, "loss, learning-rate and held-out curves of several runs on shared axes")
+    p.add_argument("run_urls", nargs="+", metavar="RUN_URL")
+    p.add_argument("-o", "--output", metavar="PNG", help="also write the charts to this PNG (a path or URL)")
+
     data = add("data", None, "inspect prepared data").add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     p = add("inspect", cmd_data_inspect, "manifest summary, per-source counts and decoded samples", parent=data)
     p.add_argument("data_url")
@@ -432,6 +466,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, FileNotFoundError, JobsError)
 
 
+KILN_PACKAGES = {"launch", "cluster", "llm", "data_shards", "ops"}
+
+
+def missing_dependency(error: ModuleNotFoundError) -> str:
+    """One line for a Python without Kiln's dependencies, e.g. the one a Ray cluster started outside Kiln's
+    environment runs a submitted job with."""
+    return (
+        f"{sys.executable} cannot import {error.name!r}, one of Kiln's dependencies: run Kiln with the Python it "
+        f"is installed in, or install it into this one (`{sys.executable} -m pip install kiln-pretrain`); on a Ray "
+        "cluster, start Ray from Kiln's environment"
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; dotted overrides may also follow the options (argparse alone cannot take
     positionals after them)."""
@@ -456,7 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in KILN_PACKAGES:
+            raise
+        print(f"kiln: error: {missing_dependency(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as e:  # narrowed below: user_errors() imports their types only now; the rest is raised on
         if isinstance(e, user_errors()):
             print(f"kiln: error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR

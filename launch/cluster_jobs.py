@@ -23,7 +23,7 @@ def write_job_file(text: str, path: str, executable: bool = False) -> None:
             f.write(text)
         os.chmod(tmp, 0o755 if executable else 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # anything, Ctrl-C included: no temporary file left behind, then raise it on
         os.unlink(tmp)
         raise
 

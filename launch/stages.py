@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 
 from rich.console import Console
 
@@ -28,6 +27,7 @@ from launch.launchers.base import run_job
 from llm import init_from
 from llm.checkpoint import latest_committed_step
 from ops import storage
+from ops.scalar_logs import log_eval
 
 console = Console(stderr=True)
 
@@ -96,7 +96,11 @@ def eval_stage(cfg: KilnConfig, follow: bool = False) -> list[EvalReport]:
     steps = [] if follow else plan_steps(cfg.run_url, cfg.eval, options)
     tasks = build_tasks(cfg.eval, cfg.data_url, options)
     plans = [plan_step(cfg.run_url, step, tasks, cfg.eval.slice_size, options) for step in steps]
-    show = partial(print_eval_table, run_url=cfg.run_url)
+
+    def show(report: EvalReport) -> None:
+        print_eval_table(report, cfg.run_url)
+        log_eval(cfg.run_url, cfg.train.log_to, report.step, {r.name: r.values() for r in report.results}, options)
+
     with ray_session(cfg.cluster), EvalProgress() as progress:
         if follow:
             console.print(f"eval: following {cfg.run_url}: each committed checkpoint is evaluated until the run finishes")

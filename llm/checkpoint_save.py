@@ -123,7 +123,7 @@ class CheckpointSaver:
                         target, name, lambda stream, state=state: torch.save(state, stream), self.rank, self.options
                     )
                 )
-        except Exception as error:
+        except Exception as error:  # storage of any kind: the ranks then agree not to commit, and say why
             inflight.problem = f"rank {self.rank} could not write its part of {target}: {type(error).__name__}: {error}"
         finally:
             inflight.snapshot = None  # the CPU copy is no longer needed

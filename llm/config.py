@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ops.scalar_logs import missing_backend_message, missing_backends
 
 
 class ModelConfig(BaseModel):
@@ -94,6 +96,17 @@ class TrainConfig(BaseModel):
         default=None, description="RUN_URL[@STEP]: start from that run's weights (its newest committed step by default)"
     )
     init_optimizer: bool = Field(default=False, description="with init_from: also carry the source's optimizer state")
+    log_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="copies of rank 0's scalars: TensorBoard event files under RUN_URL/tensorboard/, a wandb offline run",
+    )
+
+    @field_validator("log_to")
+    @classmethod
+    def _check_log_to(cls, backends: list[str]) -> list[str]:
+        for backend in missing_backends(backends):
+            raise ValueError(missing_backend_message(backend))
+        return backends
 
     @model_validator(mode="after")
     def _check_parallelism(self) -> "TrainConfig":

@@ -36,6 +36,7 @@ from llm.layout import ParallelLayout
 from llm.schedule import lr_at
 from ops.heartbeat import HeartbeatThread
 from ops.records import RunRecords
+from ops.scalar_logs import ScalarLogs
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 STOP_FILE_ENV = "KILN_STOP_FILE"
@@ -121,6 +122,7 @@ class Trainer:
         init_distributed(self.device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.records = RunRecords(job.run_dir, job.storage_options)
+        self.scalars = ScalarLogs(job.run_dir, self.cfg.log_to if self.rank == 0 else [], job.storage_options)
         seed_everything(job.seed)
         manifest = load_manifest(job.data_url, "train", job.storage_options)
         self.vocab_size = manifest.vocab_size
@@ -281,21 +283,21 @@ class Trainer:
         if self.rank != 0:
             return
         tflops, mfu = throughput(self.flops_token, tokens_per_step, elapsed, self.world, self.peak)
-        self.records.log_metrics(
-            {
-                "step": self.step,
-                "tokens": self.tokens,
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": self.engine.grad_norm(),
-                "step_time_s": elapsed,
-                "tokens_per_s": tokens_per_step / max(elapsed, 1e-12),
-                "tflops": tflops,
-                "mfu": mfu,
-                "mem_gb": memory_gb(self.device),
-                "data_wait_s": data_wait,
-            }
-        )
+        row = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": self.engine.grad_norm(),
+            "step_time_s": elapsed,
+            "tokens_per_s": tokens_per_step / max(elapsed, 1e-12),
+            "tflops": tflops,
+            "mfu": mfu,
+            "mem_gb": memory_gb(self.device),
+            "data_wait_s": data_wait,
+        }
+        self.records.log_metrics(row)
+        self.scalars.add(self.step, row)
 
     def preempt(self, stop: StopRequest) -> int:
         if self.saved_step != self.step:
@@ -331,21 +333,26 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
     heartbeat = HeartbeatThread(records, int(os.environ.get("RANK", "0")), job.train.heartbeat_s)
     heartbeat.start()
     rc = 1
+    trainer = None
     try:
         trainer = Trainer(job)
         rc = trainer.run(stop, heartbeat)
         drain_collectives()
         return rc
-    except Exception as exc:
+    except Exception as exc:  # whatever ends this rank is recorded as its failure event, then it exits 1
         rc = 1
         rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
         records.event("failure", rank=rank, error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, DataError):  # bad input: one line, no traceback
-            print(f"rank {rank}: {exc}", file=sys.stderr)
+            # one write of the whole line: ranks run unbuffered (python -u), where print's separate write of
+            # the newline lets another rank's message land in the middle of this one
+            sys.stderr.write(f"rank {rank}: {exc}\n")
         else:
             traceback.print_exc()
         return 1
     finally:
+        if trainer is not None:
+            trainer.scalars.close()
         heartbeat.stop(failed=rc not in (0, REQUEUE_EXIT_CODE))
         records.close()  # the launcher reads these records (a preemption, a failure) right after the ranks exit
 

@@ -49,3 +49,28 @@ def line_chart(xs: list[float], ys: list[float], title: str, width: int, height:
     x_ticks = sorted({round(v) for v in _ticks(min(px), max(px), X_TICKS)})
     plotext.xticks(x_ticks, [str(v) for v in x_ticks])
     return Text.from_ansi(plotext.build())
+
+
+def lines_chart(series: dict[str, tuple[list[float], list[float]]], title: str, width: int, height: int) -> Text:
+    """Several named ``(xs, ys)`` lines on shared axes, with a legend; NaN points are left out."""
+    series = {
+        name: tuple(zip(*[(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)])) or ((), ())
+        for name, (xs, ys) in series.items()
+    }
+    series = {name: pts for name, pts in series.items() if pts[0]}
+    if not series:
+        return Text(f"{title}: no data", style="dim")
+    plotext.clf()
+    plotext.plotsize(max(MIN_WIDTH, width), max(MIN_HEIGHT, height))
+    plotext.theme("clear")
+    for name, (px, py) in series.items():
+        plotext.plot(list(px), list(py), marker="braille", label=name)
+    plotext.title(title)
+    plotext.xlabel("step")
+    all_x = [x for px, _ in series.values() for x in px]
+    all_y = [y for _, py in series.values() for y in py]
+    y_ticks = _ticks(min(all_y), max(all_y), Y_TICKS)
+    plotext.yticks(y_ticks, [tick_label(v) for v in y_ticks])
+    x_ticks = sorted({round(v) for v in _ticks(min(all_x), max(all_x), X_TICKS)})
+    plotext.xticks(x_ticks, [str(v) for v in x_ticks])
+    return Text.from_ansi(plotext.build())

@@ -11,6 +11,7 @@ import time
 
 from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
@@ -188,26 +189,60 @@ def checkpoints_panel(status: RunStatus, last: int = 4) -> Panel:
 
 
 def eval_panel(status: RunStatus) -> Panel:
+    """Each task once, as its report says to show it: readable labels, values in their formats, wrapped to fit."""
     ev = status.last_eval
     if ev is None:
         return Panel(Text("no evaluation yet", style="dim"), title="evaluation", title_align="left", box=box.ROUNDED)
-    lines: list[RenderableType] = []
-    heldout = Table.grid(padding=(0, 1))
-    heldout.add_column(style="dim")
-    heldout.add_column(justify="right")
-    for key, value in ev.metrics.items():
-        heldout.add_row(Text(key), f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.4g}")
-    lines.append(heldout)
-    if ev.tasks:
-        keys = sorted({k for t in ev.tasks.values() for k in t})
-        tasks = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-        tasks.add_column("task")
-        for key in keys:
-            tasks.add_column(Text(key), justify="right")
-        for name, values in sorted(ev.tasks.items()):
-            tasks.add_row(Text(name), *(_cell(values.get(k)) for k in keys))
-        lines.append(tasks)
-    return Panel(Group(*lines), title=f"evaluation · step {ev.step}", title_align="left", box=box.ROUNDED)
+    tasks = ev.tasks or ({"held-out": ev.metrics} if ev.metrics else {})
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(ratio=1)
+    for name, values in tasks.items():
+        pairs = [Text.assemble((f"{label} ", "dim"), value) for label, value in shown_metrics(values, ev.display.get(name))]
+        grid.add_row(Text(name), FlowedPairs(pairs))
+    return Panel(grid, title=f"evaluation · step {ev.step}", title_align="left", box=box.ROUNDED)
+
+
+class FlowedPairs:
+    """Label-value pairs filling lines like words: a line breaks between pairs, never inside one."""
+
+    SEPARATOR = " · "
+
+    def __init__(self, pairs: list[Text]):
+        self.pairs = pairs
+
+    def __rich_console__(self, console: Console, options):
+        line = Text()
+        for pair in self.pairs:
+            if line and len(line) + len(self.SEPARATOR) + len(pair) > options.max_width:
+                yield line
+                line = Text()
+            if line:
+                line.append(self.SEPARATOR, style="dim")
+            line.append_text(pair)
+        yield line
+
+    def __rich_measure__(self, console: Console, options) -> Measurement:
+        widest = max((len(p) for p in self.pairs), default=0)
+        return Measurement(min(widest, options.max_width), options.max_width)
+
+
+def shown_metrics(values: dict, display: dict | None) -> list[tuple[str, str]]:
+    """(label, formatted value) of a task's metrics: in the order and formats of its ``display``, when it has one."""
+    specs = (display or {}).get("metrics")
+    if not isinstance(specs, list):
+        specs = [{"key": key} for key in values]
+    shown = []
+    for spec in specs:
+        if not isinstance(spec, dict) or spec.get("key") not in values:
+            continue
+        value = values[spec["key"]]
+        try:
+            text = format(value, str(spec["format"])) if "format" in spec else _cell(value)
+        except (TypeError, ValueError):  # a format that does not fit the value: written by hand, or by another version
+            text = _cell(value)
+        shown.append((str(spec.get("label") or spec["key"]), text))
+    return shown
 
 
 def _cell(value) -> Text:

@@ -77,6 +77,9 @@ class EvalStatus(BaseModel):
     step: int | None
     metrics: dict[str, float] = Field(description="held-out numbers: loss, perplexity, bits_per_byte, unigram_*, …")
     tasks: dict[str, dict[str, Any]] = Field(default_factory=dict, description="task name → acc, acc_norm, examples, …")
+    display: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="task name → how to show its values: type, metrics [{key, label, format}]"
+    )
 
 
 class EventStatus(BaseModel):
@@ -172,10 +175,12 @@ def eval_status(result: dict[str, Any]) -> EvalStatus:
         k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
     }
     tasks = result.get("tasks") if isinstance(result.get("tasks"), dict) else {}
+    display = result.get("display") if isinstance(result.get("display"), dict) else {}
     return EvalStatus(
         step=result.get("step") if isinstance(result.get("step"), int) else None,
         metrics=metrics,
         tasks={str(k): v for k, v in tasks.items() if isinstance(v, dict)},
+        display={str(k): v for k, v in display.items() if isinstance(v, dict)},
     )
 
 

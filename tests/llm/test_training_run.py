@@ -13,7 +13,9 @@ from llm.checkpoint import load_model
 from llm.model import next_token_loss
 from llm.worker import REQUEUE_EXIT_CODE
 from ops import storage
+from ops.metrics_table import metrics_table
 from ops.records import RunRecords
+from support.tensorboard_files import tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +125,7 @@ def test_failure_is_recorded_with_a_clear_reason(ranks, tmp_path):
 
 def test_checkpoints_on_object_storage_commit_resume_and_consolidate(ranks, token_data, tmp_path, s3_bucket):
     run_url = f"{s3_bucket}/runs/s3-run"
-    job = ranks.job(run_url, token_data, steps=4, checkpoint_every=2, keep_checkpoints=2, zero_stage=1)
+    job = ranks.job(run_url, token_data, steps=4, checkpoint_every=2, keep_checkpoints=2, zero_stage=1, log_to=["tensorboard"])
     records = run_ok(ranks, job, tmp_path)
     rows = records.metrics()
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -145,6 +147,12 @@ def test_checkpoints_on_object_storage_commit_resume_and_consolidate(ranks, toke
     run_ok(ranks, job, tmp_path)
     again = records.metrics()[4:]
     assert [(r["step"], r["loss"]) for r in again] == [(r["step"], r["loss"]) for r in rows[2:]]
+
+    # Rank 0's TensorBoard events, as TensorBoard reads them, are the records' table: the resumed steps once.
+    shown, table = tensorboard_scalars(run_url), metrics_table(run_url)
+    for key in ("loss", "lr", "grad_norm"):
+        assert [s for s, _ in shown[f"train/{key}"]] == [r["step"] for r in table] == [1, 2, 3, 4]
+        assert [v for _, v in shown[f"train/{key}"]] == pytest.approx([r[key] for r in table], rel=1e-6)
 
 
 def test_without_a_final_checkpoint_only_periodic_ones_are_written(ranks, token_data, tmp_path):

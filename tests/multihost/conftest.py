@@ -57,7 +57,7 @@ def cluster(tmp_path_factory):
     server = ThreadedMotoServer(ip_address=hosts.bridge_address, port=0)
     try:
         server.start()
-    except BaseException:
+    except BaseException:  # anything, Ctrl-C included: remove the hosts, then raise it on
         hosts.remove()
         raise
     # The hosts' temporary files, removed with the hosts: a process killed on a host leaves its own behind.

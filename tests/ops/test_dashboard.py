@@ -87,27 +87,59 @@ def test_a_preempted_run_shows_the_save_and_its_ranks_exited(runs):
     assert "step 33" in text and "latest" in text
 
 
+HELDOUT = {"loss": 3.2, "perplexity": 24.5, "bits_per_byte": 1.1, "unigram_loss": 5.6, "unigram_bits_per_byte": 2.6}
+EVAL_AT_40 = {
+    "step": 40,
+    **HELDOUT,  # the held-out values are also at the top level of the file
+    "tasks": {"heldout": {**HELDOUT, "examples": 256}, "cloze": {"acc": 0.31, "acc_norm": 0.33, "examples": 100}},
+    "display": {
+        "heldout": {
+            "type": "heldout",
+            "metrics": [
+                {"key": "loss", "label": "loss (nats/token)", "format": ".4f"},
+                {"key": "perplexity", "label": "perplexity", "format": ".2f"},
+                {"key": "bits_per_byte", "label": "bits per byte", "format": ".4f"},
+                {"key": "unigram_loss", "label": "unigram baseline loss", "format": ".4f"},
+                {"key": "unigram_bits_per_byte", "label": "unigram baseline bits per byte", "format": ".4f"},
+                {"key": "examples", "label": "windows", "format": ",d"},
+            ],
+        },
+        "cloze": {
+            "type": "multiple_choice",
+            "metrics": [
+                {"key": "acc", "label": "accuracy", "format": ".4f"},
+                {"key": "acc_norm", "label": "accuracy, length-normalised", "format": ".4f"},
+                {"key": "examples", "label": "examples", "format": ",d"},
+            ],
+        },
+    },
+}
+
+
 def test_a_finished_run_shows_its_curves_checkpoints_and_evaluation(runs):
     events = CHECKPOINTED + [("finish", 1, {"step": 40, "tokens": 5120})]
     beats = [runs.beat(0, state="exited"), runs.beat(1, state="exited")]
-    evals = [
-        {
-            "step": 40,
-            "loss": 3.2,
-            "perplexity": 24.5,
-            "bits_per_byte": 1.1,
-            "tasks": {"cloze": {"acc": 0.31, "acc_norm": 0.33, "examples": 100}},
-        }
-    ]
-    text = frame(runs.make(events=events, beats=beats, checkpoints={20: True, 40: True}, evals=evals), runs.now)
+    text = frame(runs.make(events=events, beats=beats, checkpoints={20: True, 40: True}, evals=[EVAL_AT_40]), runs.now)
     assert "finished" in text and "40 / 100 (40%)" in text
     assert "finished at step 40 after 5.1k tokens" in text
     for title in ("loss", "learning rate", "tokens/s"):
         assert title in text
     assert "┤" in text and "step" in text  # axes with tick marks and a label
-    assert "perplexity" in text and "24.5" in text
-    assert re.search(r"cloze\s+0\.31\s+0\.33\s+100", text)
+    assert "perplexity 24.50" in text
+    assert re.search(r"cloze\s+accuracy 0\.3100 · accuracy, length-normalised 0\.3300 · examples 100", text)
     assert "ETA" in text
+
+
+def test_the_evaluation_panel_shows_each_task_once_with_readable_names_in_80_columns(runs):
+    events = CHECKPOINTED + [("finish", 1, {"step": 40, "tokens": 5120})]
+    text = frame(runs.make(events=events, evals=[EVAL_AT_40]), runs.now, width=80)
+    panel = text[text.index("evaluation · step 40") :].split("╰")[0]
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert panel.count("24.50") == 1 and panel.count("3.2000") == 1  # no second copy of the held-out numbers
+    assert "bits_" not in panel and "…" not in panel  # labels from the report, never cut
+    for label in ("loss (nats/token)", "unigram baseline bits per byte 2.6000", "windows 256", "accuracy 0.3100"):
+        assert label in panel
+    assert re.search(r"│ heldout\s+loss \(nats/token\) 3\.2000", panel) and re.search(r"│ cloze\s+accuracy", panel)
 
 
 def test_charts_shrink_to_the_terminal_height_and_go_when_it_is_too_short(runs):

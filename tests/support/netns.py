@@ -214,7 +214,7 @@ class Hosts:
             self.hosts = [Host(name=f"host{i}", netns=f"{self.tag}-{i}", address=addresses[i + 1]) for i in range(self.n)]
             for i, host in enumerate(self.hosts):
                 self._add_host(i, host, subnet.prefixlen)
-        except BaseException:
+        except BaseException:  # anything, Ctrl-C included: remove what was made, then raise it on
             self.remove()
             raise
         return self

@@ -232,7 +232,7 @@ class SlurmCluster:
     def __enter__(self) -> "SlurmCluster":
         try:
             self.start()
-        except BaseException:
+        except BaseException:  # anything, Ctrl-C included: stop what started, then raise it on
             self.stop()
             raise
         return self
