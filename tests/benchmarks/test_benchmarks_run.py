@@ -50,15 +50,3 @@ def test_the_prepare_and_read_benchmarks_run_on_a_tiny_corpus(tmp_path):
     out = bench("bench_read.py", str(tmp_path / "data-given"), "--work", str(tmp_path / "read"))
     kiln_rows = [line for line in out.splitlines() if line.lstrip().startswith("kiln-")]
     assert kiln_rows and not any("error" in line or "missing" in line for line in kiln_rows), out
-
-
-@pytest.mark.slow
-def test_the_eval_benchmark_runs_one_and_two_workers():
-    out = bench("bench_eval.py")
-    assert "2 workers / 1 worker" in out
-
-
-@pytest.mark.slow
-def test_the_submit_benchmark_reaches_the_first_step_both_ways():
-    out = bench("bench_submit.py")
-    assert "ratio submit ÷ local" in out
