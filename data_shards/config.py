@@ -150,7 +150,8 @@ class Language(_Strict):
 class Decontaminate(_Strict):
     """Drop training documents that share a word ``ngram`` (after lower-casing and removing
     punctuation) with any example of ``against``: JSON-lines files whose string fields are eval
-    examples, or plain-text files."""
+    examples, or plain-text files.  Left empty, ``kiln prepare`` fills it with the files of
+    ``eval.tasks`` and ``data.val_inputs``."""
 
     name: Literal["decontaminate"] = "decontaminate"
     ngram: int = Field(default=13, ge=1)

@@ -22,6 +22,7 @@ from data_shards.prepare import check_output, is_prepared, prepare
 from launch.accelerator import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
 from launch.eval_display import EvalProgress, print_eval_table
+from launch.decontamination import with_evaluation_sources
 from launch.launchers import launcher_for
 from launch.launchers.base import run_job
 from llm import init_from
@@ -55,7 +56,7 @@ def prepare_stage(cfg: KilnConfig, progress: bool = True) -> dict:
     use_cpu_accelerator_without_cuda()
     check_output(cfg.data_url, cfg.storage.options)  # before a Ray cluster starts for nothing
     with ray_session(cfg.cluster):
-        summary = prepare(cfg.data, cfg.run.seed, cfg.storage.options, progress=progress)
+        summary = prepare(with_evaluation_sources(cfg), cfg.run.seed, cfg.storage.options, progress=progress)
     storage.write_json(storage.join(cfg.data_url, PREPARED_WITH), prepared_with(cfg), cfg.storage.options)
     console.print(f"prepare: wrote {cfg.data_url} ({_summary_line(summary)})")
     return summary
