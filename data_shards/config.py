@@ -175,20 +175,6 @@ FilterConfig = Annotated[
     ],
     Field(discriminator="name"),
 ]
-FILTER_NAMES = (
-    "strip_markup",
-    "normalize_unicode",
-    "min_length",
-    "mask_pii",
-    "dedup_exact",
-    "near_dedup",
-    "gopher_repetition",
-    "gopher_quality",
-    "c4",
-    "fineweb",
-    "language",
-    "decontaminate",
-)
 
 
 class SourceConfig(_Strict):

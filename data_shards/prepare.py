@@ -26,7 +26,6 @@ from data_shards.manifest import (
     Manifest,
     ShardEntry,
     SourceStats,
-    load_manifest,
     manifest_url,
     write_manifest,
 )
@@ -308,12 +307,3 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
     for split, m in manifests.items():
         summary.update({f"{split}_docs": m.total_docs, f"{split}_tokens": m.total_tokens, f"{split}_shards": len(m.shards)})
     return summary
-
-
-def load_summary(data_url: str, storage_options: dict | None = None) -> dict:
-    """docs, tokens and shards per split of committed data (for callers that skip prepare)."""
-    out = {}
-    for split in ("train", "val"):
-        m = load_manifest(data_url, split, storage_options)
-        out.update({f"{split}_docs": m.total_docs, f"{split}_tokens": m.total_tokens, f"{split}_shards": len(m.shards)})
-    return out

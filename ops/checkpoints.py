@@ -1,6 +1,6 @@
 """Read-side view of ``RUN_URL/checkpoints/``: which steps exist and which are committed.
 
-The layout is DESIGN.md's: ``checkpoints/step-00000100/`` with a ``COMMITTED`` marker
+The layout (README, "Launchers and resume"): ``checkpoints/step-00000100/`` with a ``COMMITTED`` marker
 written after every rank's files, and ``checkpoints/latest`` naming the newest
 committed step.  A directory without ``COMMITTED`` is a save that never finished.
 """

@@ -132,9 +132,3 @@ def upload_dir(local_dir: str, url: str, options: dict | None = None) -> None:
     """Copy a local folder to ``url`` (a plain copy when ``url`` is local too)."""
     fs, path = filesystem(url, options)
     with_retries(lambda: fs.put(local_dir.rstrip("/") + "/", path, recursive=True))
-
-
-def download_dir(url: str, local_dir: str, options: dict | None = None) -> None:
-    fs, path = filesystem(url, options)
-    os.makedirs(local_dir, exist_ok=True)
-    with_retries(lambda: fs.get(path.rstrip("/") + "/", local_dir, recursive=True))

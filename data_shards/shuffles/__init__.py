@@ -4,7 +4,7 @@ A mode is a pure function of (the source's documents and the shards they live in
 source name, epoch, seq_len): nothing depends on world size, worker count or restarts.
 It builds an epoch's arrays once (the loader keeps them on disk under a key of their
 inputs) and then answers which window of the epoch's document stream each sample reads.
-Adding a mode is one new module registered in :data:`SHUFFLES`.
+Adding a mode is one new module and its case in :func:`shuffle_for`.
 """
 
 from __future__ import annotations
