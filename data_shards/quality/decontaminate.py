@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from collections import Counter
+from typing import Iterator
 
 import xxhash
 
+from data_shards.bounded_read import Oversized, gzip_chunks, json_too_deep, plain_chunks, read_capped, split_lines
 from data_shards.config import Decontaminate
 from ops import storage
 
 _WORD = re.compile(r"\w+")
+MAX_EXAMPLE_BYTES = 8 << 20  # one example: a task record or a held-out document
 
 
 def ngram_hashes(text: str, n: int) -> set[int]:
@@ -36,22 +38,25 @@ def _strings(value) -> list[str]:
     return []
 
 
-def examples(url: str, storage_options=None) -> list[str]:
+def examples(url: str, storage_options=None, max_bytes: int = MAX_EXAMPLE_BYTES) -> Iterator[str]:
     """Texts of an examples file: per JSON-lines record, each string field and all of them joined
-    (a context and its answer span); a plain-text file is one example."""
-    raw = storage.read_bytes(url, storage_options)
-    if url.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    text = raw.decode("utf-8", errors="replace")
-    if not url.removesuffix(".gz").endswith((".jsonl", ".json")):
-        return [text]
-    out = []
-    for line in text.splitlines():
-        if line.strip():
+    (a context and its answer span); a plain-text file is one example.  Read as a stream of bounded
+    chunks (the held-out inputs are input files like any other): a line or file over ``max_bytes``, or
+    a record nested too deep to parse, is no example."""
+    fs, path = storage.filesystem(url, storage_options)
+    with fs.open(path, "rb") as raw:
+        chunks = gzip_chunks(raw) if url.endswith(".gz") else plain_chunks(raw)
+        if not url.removesuffix(".gz").endswith((".jsonl", ".json")):
+            whole = read_capped(chunks, max_bytes)
+            if whole is not None:
+                yield whole.decode("utf-8", errors="replace")
+            return
+        for _, line in split_lines(chunks, max_bytes):
+            if isinstance(line, Oversized) or not line.strip() or json_too_deep(line):
+                continue
             parts = _strings(json.loads(line))
-            out.extend(parts)
-            out.append(" ".join(parts))
-    return out
+            yield from parts
+            yield " ".join(parts)
 
 
 class Contamination:

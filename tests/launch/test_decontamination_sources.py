@@ -50,3 +50,14 @@ def test_an_empty_against_list_takes_the_eval_task_files_and_every_held_out_file
 def test_files_the_step_names_are_the_only_ones_it_uses(tmp_path):
     cfg = _config(tmp_path, {"name": "decontaminate", "against": [str(tmp_path / "cloze.jsonl")]})
     assert with_evaluation_sources(cfg) == cfg.data
+
+
+def test_examples_stream_past_a_line_too_long_or_too_deep_and_keep_the_rest(tmp_path):
+    from data_shards.quality.decontaminate import examples
+
+    path = tmp_path / "val.jsonl"
+    with open(path, "w") as f:
+        f.write('{"text": "' + "x" * 5000 + '"}\n')
+        f.write("[" * 1100 + "]" * 1100 + "\n")
+        f.write('{"text": "' + PASSAGE + '"}\n')
+    assert list(examples(str(path), max_bytes=1000)) == [PASSAGE, PASSAGE]
