@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from launch.config import load_config
+
 pytestmark = pytest.mark.slow
 
 PLANTED = "mp_rank_00_model_states.pt"
@@ -31,17 +33,6 @@ def planted(ranks, token_data, tmp_path_factory):
     """A trained 2-rank run whose latest checkpoint carries the payload, and its config file."""
     tmp = tmp_path_factory.mktemp("planted")
     job = ranks.job(tmp / "run", token_data, steps=2, checkpoint_every=2)
-    proc = ranks.torchrun(job, tmp)
-    assert proc.returncode == 0, ranks.errors(proc)
-    step = tmp / "run" / "checkpoints" / "step-00000002"
-    marker = tmp / "marker"
-    torch.save({"module": Payload(str(marker))}, step / PLANTED)
-    data = (step / PLANTED).read_bytes()
-    record = json.loads((step / "COMMITTED").read_text())
-    for entry in record["files"]:
-        if entry["path"] == PLANTED:
-            entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    (step / "COMMITTED").write_text(json.dumps(record))
     config = tmp / "config.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -55,6 +46,19 @@ def planted(ranks, token_data, tmp_path_factory):
             }
         )
     )
+    # trained as that config trains, so that `kiln train` with it resumes this run rather than refusing it
+    job = job.model_copy(update={"config_hash": load_config(str(config)).training_hash()})
+    proc = ranks.torchrun(job, tmp)
+    assert proc.returncode == 0, ranks.errors(proc)
+    step = tmp / "run" / "checkpoints" / "step-00000002"
+    marker = tmp / "marker"
+    torch.save({"module": Payload(str(marker))}, step / PLANTED)
+    data = (step / PLANTED).read_bytes()
+    record = json.loads((step / "COMMITTED").read_text())
+    for entry in record["files"]:
+        if entry["path"] == PLANTED:
+            entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (step / "COMMITTED").write_text(json.dumps(record))
     return tmp, config, step / PLANTED, marker
 
 
