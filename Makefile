@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kiln-installed
 SHARED_CORPUS := ../shared/corpus/python-docs
 STDLIB_CORPUS := .smoke/stdlib-corpus
 
-.PHONY: install system-packages lint smoke test test-fast test-shuffled bench bench-peers clean
+.PHONY: install system-packages lint smoke test test-long test-fast test-shuffled bench bench-peers clean
 
 # DeepSpeed JIT-builds a small CPU op; keep the build with this venv's DeepSpeed, not in a
 # per-user cache that another DeepSpeed version would overwrite.
@@ -63,7 +63,11 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 
 test: system-packages lint $(STAMP)
-	$(BIN)/python -m pytest -q -p no:randomly --durations=30
+	$(BIN)/python -m pytest -q -p no:randomly --durations=30 -m "not long"
+
+# The longest multi-process tests, left out of `make test` to keep CI within its time.
+test-long: system-packages $(STAMP)
+	$(BIN)/python -m pytest -q -p no:randomly -m long
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:randomly -m "not slow"

@@ -143,6 +143,7 @@ def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_per_rank(l
     assert {f["error"] for f in failures} == {f"CheckpointError: {expected}"}
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(("layout", "sequence_parallel"), [("sequence2_zero3", 1), ("zero3", 2)])
 def test_a_run_resumed_with_another_sequence_split_continues_its_curve(layout, sequence_parallel, layout_run, ranks, tmp_path):
     """A sequence split changes no weight and no ZeRO partition: the checkpoint loads as saved, and only the

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def step_memory_kib(ranks, tmp_path, sequence_parallel: int) -> list[int]:
