@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,46 @@ def tiny_config(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory):
+    """``prepared_data(config_path)`` puts at the config's ``data.output`` what `kiln prepare` writes for it,
+    as if prepared there: a copy of one real `kiln prepare` per seed and data section (its output aside), for
+    tests whose subject is what comes after prepare.  One preparation serves every test sharing the seed."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from launch.config import load_config
+    from launch.stages import PREPARED_WITH, prepared_with
+
+    cache = tmp_path_factory.mktemp("prepared-data")
+    done: dict[str, str] = {}
+
+    def put(config_path) -> None:
+        tree = yaml.safe_load(config_path.read_text())
+        output = tree["data"].pop("output")
+        key = json.dumps({"seed": tree["run"]["seed"], "data": tree["data"]}, sort_keys=True)
+        if key not in done:
+            folder = cache / f"seed-{tree['run']['seed']}-{len(done)}"
+            folder.mkdir()
+            source = folder / "config.yaml"
+            source.write_text(yaml.safe_dump({**tree, "data": {**tree["data"], "output": str(folder / "data")}}))
+            proc = subprocess.run(
+                [sys.executable, "-m", "launch.cli", "prepare", str(source)],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[key] = str(folder / "data")
+        shutil.copytree(done[key], output)
+        record = prepared_with(load_config(str(config_path)))
+        (Path(output) / PREPARED_WITH).write_text(json.dumps(record))
+
+    return put

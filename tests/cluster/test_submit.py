@@ -72,7 +72,7 @@ def ranks_held(run_dir, nproc=2):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_config):
+def setup(tmp_path_factory, tiny_config, prepared_data):
     """Prepared data, a Ray Train config, and the uninterrupted curve (Ray Train equals torchrun bit for bit)."""
     tmp = tmp_path_factory.mktemp("submit")
     path = tiny_config(
@@ -82,8 +82,7 @@ def setup(tmp_path_factory, tiny_config):
         train={"steps": STEPS, "checkpoint_every": 100, "launcher": "ray", "warmup_steps": 5},
         eval={"max_windows_per_shard": 4},
     )
-    prepared = kiln("prepare", str(path), cwd=tmp)
-    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    prepared_data(path)
     straight = kiln("train", str(path), "train.launcher=local", cwd=tmp)
     assert straight.returncode == 0, straight.stderr[-2000:]
     reference = curve(tmp / "straight")

@@ -80,13 +80,13 @@ def events(run, kind):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_config):
+def setup(tmp_path_factory, tiny_config, prepared_data):
     """Prepared data, a config, and the loss curve of an uninterrupted run."""
     tmp = tmp_path_factory.mktemp("interrupt")
     path = tiny_config(
         tmp, seed=5, run={"dir": str(tmp / "straight")}, train={"steps": STEPS, "checkpoint_every": 40, "warmup_steps": 5}
     )
-    assert subprocess.run(kiln_cmd("prepare", str(path)), cwd=tmp, capture_output=True).returncode == 0
+    prepared_data(path)
     straight = subprocess.run(kiln_cmd("train", str(path)), cwd=tmp, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
     reference = curve(tmp / "straight")

@@ -70,14 +70,11 @@ def wait_for_step(slurm, job_id, run_dir, step, timeout_s=600) -> None:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_config):
+def prepared(tmp_path_factory, tiny_config, prepared_data):
     """Prepared data and a config of STEPS steps, checkpointing only at the end unless stopped."""
     tmp = tmp_path_factory.mktemp("slurm-jobs")
     config = tiny_config(tmp, seed=11, train={"steps": STEPS, "checkpoint_every": 1000})
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "prepare", str(config)], cwd=tmp, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    prepared_data(config)
     return tmp, config
 
 

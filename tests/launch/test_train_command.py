@@ -1,5 +1,5 @@
 """`kiln train` as a user runs it, against the local launcher's loss curve on the same config: ranks started
-by hand (`train.launcher=none`) and compiled blocks (`train.compile=true`)."""
+by hand (`train.launcher=none`), Ray Train's ranks (`train.launcher=ray`) and compiled blocks (`train.compile=true`)."""
 
 import os
 import subprocess
@@ -26,14 +26,13 @@ def curve(run_dir) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, tiny_config):
+def local_run(tmp_path_factory, tiny_config, prepared_data):
     """Prepared data and the loss curve of the local launcher (torchrun, 2 ranks, ZeRO-2)."""
     tmp = tmp_path_factory.mktemp("train-command")
     config = tiny_config(
         tmp, seed=5, run={"dir": str(tmp / "local")}, train={"steps": STEPS, "checkpoint_every": STEPS, "zero_stage": 2}
     )
-    prepared = kiln("prepare", str(config), cwd=tmp)
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    prepared_data(config)
     trained = kiln("train", str(config), cwd=tmp)
     assert trained.returncode == 0, trained.stderr[-3000:]
     reference = curve(tmp / "local")
@@ -80,6 +79,17 @@ def test_ranks_started_by_hand_with_launcher_none_train_the_local_launchers_curv
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(out[-3000:] for out in outputs)
     assert curve(run) == reference
     assert (run / "checkpoints" / f"step-{STEPS:08d}" / "COMMITTED").exists()
+
+
+def test_ray_train_launcher_reproduces_the_torchrun_loss_curve(local_run):
+    """Ray Train launches the same per-rank loop as torchrun: same loss curve, same committed checkpoints."""
+    tmp, config, reference = local_run
+    run = tmp / "ray"
+    on_ray = kiln("train", str(config), "train.launcher=ray", f"run.dir={run}", cwd=tmp)
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    assert curve(run) == reference
+    assert (run / "checkpoints" / f"step-{STEPS:08d}" / "COMMITTED").exists()
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{STEPS:08d}"
 
 
 def test_compiled_blocks_train_the_eager_curve_to_fp32_round_off(local_run):

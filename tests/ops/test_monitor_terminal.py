@@ -92,12 +92,11 @@ def rank_state(screen: str, rank: int, host: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def training(tmp_path_factory, tiny_config):
+def training(tmp_path_factory, tiny_config, prepared_data):
     """A 2-rank training far from its end, beating every half second; stopped (and reaped) afterwards."""
     tmp = tmp_path_factory.mktemp("monitor")
     path = tiny_config(tmp, seed=11, train={"steps": 100_000, "checkpoint_every": 100_000, "heartbeat_s": 0.5})
-    prepared = kiln("prepare", str(path), cwd=tmp)
-    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    prepared_data(path)
     log = tmp / "train.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
