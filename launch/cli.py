@@ -54,7 +54,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_eval_make_cloze(args) -> int:
-    from llm.cloze import write_cloze
+    from cluster.evals.cloze import write_cloze
 
     count = write_cloze(
         args.data_url, args.out, args.n, args.context_tokens, args.continuation_tokens, args.choices, args.seed

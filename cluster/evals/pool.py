@@ -19,7 +19,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from data_shards.errors import DataError
-from llm.tasks.base import EvalTask, Slice, Tally
+from cluster.evals.tasks.base import EvalTask, Slice, Tally
 
 CALLS_IN_FLIGHT = 2  # per worker: the next slice waits on the worker while the driver takes in the last one
 
