@@ -25,6 +25,7 @@ from launch.eval_display import EvalProgress, print_eval_table
 from launch.decontamination import with_evaluation_sources
 from launch.launchers import launcher_for
 from launch.launchers.base import run_job
+from launch.preflight import check_before_launch
 from llm import init_from
 from llm.checkpoint import latest_committed_step
 from ops import storage
@@ -71,6 +72,7 @@ def train_stage(cfg: KilnConfig) -> int:
     if not is_prepared(cfg.data_url, cfg.storage.options):
         raise ConfigError(f"data.output: no committed data at {cfg.data_url} — run `kiln prepare` with this config first")
     check_init_source(cfg)
+    check_before_launch(cfg)
     storage.write_text(storage.join(cfg.run_url, "config.yaml"), cfg.to_yaml(), cfg.storage.options)
     with launcher_for(cfg) as launcher:
         return run_job(launcher)
