@@ -213,7 +213,7 @@ def cmd_ckpt_ls(args) -> int:
 
 
 def cmd_ckpt_verify(args) -> int:
-    from launch.accelerator import use_cpu_accelerator_without_cuda
+    from llm.devices import use_cpu_accelerator_without_cuda
 
     use_cpu_accelerator_without_cuda()
     from launch.checkpoint_tools import print_verify
@@ -228,7 +228,7 @@ def cmd_ckpt_prune(args) -> int:
 
 
 def cmd_export_hf(args) -> int:
-    from launch.accelerator import use_cpu_accelerator_without_cuda
+    from llm.devices import use_cpu_accelerator_without_cuda
 
     use_cpu_accelerator_without_cuda()
     from llm.export_hf import export_hf
@@ -239,7 +239,7 @@ def cmd_export_hf(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from launch.accelerator import use_cpu_accelerator_without_cuda
+    from llm.devices import use_cpu_accelerator_without_cuda
 
     use_cpu_accelerator_without_cuda()
     from llm.generate import generate

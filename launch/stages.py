@@ -19,7 +19,7 @@ from cluster.eval import (
 from data_shards.config import READ_KEYS
 from data_shards.manifest import load_manifest
 from data_shards.prepare import check_output, is_prepared, prepare
-from launch.accelerator import use_cpu_accelerator_without_cuda
+from llm.devices import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
 from launch.eval_display import EvalProgress, print_eval_table
 from launch.decontamination import with_evaluation_sources
