@@ -16,6 +16,7 @@ from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader
 from data_shards.manifest import load_manifest
 from ops import storage
+from support.s3_endpoint import upload_folder
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def copies(s3_bucket, tmp_path, kit):
     local = str(tmp_path / "local")
     shards = [docs[i * 20 : (i + 1) * 20] for i in range(SHARDS)]
     manifest = kit.write_split(local, "train", {"default": shards}, with_index=True)
-    storage.upload_dir(local, f"{s3_bucket}/data")
+    upload_folder(local, f"{s3_bucket}/data")
     return local, f"{s3_bucket}/data", max(s.bytes for s in manifest.shards)
 
 
@@ -293,7 +294,7 @@ def test_a_cache_too_small_for_two_blocks_is_refused_naming_the_keys(copies):
 def test_kiln_train_refuses_a_cache_too_small_for_the_block_shuffle_in_one_line_before_any_rank_starts(copies, kit, tmp_path):
     local, remote, largest = copies
     kit.write_split(local, "val", {"default": [kit.random_docs(4, 5, 500, min_len=20, max_len=60)]})
-    storage.upload_dir(f"{local}/val", f"{remote}/val")
+    upload_folder(f"{local}/val", f"{remote}/val")
     config = {
         "run": {"dir": str(tmp_path / "run")},
         "data": {

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.numpy import load_file as read_safetensors
 
 from data_shards.loader import GlobalBatchLoader
 from llm import checkpoint
 from llm.checkpoint import load_model, load_model_state
-from llm.export_hf import export_hf, hf_state_dict, read_safetensors
+from llm.export_hf import export_hf, hf_state_dict
 from llm.model import next_token_loss
 from ops import storage
 from ops.records import RunRecords
