@@ -97,7 +97,7 @@ def _follow(jobs, job_id: str) -> int:
 
 
 def cmd_submit(args) -> int:
-    from launch.submission import submit
+    from launch.ray_job_staging import submit
 
     from cluster.auth import insecure_token_allowed
 
@@ -255,14 +255,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from launch.planning import print_plan
+    from launch.plan_command import print_plan
 
     print_plan(_config(args), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, gpus_per_node=args.gpus_per_node)
     return 0
 
 
 def cmd_launch_slurm(args) -> int:
-    from launch.cluster_jobs import launch_slurm
+    from launch.scheduler_jobs import launch_slurm
     from launch.render.options import SlurmOptions, validated
 
     options = validated(
@@ -282,7 +282,7 @@ def cmd_launch_slurm(args) -> int:
 
 
 def cmd_launch_k8s(args) -> int:
-    from launch.cluster_jobs import launch_k8s
+    from launch.scheduler_jobs import launch_k8s
     from launch.render.options import KubernetesOptions, validated
 
     options = validated(
