@@ -472,8 +472,9 @@ KILN_PACKAGES = {"launch", "cluster", "llm", "data_shards", "ops"}
 def missing_dependency(error: ModuleNotFoundError) -> str:
     """One line for a Python without Kiln's dependencies, e.g. the one a Ray cluster started outside Kiln's
     environment runs a submitted job with."""
+    package = (error.name or "").split(".")[0]
     return (
-        f"{sys.executable} cannot import {error.name!r}, one of Kiln's dependencies: run Kiln with the Python it "
+        f"{sys.executable} cannot import {package!r}, one of Kiln's dependencies: run Kiln with the Python it "
         f"is installed in, or install it into this one (`{sys.executable} -m pip install kiln-pretrain`); on a Ray "
         "cluster, start Ray from Kiln's environment"
     )
@@ -509,7 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kiln: error: {missing_dependency(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as e:  # narrowed below: user_errors() imports their types only now; the rest is raised on
-        if isinstance(e, user_errors()):
+        try:
+            expected = user_errors()
+        except ModuleNotFoundError as missing:  # a Python without Kiln's dependencies: the error to fix first
+            print(f"kiln: error: {missing_dependency(missing)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if isinstance(e, expected):
             print(f"kiln: error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
