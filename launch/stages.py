@@ -11,11 +11,12 @@ from cluster.evals.run import evaluate_run
 from data_shards.config import READ_KEYS
 from data_shards.manifest import load_manifest
 from data_shards.prepare import check_output, is_prepared, prepare
-from launch.accelerator import use_cpu_accelerator_without_cuda
+from llm.devices import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
 from launch.decontamination import with_evaluation_sources
 from launch.launchers import launcher_for
 from launch.launchers.base import run_job
+from launch.preflight import check_before_launch
 from llm import init_from
 from llm.checkpoint import latest_committed_step
 from ops import storage
@@ -61,6 +62,7 @@ def train_stage(cfg: KilnConfig) -> int:
     if not is_prepared(cfg.data_url, cfg.storage.options):
         raise ConfigError(f"data.output: no committed data at {cfg.data_url} — run `kiln prepare` with this config first")
     check_init_source(cfg)
+    check_before_launch(cfg)
     storage.write_text(storage.join(cfg.run_url, "config.yaml"), cfg.to_yaml(), cfg.storage.options)
     with launcher_for(cfg) as launcher:
         return run_job(launcher)
