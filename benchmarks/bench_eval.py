@@ -69,7 +69,7 @@ TINY = {
 def setup(root: Path, size: dict) -> Path:
     """Data, a one-step checkpoint and a cloze task (made once, then reused)."""
     from launch.corpus import write_corpus
-    from llm.cloze import write_cloze
+    from cluster.evals.cloze import write_cloze
 
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.yaml"
@@ -128,7 +128,7 @@ def measure(args: argparse.Namespace, root: Path, config: Path) -> None:
     import psutil
     import ray
 
-    from cluster.eval import EvalJob, build_tasks, plan_step, plan_steps
+    from cluster.evals.driver import EvalJob, build_tasks, plan_step, plan_steps
     from launch.config import load_config
 
     cfg = load_config(

@@ -405,8 +405,12 @@ def s3_copy(data_url: str, args) -> tuple[object, str]:
         AWS_DEFAULT_REGION="us-east-1",
     )
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="bench")
-    storage.upload_dir(load_manifest(data_url, "train").split_url, "s3://bench/kiln/train")
-    storage.upload_dir(str(Path(args.work) / "litdata" / "chunks"), "s3://bench/litdata")
+    for local, url in (
+        (load_manifest(data_url, "train").split_url, "s3://bench/kiln/train"),
+        (str(Path(args.work) / "litdata" / "chunks"), "s3://bench/litdata"),
+    ):
+        fs, path = storage.filesystem(url)
+        fs.put(local.rstrip("/") + "/", path, recursive=True)
     return server, "s3://bench"
 
 

@@ -130,6 +130,28 @@ def first_uses(shards: np.ndarray) -> list[int]:
     return unique[np.argsort(first)].tolist()
 
 
+def check_cache_room(manifest: Manifest, source_names: list[str], read: ReadConfig) -> None:
+    """With a shuffle that bounds what a node reads at once, the node's shard cache must hold that much:
+    a DataError naming the keys when ``data.cache_limit_gb`` is too small for the sources read.
+
+    A pure function of the manifest and the read section, so ``kiln train`` checks it once, before any rank starts.
+    """
+    shuffle = shuffle_for(read.shuffle_mode(not storage.is_local(manifest.split_url)), read.block_shards)
+    need = 0
+    for name in source_names:
+        sizes = [s.bytes for s in manifest.shards if s.source == name]
+        at_once = shuffle.shards_at_once(len(sizes))
+        if at_once is None:
+            return
+        need += at_once * max(sizes, default=0)
+    if need > read.cache_limit_gb * 1e9:
+        raise DataError(
+            f"data.cache_limit_gb={read.cache_limit_gb:g} is too small for data.shuffle={shuffle.name} with "
+            f"data.block_shards={read.block_shards}: a node holds up to {need / 1e9:.3g} GB of shards at once; "
+            f"raise it or lower data.block_shards"
+        )
+
+
 class GlobalBatchLoader:
     """This rank's slice of each global batch, in the run's global sample order.
 
@@ -178,7 +200,7 @@ class GlobalBatchLoader:
         try:
             self._index_documents(storage_options)
             if self.store.bounded:
-                self._check_cache_room(read)
+                check_cache_room(self.manifest, self.source_names, read)
         except BaseException:  # anything, Ctrl-C included: let go of the cache, then raise it on
             self.close()
             raise
@@ -218,21 +240,6 @@ class GlobalBatchLoader:
             lo, hi = shard_docs[i]
             self._doc_offset[lo:hi] = offsets
         self._paths = np.empty(len(self.manifest.shards), dtype=object)
-
-    def _check_cache_room(self, read: ReadConfig) -> None:
-        """With a shuffle that bounds what a node reads at once, the cache must hold that much."""
-        need = 0
-        for reader in self.sources:
-            at_once = self.shuffle.shards_at_once(len(reader.shard_ids))
-            if at_once is None:
-                return
-            need += at_once * max(self.manifest.shards[i].bytes for i in reader.shard_ids.tolist())
-        if need > read.cache_limit_gb * 1e9:
-            raise DataError(
-                f"data.cache_limit_gb={read.cache_limit_gb:g} is too small for data.shuffle={self.shuffle.name} with "
-                f"data.block_shards={read.block_shards}: a node holds up to {need / 1e9:.3g} GB of shards at once; "
-                f"raise it or lower data.block_shards"
-            )
 
     def _lengths_from_shard(self, i: int) -> np.ndarray:
         path = self.store.acquire(i)

@@ -1,4 +1,4 @@
-"""Near-duplicate removal across the corpus: MinHash LSH as a Ray shuffle, like :mod:`data_shards.dedup`.
+"""Near-duplicate removal across the corpus: MinHash LSH as a Ray shuffle (:mod:`data_shards.drop_shuffle`).
 
 Map tasks turn every cleaned document of a partition into a MinHash signature over its word
 n-grams and emit one key per band (the hash of that band's rows), split into buckets by key.
@@ -15,17 +15,14 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import ray
 import xxhash
 
 from data_shards.config import NearDedup
+from data_shards.drop_shuffle import shuffle_drops
 from data_shards.inputs import Partition, ReadCounts
-from data_shards.partition_work import DOC_INDEX_BITS, TokenizeJob, doc_id, iter_clean
+from data_shards.partition_work import TokenizeJob, doc_id, iter_clean
 from data_shards.filters import FilterChain
-from data_shards.ray_results import get
-from ops import storage
 
-MAX_BUCKETS = 64
 MERSENNE_31 = np.uint64((1 << 31) - 1)
 _WORD = re.compile(r"\w+")
 _NGRAM_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it permutes 64-bit words
@@ -123,37 +120,27 @@ def cluster_drops(pair_sets) -> set[int]:
     return {x for x in parent if root(x) != x}
 
 
-def _map_partition(partition: Partition, job: TokenizeJob, spec: NearDedup, buckets: int):
+def map_partition(partition: Partition, job: TokenizeJob, buckets: int, spec: NearDedup) -> list[np.ndarray]:
+    """Map step: :func:`band_pairs` of the partition's cleaned documents."""
     counts, chain = ReadCounts(), FilterChain(job.filters, partition.split, job.storage_options)
     docs = (
         (doc_id(partition.index, number), text)
         for number, text in iter_clean(partition, job.on_error, job.storage_options, counts, chain)
         if text
     )
-    out = band_pairs(docs, spec, buckets)
-    return tuple(out) if buckets > 1 else out[0]
+    return band_pairs(docs, spec, buckets)
 
 
 def duplicates(partitions: list[Partition], job: TokenizeJob, spec: NearDedup, show) -> dict[int, frozenset]:
     """doc_ids to drop, by partition index; cached next to the completion markers."""
-    cache_url = storage.join(job.output, "_work", job.config_hash, "near-dedup-drops.json")
-    if storage.exists(cache_url, job.storage_options):
-        cached = storage.read_json(cache_url, job.storage_options)
-        return {int(k): frozenset(v) for k, v in cached.items()}
-    buckets = max(1, min(MAX_BUCKETS, len(partitions)))
-    phase = show.phase("near-duplicates (MinHash shuffle)", len(partitions) + buckets)
-    mapper = ray.remote(num_cpus=1, num_returns=buckets)(_map_partition)
-    job_ref = ray.put(job)
-    outputs = [mapper.remote(p, job_ref, spec, buckets) for p in partitions]
-    per_bucket = [[out[b] if buckets > 1 else out for out in outputs] for b in range(buckets)]
-    reducer = ray.remote(num_cpus=1)(candidate_pairs)
-    refs = [reducer.remote(*refs) for refs in per_bucket]
-    pair_sets = []
-    for i, ref in enumerate(refs):
-        pair_sets.append(get(ref))
-        show.update(phase, len(partitions) + i + 1)
-    drops: dict[int, set[int]] = {}
-    for doc in cluster_drops(pair_sets):
-        drops.setdefault(doc >> DOC_INDEX_BITS, set()).add(doc)
-    storage.write_json(cache_url, {str(k): sorted(v) for k, v in sorted(drops.items())}, job.storage_options)
-    return {k: frozenset(v) for k, v in drops.items()}
+    return shuffle_drops(
+        partitions,
+        job,
+        "near-dedup-drops.json",
+        "near-duplicates (MinHash shuffle)",
+        map_partition,
+        candidate_pairs,
+        cluster_drops,
+        show,
+        spec,
+    )

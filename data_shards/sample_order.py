@@ -52,26 +52,8 @@ def epoch_sample_perm(num_samples: int, seed: int, source: str, epoch: int) -> n
     return rng_for(seed, source, epoch, "samples").permutation(num_samples).astype(np.int64)
 
 
-def window_pieces(order: np.ndarray, starts: np.ndarray, doc_lengths: np.ndarray, window: int, seq_len: int):
-    """The (document, first token, token count) pieces that make window ``window``."""
-    pos = window * seq_len
-    need = seq_len + 1
-    k = int(np.searchsorted(starts, pos, side="right")) - 1
-    pieces = []
-    while need > 0:
-        doc = int(order[k])
-        offset = pos - int(starts[k])
-        take = min(int(doc_lengths[doc]) - offset, need)
-        if take > 0:
-            pieces.append((doc, offset, take))
-            need -= take
-            pos += take
-        k += 1
-    return pieces
-
-
 def batch_pieces(order: np.ndarray, starts: np.ndarray, windows: np.ndarray, seq_len: int):
-    """Vectorised :func:`window_pieces` for many windows of one epoch.
+    """Where many windows of one epoch lie in the documents, all at once.
 
     Returns int64 arrays, one entry per piece: the window's position in ``windows``, the
     column where the piece lands, the document, the first token inside the document,
@@ -88,14 +70,6 @@ def batch_pieces(order: np.ndarray, starts: np.ndarray, windows: np.ndarray, seq
     begin = np.maximum(starts[ks], first[rows])
     end = np.minimum(starts[ks + 1], last[rows] + 1)
     return rows, begin - first[rows], np.asarray(order)[ks], begin - starts[ks], end - begin
-
-
-def window_tokens(docs: list[np.ndarray], order: np.ndarray, window: int, seq_len: int) -> np.ndarray:
-    """Reference implementation of a window from in-memory documents (tests, small data)."""
-    lengths = np.array([len(d) for d in docs], dtype=np.int64)
-    starts = doc_starts(lengths, order)
-    parts = [docs[d][o : o + n] for d, o, n in window_pieces(order, starts, lengths, window, seq_len)]
-    return np.concatenate(parts).astype(np.int64)
 
 
 def normalized_weights(weights: list[float]) -> np.ndarray:

@@ -8,18 +8,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llm import checkpoint_files
-from llm.checkpoint import (
-    LATEST,
-    CheckpointError,
-    checkpoints_url,
-    load_model_state,
-    prune,
-    read_commit,
-    step_name,
-    step_url,
-)
+from llm.checkpoint import CheckpointError, load_model_state, prune, read_commit
 from ops import storage
-from ops.checkpoints import list_checkpoints
+from ops.checkpoints import checkpoints_url, latest_url, list_checkpoints, step_name, step_url
 
 
 def _progress() -> Progress:
@@ -42,11 +33,11 @@ def verify(run_url: str, options: dict | None = None) -> list[str]:
     committed = [e.step for e in entries if e.committed]
     if not committed:
         return [f"{checkpoints_url(run_url)}: no committed checkpoint"]
-    latest_url = storage.join(checkpoints_url(run_url), LATEST)
-    if not storage.exists(latest_url, options):
-        problems.append(f"{latest_url} is missing")
-    elif storage.read_text(latest_url, options).strip() != step_name(committed[-1]):
-        problems.append(f"{latest_url} does not name the newest committed step {step_name(committed[-1])}")
+    pointer = latest_url(run_url)
+    if not storage.exists(pointer, options):
+        problems.append(f"{pointer} is missing")
+    elif storage.read_text(pointer, options).strip() != step_name(committed[-1]):
+        problems.append(f"{pointer} does not name the newest committed step {step_name(committed[-1])}")
     records = {}
     for step in committed:
         try:

@@ -54,7 +54,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_eval_make_cloze(args) -> int:
-    from llm.cloze import write_cloze
+    from cluster.evals.cloze import write_cloze
 
     count = write_cloze(
         args.data_url, args.out, args.n, args.context_tokens, args.continuation_tokens, args.choices, args.seed
@@ -97,7 +97,7 @@ def _follow(jobs, job_id: str) -> int:
 
 
 def cmd_submit(args) -> int:
-    from launch.submission import submit
+    from launch.ray_job_staging import submit
 
     from cluster.auth import insecure_token_allowed
 
@@ -213,7 +213,7 @@ def cmd_ckpt_ls(args) -> int:
 
 
 def cmd_ckpt_verify(args) -> int:
-    from launch.accelerator import use_cpu_accelerator_without_cuda
+    from llm.devices import use_cpu_accelerator_without_cuda
 
     use_cpu_accelerator_without_cuda()
     from launch.checkpoint_tools import print_verify
@@ -228,7 +228,7 @@ def cmd_ckpt_prune(args) -> int:
 
 
 def cmd_export_hf(args) -> int:
-    from launch.accelerator import use_cpu_accelerator_without_cuda
+    from llm.devices import use_cpu_accelerator_without_cuda
 
     use_cpu_accelerator_without_cuda()
     from llm.export_hf import export_hf
@@ -239,7 +239,7 @@ def cmd_export_hf(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from launch.accelerator import use_cpu_accelerator_without_cuda
+    from llm.devices import use_cpu_accelerator_without_cuda
 
     use_cpu_accelerator_without_cuda()
     from llm.generate import generate
@@ -255,14 +255,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from launch.planning import print_plan
+    from launch.plan_command import print_plan
 
     print_plan(_config(args), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, gpus_per_node=args.gpus_per_node)
     return 0
 
 
 def cmd_launch_slurm(args) -> int:
-    from launch.cluster_jobs import launch_slurm
+    from launch.scheduler_jobs import launch_slurm
     from launch.render.options import SlurmOptions, validated
 
     options = validated(
@@ -282,7 +282,7 @@ def cmd_launch_slurm(args) -> int:
 
 
 def cmd_launch_k8s(args) -> int:
-    from launch.cluster_jobs import launch_k8s
+    from launch.scheduler_jobs import launch_k8s
     from launch.render.options import KubernetesOptions, validated
 
     options = validated(
@@ -472,8 +472,9 @@ KILN_PACKAGES = {"launch", "cluster", "llm", "data_shards", "ops"}
 def missing_dependency(error: ModuleNotFoundError) -> str:
     """One line for a Python without Kiln's dependencies, e.g. the one a Ray cluster started outside Kiln's
     environment runs a submitted job with."""
+    package = (error.name or "").split(".")[0]
     return (
-        f"{sys.executable} cannot import {error.name!r}, one of Kiln's dependencies: run Kiln with the Python it "
+        f"{sys.executable} cannot import {package!r}, one of Kiln's dependencies: run Kiln with the Python it "
         f"is installed in, or install it into this one (`{sys.executable} -m pip install kiln-pretrain`); on a Ray "
         "cluster, start Ray from Kiln's environment"
     )
@@ -509,7 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kiln: error: {missing_dependency(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as e:  # narrowed below: user_errors() imports their types only now; the rest is raised on
-        if isinstance(e, user_errors()):
+        try:
+            expected = user_errors()
+        except ModuleNotFoundError as missing:  # a Python without Kiln's dependencies: the error to fix first
+            print(f"kiln: error: {missing_dependency(missing)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if isinstance(e, expected):
             print(f"kiln: error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cluster.config import ClusterConfig, EvalConfig
+from cluster.config import ClusterConfig
+from cluster.evals.config import EvalConfig
 from data_shards.config import DataConfig
 from llm.config import ModelConfig, TrainConfig
 from llm.job import TrainJob

@@ -6,29 +6,20 @@ from __future__ import annotations
 from rich.console import Console
 
 from cluster.connect import ray_session
-from cluster.eval import (
-    EvalReport,
-    already_evaluated,
-    build_tasks,
-    eval_url,
-    evaluate_steps,
-    follow_run,
-    plan_step,
-    plan_steps,
-)
+from cluster.evals.report import EvalReport
+from cluster.evals.run import evaluate_run
 from data_shards.config import READ_KEYS
 from data_shards.manifest import load_manifest
 from data_shards.prepare import check_output, is_prepared, prepare
-from launch.accelerator import use_cpu_accelerator_without_cuda
+from llm.devices import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
-from launch.eval_display import EvalProgress, print_eval_table
 from launch.decontamination import with_evaluation_sources
 from launch.launchers import launcher_for
 from launch.launchers.base import run_job
+from launch.preflight import check_before_launch
 from llm import init_from
 from llm.checkpoint import latest_committed_step
 from ops import storage
-from ops.scalar_logs import log_eval
 
 console = Console(stderr=True)
 
@@ -71,6 +62,7 @@ def train_stage(cfg: KilnConfig) -> int:
     if not is_prepared(cfg.data_url, cfg.storage.options):
         raise ConfigError(f"data.output: no committed data at {cfg.data_url} — run `kiln prepare` with this config first")
     check_init_source(cfg)
+    check_before_launch(cfg)
     storage.write_text(storage.join(cfg.run_url, "config.yaml"), cfg.to_yaml(), cfg.storage.options)
     with launcher_for(cfg) as launcher:
         return run_job(launcher)
@@ -87,26 +79,19 @@ def check_init_source(cfg: KilnConfig) -> None:
     console.print(f"train: starting from step {origin.step} of {origin.run}")
 
 
-def eval_stage(cfg: KilnConfig, follow: bool = False) -> list[EvalReport]:
-    """Evaluate the checkpoints ``eval.steps`` names, or with ``follow`` every new one until the run finishes.
-
-    Steps and task files are checked before Ray starts, so a bad one costs nothing and writes nothing.
-    """
+def eval_stage(cfg: KilnConfig, follow: bool = False, skip_evaluated: bool = False) -> list[EvalReport]:
+    """Evaluate the checkpoints ``eval.steps`` names, or with ``follow`` every new one until the run finishes."""
     use_cpu_accelerator_without_cuda()
-    options = cfg.storage.options
-    steps = [] if follow else plan_steps(cfg.run_url, cfg.eval, options)
-    tasks = build_tasks(cfg.eval, cfg.data_url, options)
-    plans = [plan_step(cfg.run_url, step, tasks, cfg.eval.slice_size, options) for step in steps]
-
-    def show(report: EvalReport) -> None:
-        print_eval_table(report, cfg.run_url)
-        log_eval(cfg.run_url, cfg.train.log_to, report.step, {r.name: r.values() for r in report.results}, options)
-
-    with ray_session(cfg.cluster), EvalProgress() as progress:
-        if follow:
-            console.print(f"eval: following {cfg.run_url}: each committed checkpoint is evaluated until the run finishes")
-            return follow_run(cfg.run_url, tasks, cfg.eval, options, progress.update, show)
-        return evaluate_steps(cfg.run_url, plans, tasks, cfg.eval, options, progress.update, show)
+    return evaluate_run(
+        cfg.eval,
+        cfg.cluster,
+        cfg.run_url,
+        cfg.data_url,
+        cfg.storage.options,
+        cfg.train.log_to,
+        follow=follow,
+        skip_evaluated=skip_evaluated,
+    )
 
 
 def run_stages(cfg: KilnConfig, progress: bool = True) -> int:
@@ -126,12 +111,5 @@ def run_stages(cfg: KilnConfig, progress: bool = True) -> int:
         rc = train_stage(cfg)
         if rc != 0:
             return rc
-        done = latest_committed_step(cfg.run_url, options)
-    evaluated = eval_url(cfg.run_url, done)
-    tasks = [entry.name for entry in cfg.eval.task_entries()]
-    if cfg.eval.steps == "latest" and already_evaluated(cfg.run_url, done, tasks, options):
-        console.print(f"eval: skipped — {evaluated} holds every task's result")
-        print_eval_table(EvalReport.from_json(storage.read_json(evaluated, options)), cfg.run_url)
-    else:
-        eval_stage(cfg)
+    eval_stage(cfg, skip_evaluated=True)
     return 0

@@ -1,7 +1,5 @@
-"""Checkpoints under ``RUN_URL/checkpoints/``: finding committed ones, reading them, pruning.
-
-    checkpoints/step-00000100/   DeepSpeed files (every rank's part) + COMMITTED (written last)
-    checkpoints/latest           name of the newest committed step dir, written after COMMITTED
+"""Checkpoints under ``RUN_URL/checkpoints/`` (their layout: ``ops.checkpoints``): finding committed
+ones, reading them, pruning.
 
 ``COMMITTED`` holds the :class:`~llm.checkpoint_record.CheckpointRecord`, which lists every
 file with its size and sha256; readers load only listed files, after checking them.
@@ -23,15 +21,7 @@ from llm import checkpoint_files
 from llm.checkpoint_files import CheckpointError
 from llm.checkpoint_record import CheckpointRecord, FileEntry
 from ops import storage
-from ops.checkpoints import CHECKPOINTS_DIR, COMMITTED, LATEST, parse_step, step_name
-
-
-def checkpoints_url(run_url: str) -> str:
-    return storage.join(run_url, CHECKPOINTS_DIR)
-
-
-def step_url(run_url: str, step: int) -> str:
-    return storage.join(run_url, CHECKPOINTS_DIR, step_name(step))
+from ops.checkpoints import checkpoints_url, commit_url, latest_url, parse_step, step_name, step_url
 
 
 def step_dirs(run_url: str, storage_options: dict | None = None) -> list[int]:
@@ -41,27 +31,23 @@ def step_dirs(run_url: str, storage_options: dict | None = None) -> list[int]:
 
 
 def committed_steps(run_url: str, storage_options: dict | None = None) -> list[int]:
-    return [
-        s
-        for s in step_dirs(run_url, storage_options)
-        if storage.exists(storage.join(step_url(run_url, s), COMMITTED), storage_options)
-    ]
+    return [s for s in step_dirs(run_url, storage_options) if storage.exists(commit_url(run_url, s), storage_options)]
 
 
 def latest_committed_step(run_url: str, storage_options: dict | None = None) -> int | None:
     """The step ``latest`` names when it is committed; otherwise the newest committed step, with a warning."""
-    latest_url = storage.join(checkpoints_url(run_url), LATEST)
+    pointer_url = latest_url(run_url)
     pointer = None
-    if storage.exists(latest_url, storage_options):
-        pointer = storage.read_text(latest_url, storage_options).strip()
+    if storage.exists(pointer_url, storage_options):
+        pointer = storage.read_text(pointer_url, storage_options).strip()
         named = parse_step(pointer)
-        if named is not None and storage.exists(storage.join(step_url(run_url, named), COMMITTED), storage_options):
+        if named is not None and storage.exists(commit_url(run_url, named), storage_options):
             return named
     committed = committed_steps(run_url, storage_options)
     fallback = committed[-1] if committed else None
     if pointer is not None or fallback is not None:
         warnings.warn(
-            f"{latest_url} {'names ' + repr(pointer) + ', which is not committed' if pointer is not None else 'is missing'}; "
+            f"{pointer_url} {'names ' + repr(pointer) + ', which is not committed' if pointer is not None else 'is missing'}; "
             f"using {step_name(fallback) if fallback is not None else 'no checkpoint'}",
             stacklevel=2,
         )
@@ -78,7 +64,7 @@ def resume_candidates(run_url: str, storage_options: dict | None = None) -> list
 
 def read_commit(run_url: str, step: int, storage_options: dict | None = None) -> CheckpointRecord:
     """The record COMMITTED holds for a committed step: layout, model config, data position, files."""
-    url = storage.join(step_url(run_url, step), COMMITTED)
+    url = commit_url(run_url, step)
     try:
         return CheckpointRecord.model_validate_json(storage.read_bytes(url, storage_options))
     except ValidationError as error:
@@ -100,7 +86,7 @@ def steps_to_prune(all_steps: list[int], committed: list[int], keep: int) -> lis
 
 def remove_step(run_url: str, step: int, storage_options: dict | None = None) -> None:
     """Delete a step folder, its marker first, so a half-deleted folder never looks committed."""
-    storage.remove(storage.join(step_url(run_url, step), COMMITTED), storage_options)
+    storage.remove(commit_url(run_url, step), storage_options)
     storage.remove(step_url(run_url, step), storage_options, recursive=True)
 
 
@@ -138,7 +124,7 @@ def _committed(run_url: str, step: int | None, storage_options: dict | None) -> 
         step = latest_committed_step(run_url, storage_options)
         if step is None:
             raise FileNotFoundError(f"{checkpoints_url(run_url)} holds no committed checkpoint")
-    elif not storage.exists(storage.join(step_url(run_url, step), COMMITTED), storage_options):
+    elif not storage.exists(commit_url(run_url, step), storage_options):
         raise FileNotFoundError(f"{step_url(run_url, step)} is not a committed checkpoint")
     return step
 

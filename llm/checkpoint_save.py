@@ -32,7 +32,7 @@ from llm.checkpoint_files import CheckpointError
 from llm.checkpoint_record import CheckpointRecord, FileEntry
 from llm.snapshot import Snapshot
 from ops import storage
-from ops.checkpoints import COMMITTED, LATEST
+from ops.checkpoints import commit_url, latest_url
 
 # How long one rank's writer waits for the others' file lists: a slow upload, not a hang.
 WRITER_TIMEOUT = timedelta(hours=6)
@@ -143,11 +143,6 @@ class CheckpointSaver:
         inflight.committed = True
 
     def _commit(self, record: CheckpointRecord) -> None:
-        step_url = checkpoint.step_url(self.run_url, record.step)
-        storage.write_text(storage.join(step_url, COMMITTED), record.model_dump_json(indent=2) + "\n", self.options)
-        storage.write_text(
-            storage.join(checkpoint.checkpoints_url(self.run_url), LATEST),
-            checkpoint.step_name(record.step) + "\n",
-            self.options,
-        )
+        storage.write_text(commit_url(self.run_url, record.step), record.model_dump_json(indent=2) + "\n", self.options)
+        storage.write_text(latest_url(self.run_url), checkpoint.step_name(record.step) + "\n", self.options)
         checkpoint.prune(self.run_url, self.keep, self.options)

@@ -1,5 +1,5 @@
 """Setup of rank processes, the one place every launcher takes it from: accelerator, threads,
-and tying a process's life to its parent's.
+and tying a process's life to its parent's.  The one place ``DS_ACCELERATOR`` is set.
 
 A rank runs on CUDA when the machine it runs on has a GPU, else on DeepSpeed's CPU
 accelerator over gloo.  CPU ranks share the machine's cores evenly, so ranks on one
@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Mapping
+from typing import Mapping, MutableMapping
 
 
 def cpu_threads_per_rank(ranks_per_node: int, cpus: int | None = None) -> int:
@@ -20,13 +20,22 @@ def cpu_threads_per_rank(ranks_per_node: int, cpus: int | None = None) -> int:
     return max(1, (cpus or os.cpu_count() or 1) // max(1, ranks_per_node))
 
 
+def use_cpu_accelerator_without_cuda(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Tell DeepSpeed to use its CPU accelerator when there is no CUDA device, instead of guessing aloud;
+    a value already set wins.  For this process (and the Ray workers it starts) or a child's environment."""
+    import torch
+
+    if not torch.cuda.is_available():
+        environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def rank_environment(ranks_per_node: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for rank processes started on this machine (torchrun, srun)."""
     import torch
 
     env = dict(os.environ if base is None else base)
+    use_cpu_accelerator_without_cuda(env)
     if not torch.cuda.is_available():
-        env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(ranks_per_node)))
     # DeepSpeed's own deprecated torch calls would otherwise warn once per rank.
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")

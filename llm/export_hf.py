@@ -21,7 +21,6 @@ import os
 import re
 import struct
 
-import numpy as np
 import sentencepiece as spm
 import torch
 
@@ -93,23 +92,6 @@ def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dic
         for data in blobs:
             f.write(data)
     os.replace(tmp, path)
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """The tensors of a safetensors file as numpy arrays (F32 only), for checking an export."""
-    with open(path, "rb") as f:
-        size = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(size))
-        data = f.read()
-    out = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if entry["dtype"] != "F32":
-            raise ValueError(f"{name}: only F32 is read back here, found {entry['dtype']}")
-        start, end = entry["data_offsets"]
-        out[name] = np.frombuffer(data[start:end], dtype="<f4").reshape(entry["shape"])
-    return out
 
 
 def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int) -> dict:

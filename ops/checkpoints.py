@@ -1,8 +1,12 @@
-"""Read-side view of ``RUN_URL/checkpoints/``: which steps exist and which are committed.
+"""The layout of ``RUN_URL/checkpoints/``, the one place that knows it, and the listing of its steps.
 
-The layout (README, "Launchers and resume"): ``checkpoints/step-00000100/`` with a ``COMMITTED`` marker
-written after every rank's files, and ``checkpoints/latest`` naming the newest
-committed step.  A directory without ``COMMITTED`` is a save that never finished.
+    checkpoints/step-00000100/           every rank's files of step 100
+    checkpoints/step-00000100/COMMITTED  the checkpoint record, written after every rank's files
+    checkpoints/latest                   the name of the newest committed step folder, written after COMMITTED
+
+A folder without ``COMMITTED`` is a save that never finished.  What ``COMMITTED`` holds is
+``llm.checkpoint_record``; saving and reading checkpoints is ``llm.checkpoint*``, which build
+their URLs here, as ``kiln status`` and ``kiln ckpt`` do.
 """
 
 from __future__ import annotations
@@ -30,6 +34,23 @@ def parse_step(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def checkpoints_url(run_url: str) -> str:
+    return storage.join(run_url, CHECKPOINTS_DIR)
+
+
+def step_url(run_url: str, step: int) -> str:
+    return storage.join(run_url, CHECKPOINTS_DIR, step_name(step))
+
+
+def commit_url(run_url: str, step: int) -> str:
+    """Step ``step``'s ``COMMITTED`` marker: the step is committed when it exists."""
+    return storage.join(step_url(run_url, step), COMMITTED)
+
+
+def latest_url(run_url: str) -> str:
+    return storage.join(run_url, CHECKPOINTS_DIR, LATEST)
+
+
 @dataclass(frozen=True)
 class CheckpointEntry:
     step: int
@@ -39,20 +60,18 @@ class CheckpointEntry:
 
 
 def list_checkpoints(run_url: str, options: dict | None = None) -> list[CheckpointEntry]:
-    root = storage.join(run_url, CHECKPOINTS_DIR)
-    latest_url = storage.join(root, LATEST)
-    latest = storage.read_text(latest_url, options).strip() if storage.exists(latest_url, options) else None
+    pointer = latest_url(run_url)
+    latest = storage.read_text(pointer, options).strip() if storage.exists(pointer, options) else None
     entries = []
-    for name in storage.list_names(root, options):
+    for name in storage.list_names(checkpoints_url(run_url), options):
         step = parse_step(name)
         if step is None:
             continue
-        url = storage.join(root, name)
         entries.append(
             CheckpointEntry(
                 step=step,
-                url=url,
-                committed=storage.exists(storage.join(url, COMMITTED), options),
+                url=step_url(run_url, step),
+                committed=storage.exists(commit_url(run_url, step), options),
                 latest=name == latest,
             )
         )

@@ -6,8 +6,7 @@
 
 A writer is one process (a rank, a launcher).  ``<hour>`` is the UTC hour in which a
 segment was written, so a follower re-lists only the newest partitions instead of
-every segment of a long run.  Runs written before segments existed keep one file per
-stream (``LEGACY_FILES``); readers merge it with the segments.
+every segment of a long run.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import time
 
 METRICS_STREAM = "metrics/train"
 EVENTS_STREAM = "events"
-LEGACY_FILES = {METRICS_STREAM: "metrics/train.jsonl", EVENTS_STREAM: "events.jsonl"}
 HEARTBEATS_DIR = "heartbeats"
 
 PARTITION_FORMAT = "%Y%m%d%H"

@@ -1,8 +1,7 @@
 """Incremental readers of run records: each call fetches only what changed since the previous one.
 
-``StreamFollower`` merges every writer's segments of one stream (and the single file of runs
-written before segments existed), reading each file from the byte where it stopped and only
-up to its last complete line, so a half-written last line is picked up once it is whole.
+``StreamFollower`` merges every writer's segments of one stream, reading each file from the
+byte where it stopped and only up to its last complete line, so a half-written last line is picked up once it is whole.
 ``ChangedFiles`` returns the small whole-object records (heartbeats, evaluation results)
 that are new or were rewritten since the last call.
 """
@@ -13,7 +12,7 @@ import json
 from typing import Any
 
 from ops import storage
-from ops.record_layout import LEGACY_FILES, partition_start
+from ops.record_layout import partition_start
 
 # Partitions this close to the newest one are listed again at every call: a writer whose clock
 # runs behind, or a slow flush, can still add segments to them.
@@ -54,9 +53,6 @@ class StreamFollower:
 
     def __init__(self, run_url: str, stream: str, options: dict | None = None):
         self.fs, self.root = storage.filesystem(storage.join(run_url, stream), options)
-        legacy = LEGACY_FILES.get(stream)
-        self.legacy = storage.filesystem(storage.join(run_url, legacy), options)[1] if legacy else None
-        self.legacy_checked = False
         self.consumed: dict[str, int] = {}
         self.listed: set[str] = set()
 
@@ -79,13 +75,6 @@ class StreamFollower:
 
     def _sizes(self) -> dict[str, int]:
         sizes = {}
-        if self.legacy is not None:
-            try:
-                sizes[self.legacy] = storage.with_retries(lambda: self.fs.size(self.legacy))
-            except FileNotFoundError:
-                if not self.legacy_checked:
-                    self.legacy = None  # a run of the segment era: never look again
-            self.legacy_checked = True
         partitions = {
             e["name"].rstrip("/"): partition_start(e["name"].rstrip("/").rsplit("/", 1)[-1])
             for e in fresh_listing(self.fs, self.root)

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ops import storage
-from ops.checkpoints import CHECKPOINTS_DIR, COMMITTED, LATEST, parse_step, step_name
+from ops.checkpoints import LATEST, checkpoints_url, commit_url, latest_url, parse_step
 from ops.event_sentences import sentence
 from ops.health import (
     LIFECYCLE,
@@ -188,9 +188,9 @@ class CheckpointFollower:
     """Checkpoint steps and their commit state; a step already seen committed is not asked again."""
 
     def __init__(self, run_url: str, options: dict | None = None):
-        self.root = storage.join(run_url, CHECKPOINTS_DIR)
+        self.run_url = run_url
         self.options = options
-        self.fs, self.path = storage.filesystem(self.root, options)
+        self.fs, self.path = storage.filesystem(checkpoints_url(run_url), options)
         self.committed: set[int] = set()
         self._origin: tuple[int, OriginStatus | None] | None = None
 
@@ -198,7 +198,7 @@ class CheckpointFollower:
         """The origin committed step ``step`` records (its COMMITTED is read once per step)."""
         if self._origin is None or self._origin[0] != step:
             try:
-                record = json.loads(storage.read_bytes(storage.join(self.root, step_name(step), COMMITTED), self.options))
+                record = json.loads(storage.read_bytes(commit_url(self.run_url, step), self.options))
                 origin = record.get("origin") if isinstance(record, dict) else None
                 self._origin = (step, OriginStatus.model_validate(origin) if origin else None)
             except (OSError, ValueError):
@@ -209,12 +209,11 @@ class CheckpointFollower:
         names = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fresh_listing(self.fs, self.path)}
         steps = sorted(s for s in (parse_step(n) for n in names) if s is not None)
         for step in steps:
-            marker = storage.join(self.root, step_name(step), COMMITTED)
-            if step not in self.committed and storage.exists(marker, self.options):
+            if step not in self.committed and storage.exists(commit_url(self.run_url, step), self.options):
                 self.committed.add(step)
         latest = None
         if steps and LATEST in names:
-            latest = parse_step(storage.read_text(storage.join(self.root, LATEST), self.options).strip())
+            latest = parse_step(storage.read_text(latest_url(self.run_url), self.options).strip())
         return [
             CheckpointStatus(step=s, state="committed" if s in self.committed else "incomplete", latest=s == latest)
             for s in steps

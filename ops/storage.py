@@ -126,9 +126,3 @@ def remove(url: str, options: dict | None = None, recursive: bool = False) -> No
     fs, path = filesystem(url, options)
     if with_retries(lambda: fs.exists(path)):
         with_retries(lambda: fs.rm(path, recursive=recursive))
-
-
-def upload_dir(local_dir: str, url: str, options: dict | None = None) -> None:
-    """Copy a local folder to ``url`` (a plain copy when ``url`` is local too)."""
-    fs, path = filesystem(url, options)
-    with_retries(lambda: fs.put(local_dir.rstrip("/") + "/", path, recursive=True))

@@ -10,7 +10,7 @@ import pytest
 
 from cluster.auth import insecure_token_allowed, plain_http_refusal
 from launch.config import ConfigError, load_config
-from launch.submission import cluster_is_on_this_machine, config_for_cluster, stage_working_dir
+from launch.ray_job_staging import cluster_is_on_this_machine, config_for_cluster, stage_working_dir
 
 
 def kiln(*args, env=None):

@@ -11,6 +11,7 @@ from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader, eval_windows, shard_token_counts
 from data_shards.shuffles import SourceLayout
 from data_shards.shuffles import block as blocks
+from support.reference_windows import window_tokens
 
 SEQ = 16
 BLOCK_SHARDS = 2
@@ -60,7 +61,7 @@ def reference_sample(docs, seed, seq_len, n, source="default", mode="global", cu
     per_epoch = so.samples_per_epoch(sum(len(d) for d in docs), seq_len)
     epoch, j = divmod(n, per_epoch)
     order, windows = reference_order(docs, seed, seq_len, epoch, mode, cuts, source)
-    return so.window_tokens(docs, order, int(windows[j]), seq_len)
+    return window_tokens(docs, order, int(windows[j]), seq_len)
 
 
 def read_all(loader, batches):
@@ -85,7 +86,7 @@ def test_an_epoch_visits_every_window_once(dataset, mode):
     order, _ = reference_order(docs, 5, SEQ, 0, mode)
     per_epoch = so.samples_per_epoch(sum(len(d) for d in docs), SEQ)
     for w in range(per_epoch):
-        stream_windows.add(tuple(so.window_tokens(docs, order, w, SEQ).tolist()))
+        stream_windows.add(tuple(window_tokens(docs, order, w, SEQ).tolist()))
     loader = GlobalBatchLoader(url, "train", seed=5, seq_len=SEQ, global_batch=1, read=reading(mode))
     seen = {tuple(loader.next_batch()[0].tolist()) for _ in range(per_epoch)}
     assert seen == stream_windows

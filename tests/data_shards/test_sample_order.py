@@ -5,6 +5,7 @@ import pytest
 
 from data_shards import sample_order as so
 from data_shards.errors import DataError
+from support.reference_windows import window_pieces, window_tokens
 
 
 def test_windows_cover_the_shuffled_stream_and_overlap_by_one_token(kit):
@@ -14,7 +15,7 @@ def test_windows_cover_the_shuffled_stream_and_overlap_by_one_token(kit):
     seq_len = 16
     count = so.samples_per_epoch(len(stream), seq_len)
     assert count == (len(stream) - 1) // seq_len
-    windows = [so.window_tokens(docs, order, w, seq_len) for w in range(count)]
+    windows = [window_tokens(docs, order, w, seq_len) for w in range(count)]
     for w, tokens in enumerate(windows):
         assert tokens.tolist() == stream[w * seq_len : w * seq_len + seq_len + 1].tolist()
     for left, right in zip(windows, windows[1:]):
@@ -102,7 +103,7 @@ def test_batch_pieces_equal_window_pieces_for_every_window(kit):
     rows, cols, pdocs, begins, takes = so.batch_pieces(order, starts, windows, seq_len)
     for r, w in enumerate(windows):
         mine = [(int(d), int(b), int(t)) for d, b, t in zip(pdocs[rows == r], begins[rows == r], takes[rows == r])]
-        assert mine == so.window_pieces(order, starts, lengths, int(w), seq_len)
+        assert mine == window_pieces(order, starts, lengths, int(w), seq_len)
         assert cols[rows == r].tolist() == np.concatenate([[0], np.cumsum(takes[rows == r])[:-1]]).tolist()
 
 

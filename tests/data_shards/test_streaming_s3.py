@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from data_shards.config import ReadConfig
 from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader
 from data_shards.manifest import load_manifest
 from ops import storage
+from support.s3_endpoint import upload_folder
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +47,7 @@ def copies(s3_bucket, tmp_path, kit):
     local = str(tmp_path / "local")
     shards = [docs[i * 20 : (i + 1) * 20] for i in range(SHARDS)]
     manifest = kit.write_split(local, "train", {"default": shards}, with_index=True)
-    storage.upload_dir(local, f"{s3_bucket}/data")
+    upload_folder(local, f"{s3_bucket}/data")
     return local, f"{s3_bucket}/data", max(s.bytes for s in manifest.shards)
 
 
@@ -287,3 +289,36 @@ def test_a_cache_too_small_for_two_blocks_is_refused_naming_the_keys(copies):
     read = ReadConfig(shuffle="block", block_shards=4, cache_limit_gb=5 * largest / 1e9)
     with pytest.raises(DataError, match=r"cache_limit_gb=.* is too small for data.shuffle=block with data.block_shards=4"):
         GlobalBatchLoader(remote, "train", seed=4, seq_len=SEQ, global_batch=2, read=read)
+
+
+def test_kiln_train_refuses_a_cache_too_small_for_the_block_shuffle_in_one_line_before_any_rank_starts(copies, kit, tmp_path):
+    local, remote, largest = copies
+    kit.write_split(local, "val", {"default": [kit.random_docs(4, 5, 500, min_len=20, max_len=60)]})
+    upload_folder(f"{local}/val", f"{remote}/val")
+    config = {
+        "run": {"dir": str(tmp_path / "run")},
+        "data": {
+            "output": remote,
+            "vocab_size": 500,
+            "shuffle": "block",
+            "block_shards": 4,
+            "cache_limit_gb": 5 * largest / 1e9,
+        },
+        "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": SEQ},
+        "train": {"steps": 2, "micro_batch": 2, "global_batch": 4, "nproc": 2},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "train", str(tmp_path / "config.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"kiln: error: data.cache_limit_gb={5 * largest / 1e9:g} is too small for data.shuffle=block with "
+        f"data.block_shards=4: a node holds up to {9 * largest / 1e9:.3g} GB of shards at once; raise it or lower "
+        "data.block_shards"
+    ]
+    assert not (tmp_path / "run").exists()  # nothing written, no rank started

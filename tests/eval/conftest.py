@@ -88,7 +88,7 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, eval_data) -> TrainedRun:
     """`kiln train` on the tiny dataset: committed checkpoints at steps 3 and 6; and a cloze task file."""
-    from llm.cloze import write_cloze
+    from cluster.evals.cloze import write_cloze
 
     folder = tmp_path_factory.mktemp("eval-run")
     config = write_config(folder, eval_data)

@@ -16,10 +16,10 @@ import pytest
 from data_shards.loader import eval_windows
 from data_shards.tokenizer import Tokenizer
 from llm.checkpoint import load_model
-from llm.evaluate import continuation_logprobs
+from cluster.evals.likelihood import continuation_logprobs
 from llm.export_hf import export_hf
-from llm.tasks.base import TaskInputs
-from llm.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTask
+from cluster.evals.tasks.base import TaskInputs
+from cluster.evals.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTask
 from ops import storage
 
 pytestmark = pytest.mark.slow

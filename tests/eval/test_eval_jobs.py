@@ -6,8 +6,9 @@ import signal
 
 import pytest
 
-from cluster.config import EvalConfig
-from cluster.eval import EvalJob, build_tasks, eval_url, evaluate_steps, plan_step, plan_steps
+from cluster.evals.config import EvalConfig
+from cluster.evals.driver import EvalJob, build_tasks, evaluate_steps, plan_step, plan_steps
+from cluster.evals.report import report_url
 from ops import storage
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def every_step(trained_run, local_ray):
     tasks = build_tasks(cfg, trained_run.data_url)
     plans = [plan_step(trained_run.run_url, step, tasks, cfg.slice_size) for step in plan_steps(trained_run.run_url, cfg)]
     reports = evaluate_steps(trained_run.run_url, plans, tasks, cfg)
-    return reports, {r.step: storage.read_json(eval_url(trained_run.run_url, r.step)) for r in reports}
+    return reports, {r.step: storage.read_json(report_url(trained_run.run_url, r.step)) for r in reports}
 
 
 def test_every_committed_step_writes_held_out_and_task_results(every_step):
@@ -87,7 +88,7 @@ def test_the_model_comes_from_the_checkpoint_not_the_current_config(trained_run,
         cwd=trained_run.folder,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert storage.read_json(eval_url(trained_run.run_url, 3)) == docs[3]
+    assert storage.read_json(report_url(trained_run.run_url, 3)) == docs[3]
     assert "step 3" in proc.stdout and "unigram baseline loss" in proc.stdout and "cloze" in proc.stdout
 
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from safetensors.numpy import load_file as read_safetensors
 
 from data_shards.loader import eval_windows
 from llm.checkpoint import load_model
-from llm.export_hf import read_safetensors
 
 pytestmark = pytest.mark.slow
 

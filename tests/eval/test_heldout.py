@@ -12,10 +12,10 @@ from data_shards.manifest import Manifest, ShardEntry, SourceStats, write_manife
 from data_shards.shard_format import ShardWriter
 from data_shards.tokenizer import Tokenizer
 from llm.config import ModelConfig
-from llm.evaluate import window_nll
+from cluster.evals.likelihood import window_nll
 from llm.model import Transformer
-from llm.tasks.base import ModelShape, TaskInputs
-from llm.tasks.heldout import HeldOutEntry, HeldOutTask, unigram_log_probs
+from cluster.evals.tasks.base import ModelShape, TaskInputs
+from cluster.evals.tasks.heldout import HeldOutEntry, HeldOutTask, unigram_log_probs
 
 
 def task(data_url, max_windows=None, batch_size=4) -> HeldOutTask:

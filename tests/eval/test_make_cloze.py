@@ -7,8 +7,8 @@ import pytest
 from data_shards.errors import DataError
 from data_shards.tokenizer import Tokenizer
 from launch.cli import main
-from llm.cloze import make_cloze, val_documents
-from llm.tasks.multiple_choice import encode_pair, parse_examples
+from cluster.evals.cloze import make_cloze, val_documents
+from cluster.evals.tasks.multiple_choice import encode_pair, parse_examples
 
 
 @pytest.fixture(scope="module")

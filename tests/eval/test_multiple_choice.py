@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from data_shards.errors import DataError
 from data_shards.tokenizer import Tokenizer
 from llm.config import ModelConfig
-from llm.evaluate import continuation_logprobs
+from cluster.evals.likelihood import continuation_logprobs
 from llm.model import Transformer
-from llm.tasks.base import ModelShape, TaskInputs
-from llm.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTask, encode_pair, parse_examples
+from cluster.evals.tasks.base import ModelShape, TaskInputs
+from cluster.evals.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTask, encode_pair, parse_examples
 
 GOOD = {"context": "def add(a, b):\n    return", "choices": [" a + b", " a - b", " None"], "label": 0}
 

@@ -3,13 +3,17 @@
 import numpy as np
 import pytest
 
-from cluster.config import EvalConfig
-from cluster.eval import EvalReport, run_finished, steps_to_evaluate
-from cluster.eval_pool import device_and_dtype, worker_plan
-from llm.tasks import TASK_TYPES
-from llm.tasks.base import Metric, Tally, TaskResult
-from llm.tasks.heldout import HeldOutEntry, HeldOutTally
-from llm.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTally
+from data_shards.errors import DataError
+from ops import storage
+
+from cluster.evals.config import EvalConfig
+from cluster.evals.driver import run_finished, steps_to_evaluate
+from cluster.evals.report import EvalReport, read_report, report_url, write_report
+from cluster.evals.pool import device_and_dtype, worker_plan
+from cluster.evals.tasks import TASK_TYPES
+from cluster.evals.tasks.base import Metric, Tally, TaskResult
+from cluster.evals.tasks.heldout import HeldOutEntry, HeldOutTally
+from cluster.evals.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTally
 
 
 def test_tallies_of_disjoint_slices_add_field_by_field_and_an_empty_array_counts_as_zeros():
@@ -44,12 +48,13 @@ def test_held_out_task_runs_first_unless_switched_off():
     assert isinstance(capped, HeldOutEntry) and capped.max_windows_per_shard == 5
 
 
-def test_eval_step_is_the_old_spelling_of_a_one_step_list():
-    cfg = EvalConfig(step=300)
-    assert cfg.steps == [300]
-    assert EvalConfig.model_validate(cfg.model_dump()).steps == [300]  # a saved config loads again
-    with pytest.raises(ValueError, match="give eval.steps only"):
-        EvalConfig(step=300, steps=[100])
+def test_eval_step_is_an_unknown_key_that_suggests_steps(tmp_path):
+    from launch.config import ConfigError, load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("data: {inputs: [a.jsonl], output: d}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'eval.step' — did you mean 'eval.steps'\?"):
+        load_config(str(path), ["eval.step=300"])
 
 
 def test_two_tasks_with_one_name_are_rejected():
@@ -147,10 +152,38 @@ def test_report_reads_back_from_its_json():
     assert again == report()
 
 
+def test_a_report_file_is_written_and_read_back_through_its_typed_format(tmp_path):
+    write_report(str(tmp_path), report())
+    again = read_report(str(tmp_path), 6)
+    assert again.step == 6
+    assert sorted(again.results, key=lambda r: r.name) == sorted(report().results, key=lambda r: r.name)  # keys sorted
+    assert read_report(str(tmp_path), 7) is None
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda doc: doc.update(stpe=6), r"unknown key 'stpe' — did you mean 'step'\?"),
+        (
+            lambda doc: doc["display"]["cloze"]["metrics"][0].update(lable="x"),
+            r"unknown key 'display.cloze.metrics.0.lable' — did you mean 'display.cloze.metrics.0.label'\?",
+        ),
+        (lambda doc: doc["tasks"]["cloze"].pop("acc"), r"display.cloze shows 'acc', which tasks.cloze does not hold"),
+        (lambda doc: doc["tasks"].pop("cloze"), r"tasks \(heldout\) and display \(cloze, heldout\) name different tasks"),
+    ],
+)
+def test_a_report_file_that_is_not_one_names_the_file_and_the_key(tmp_path, change, message):
+    doc = report().to_json()
+    change(doc)
+    storage.write_json(report_url(str(tmp_path), 6), doc)
+    with pytest.raises(DataError, match=rf"step-00000006.json is not an evaluation report: {message}"):
+        read_report(str(tmp_path), 6)
+
+
 def test_results_table_prints_whatever_the_tasks_return():
     from rich.console import Console
 
-    from launch.eval_display import eval_table
+    from cluster.evals.display import eval_table
 
     console = Console(width=120, record=True)
     console.print(eval_table(report(), "runs/x"))

@@ -12,7 +12,7 @@ import yaml
 
 from launch.config import ConfigError, load_config
 from launch.render import KubernetesOptions, SlurmOptions, render_rayjob, render_sbatch
-from launch.submission import stage_working_dir
+from launch.ray_job_staging import stage_working_dir
 from llm.job import TrainJob
 from ops.credentials import REDACTED, SECRETS_ENV
 

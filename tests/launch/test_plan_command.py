@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from launch.config import ConfigError, load_config
-from launch.planning import plan_for
+from launch.plan_command import plan_for
 
 REPO = Path(__file__).resolve().parents[2]
 

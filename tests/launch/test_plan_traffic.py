@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data_shards.traffic import PREFIX_GETS_PER_S
 from launch.config import load_config
-from launch.planning import config_shuffle, plan_for, traffic_for
+from launch.plan_command import config_shuffle, plan_for, traffic_for
 
 REPO = Path(__file__).resolve().parents[2]
 

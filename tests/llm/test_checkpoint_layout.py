@@ -9,18 +9,18 @@ from llm.checkpoint_record import CheckpointRecord, DataPosition, FileEntry, Rng
 from llm.config import ModelConfig
 from llm.deepspeed_files import reshape_route
 from llm.layout import ParallelLayout
-from ops import storage
+from ops import checkpoints, storage
 
 
 def make_step(run, step, committed=True):
     url = checkpoint.step_url(str(run), step)
     storage.write_bytes(storage.join(url, "mp_rank_00_model_states.pt"), b"x")
     if committed:
-        storage.write_json(storage.join(url, checkpoint.COMMITTED), {"step": step})
+        storage.write_json(checkpoints.commit_url(str(run), step), {"step": step})
 
 
 def point_latest(run, text):
-    storage.write_text(storage.join(checkpoint.checkpoints_url(str(run)), checkpoint.LATEST), text)
+    storage.write_text(checkpoints.latest_url(str(run)), text)
 
 
 def test_step_names_round_trip():
@@ -195,6 +195,6 @@ def test_reading_weights_checks_every_listed_file_first_and_names_a_damaged_one(
     storage.write_bytes(storage.join(url, "mp_rank_00_model_states.pt"), data + b"!")  # not what was written
     entry = FileEntry(path="mp_rank_00_model_states.pt", bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rank=0)
     saved = record(step=4).model_copy(update={"files": [entry]})
-    storage.write_text(storage.join(url, checkpoint.COMMITTED), saved.model_dump_json())
+    storage.write_text(storage.join(url, checkpoints.COMMITTED), saved.model_dump_json())
     with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt is larger than the 7 bytes the record lists$"):
         checkpoint.load_model_state(str(tmp_path), 4)

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file as read_safetensors
 
 from data_shards.loader import eval_windows
 from data_shards.tokenizer import Tokenizer
 from llm.checkpoint import load_model
-from llm.export_hf import export_hf, read_safetensors, write_safetensors
+from llm.export_hf import export_hf, write_safetensors
 from llm.generate import generate
 
 MODELS = {"untied": {}, "tied": {"tie_embeddings": True}}

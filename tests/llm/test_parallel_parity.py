@@ -8,20 +8,25 @@ over 20 optimizer steps: relative 2e-6 (measured: below 2e-7).
 The consolidated checkpoint of each layout holds the reference's final weights, and a checkpoint
 saved mid-run (asynchronously, while training went on) holds the weights of its own step.  A run
 resumed from that mid-run checkpoint on its own layout repeats the second half bit for bit; a
-pipelined checkpoint refuses any other layout in one line per rank.  A sequence split changes no
+pipelined checkpoint resumed on any other layout is refused in one line, before any rank starts.  A sequence split changes no
 weight: its checkpoints resume with or without the split, and its Hugging Face export is the unsplit model.
 """
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from safetensors.numpy import load_file as read_safetensors
 
 from data_shards.loader import GlobalBatchLoader
 from llm import checkpoint
 from llm.checkpoint import load_model, load_model_state
-from llm.export_hf import export_hf, hf_state_dict, read_safetensors
+from llm.export_hf import export_hf, hf_state_dict
 from llm.model import next_token_loss
 from ops import storage
 from ops.records import RunRecords
@@ -126,21 +131,31 @@ def test_a_run_resumed_on_its_own_layout_repeats_the_second_half_bit_for_bit(lay
     assert [e["step"] for e in records.events() if e["event"] == "resume"] == [STEPS // 2]
 
 
-def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_per_rank(layout_run, ranks, tmp_path):
+def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_before_any_rank_starts(layout_run, tmp_path):
     job, _, _ = layout_run("pipeline2")
     other = from_halfway(job, tmp_path, pipeline_stages=1)
-    proc = ranks.torchrun(other, tmp_path)
-    assert proc.returncode != 0
-    expected = (
-        f"checkpoint step {STEPS // 2} was saved by 2 ranks with pipeline_stages=2; a pipelined run resumes "
-        "only on the same world size and layout (now 2 ranks, pipeline_stages=1)"
+    config = {
+        "run": {"dir": other.run_dir, "seed": other.seed},
+        "data": {"output": other.data_url, "vocab_size": 512},
+        "model": other.model.model_dump(mode="json"),
+        "train": other.train.model_dump(mode="json", exclude_defaults=True),
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    events = RunRecords(other.run_dir).events()
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "train", str(tmp_path / "config.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert sorted(line for line in proc.stderr.splitlines() if line.startswith("rank ")) == [
-        f"rank {rank}: {expected}" for rank in (0, 1)
-    ], ranks.errors(proc)
-    assert "llm/worker.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
-    failures = [e for e in RunRecords(other.run_dir).events() if e["event"] == "failure"]
-    assert {f["error"] for f in failures} == {f"CheckpointError: {expected}"}
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"kiln: error: checkpoint step {STEPS // 2} was saved by 2 ranks with pipeline_stages=2; a pipelined run "
+        "resumes only on the same world size and layout (now 2 ranks, pipeline_stages=1)"
+    ]
+    assert RunRecords(other.run_dir).events() == events  # no rank started, no failure recorded
+    assert not os.path.exists(os.path.join(other.run_dir, "config.yaml"))  # nothing written to the run
 
 
 @pytest.mark.long

@@ -15,7 +15,7 @@ import torch
 
 from data_shards.loader import GlobalBatchLoader, eval_windows
 from llm.checkpoint import read_commit
-from llm.evaluate import window_nll
+from cluster.evals.likelihood import window_nll
 from llm.init_from import parse
 from ops.records import RunRecords
 

@@ -21,7 +21,7 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from cluster.auth import auth_headers, write_new_token
-from cluster.eval import eval_url
+from cluster.evals.report import report_url
 from llm.checkpoint import latest_committed_step
 from ops import storage
 from ops.records import RunRecords
@@ -222,7 +222,7 @@ def test_a_submitted_run_prepares_trains_with_a_rank_on_each_host_and_evaluates_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(curve(run)) == list(range(1, STEPS + 1))
     assert sorted(b["host"] for b in RunRecords(run).heartbeats()) == ["host0", "host1"]
-    assert storage.read_json(eval_url(run, STEPS))["step"] == STEPS
+    assert storage.read_json(report_url(run, STEPS))["step"] == STEPS
 
     env, url = ray_cluster.client_env, ray_cluster.dashboard_url
     node_host = {

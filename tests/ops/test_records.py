@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from ops import storage
 from ops.record_layout import EVENTS_STREAM, METRICS_STREAM, partition_of
 from ops.record_readers import StreamFollower
 from ops.record_writer import RecordWriter
@@ -62,19 +61,6 @@ def test_a_half_written_last_line_is_read_once_it_is_complete(tmp_path):
     sink.write(Segment(METRICS_STREAM, hour, 2, b'me": 2}\n', 0))
     assert [r["step"] for r in follower.new_rows()] == [2]
     assert [r["step"] for r in RunRecords(run).metrics()] == [1, 2]
-
-
-def test_runs_written_as_single_files_before_segments_are_still_read_and_merged(tmp_path):
-    run = str(tmp_path / "run")
-    storage.write_text(
-        storage.join(run, "metrics/train.jsonl"), '{"step": 1, "time": 1}\n{"step": 2, "time": 2}\n{"step": 3, "ti'
-    )
-    storage.write_text(storage.join(run, "events.jsonl"), '{"event": "start", "time": 1}\n')
-    records = RunRecords(run)
-    records.log_metrics({"step": 3, "time": 3})  # a resumed old run goes on in segments
-    assert [m["step"] for m in records.metrics()] == [1, 2, 3]
-    assert [e["event"] for e in records.events()] == ["start"]
-    records.close()
 
 
 def test_a_failed_write_keeps_its_rows_reports_once_and_succeeds_later(tmp_path):

@@ -26,3 +26,11 @@ def s3_endpoint(monkeypatch, endpoint: str, bucket: str = "kiln-test") -> Iterat
         yield f"s3://{bucket}"
     finally:
         fsspec.AbstractFileSystem.clear_instance_cache()
+
+
+def upload_folder(local_dir: str, url: str) -> None:
+    """Copy a local folder to ``url`` (data a test then reads from the bucket)."""
+    from ops import storage
+
+    fs, path = storage.filesystem(url)
+    fs.put(local_dir.rstrip("/") + "/", path, recursive=True)

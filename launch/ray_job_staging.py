@@ -1,4 +1,5 @@
-"""`kiln submit`: hand ``kiln run`` with a resolved config to a Ray cluster through its Jobs API.
+"""`kiln submit`: stage ``kiln run`` with a resolved config as a Ray job and hand it to the cluster's Jobs API
+(the client is ``cluster.submit``).
 
 The job carries its own code and config: Kiln's packages and the resolved config are staged in
 a private folder that Ray uploads as the job's working directory, so the cluster runs exactly

@@ -1,4 +1,5 @@
-"""`kiln launch`: render a cluster job, write it to a file or print it, and submit it to SLURM."""
+"""`kiln launch slurm|k8s`: a job for another scheduler (an sbatch script, a KubeRay RayJob manifest) rendered,
+written to a file or printed, and submitted to SLURM.  (Ray jobs go through ``launch.ray_job_staging``.)"""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from data_shards.errors import DataError
-from llm.tasks.base import EvalTask, Slice, Tally
+from cluster.evals.tasks.base import EvalTask, Slice, Tally
+from llm.devices import use_cpu_accelerator_without_cuda
 
 CALLS_IN_FLIGHT = 2  # per worker: the next slice waits on the worker while the driver takes in the last one
 
@@ -56,7 +57,7 @@ class EvalWorker:
         self.tasks = {task.name: task for task in tasks}
         device, dtype = device_and_dtype(torch.cuda.is_available())
         if device == "cpu":
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # loading a ZeRO checkpoint imports DeepSpeed
+            use_cpu_accelerator_without_cuda()  # loading a ZeRO checkpoint imports DeepSpeed
             torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         self.device, self.dtype = torch.device(device), getattr(torch, dtype)
         self.step: int | None = None

@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_shards.errors import DataError
 from data_shards.tokenizer import Tokenizer
-from llm.evaluate import continuation_logprobs
+from cluster.evals.likelihood import continuation_logprobs
 from llm.model import Transformer
-from llm.tasks.base import EvalTask, Metric, ModelShape, Slice, Tally, TaskEntry, TaskInputs, TaskResult
+from cluster.evals.tasks.base import EvalTask, Metric, ModelShape, Slice, Tally, TaskEntry, TaskInputs, TaskResult
 from ops import storage
 
 

@@ -7,7 +7,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from cluster.eval import EvalReport
+from cluster.evals.report import EvalReport
+
+stage_console = Console(stderr=True)  # the stage's own lines ("eval: skipped — …"), where the other stages print theirs
 
 
 def eval_table(report: EvalReport, run_url: str) -> Table:

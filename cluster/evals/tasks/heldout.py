@@ -20,9 +20,9 @@ from pydantic import Field
 from data_shards.errors import DataError
 from data_shards.loader import eval_windows, shard_token_counts
 from data_shards.manifest import Manifest, load_manifest
-from llm.evaluate import window_nll
+from cluster.evals.likelihood import window_nll
 from llm.model import Transformer
-from llm.tasks.base import EvalTask, Metric, ModelShape, Slice, Tally, TaskEntry, TaskInputs, TaskResult
+from cluster.evals.tasks.base import EvalTask, Metric, ModelShape, Slice, Tally, TaskEntry, TaskInputs, TaskResult
 
 
 class HeldOutEntry(TaskEntry):

@@ -1,28 +1,7 @@
 """Evaluation jobs: which checkpoints, their tasks fanned out over eval workers, the results gathered.
 
-Each evaluated step writes ``RUN_URL/eval/step-NNNNNNNN.json`` (in one write, after
-every slice of every task is in)::
-
-    {
-      "step": 100,                      the checkpoint evaluated
-      "loss": 4.1, "perplexity": 60.3, "bits_per_byte": 1.9,
-      "unigram_loss": 5.6, "unigram_perplexity": 270.4, "unigram_bits_per_byte": 2.6,
-      "tokens": 65536, "bytes": 180000, "val_shards": 1,
-                                        the held-out task's values, at the top level as before
-                                        (absent when eval.heldout is off)
-      "tasks": {                        every task's values by task name
-        "heldout": {"loss": 4.1, ..., "examples": 256},
-        "cloze": {"acc": 0.41, "acc_norm": 0.39, "examples": 200, "correct": 82, ...}
-      },
-      "display": {                      how to show each task's values, in order
-        "cloze": {"type": "multiple_choice",
-                  "metrics": [{"key": "acc", "label": "accuracy", "format": ".4f"}, ...]},
-        ...
-      }
-    }
-
-``format`` is a Python format spec (``format(value, spec)``).  Every task has
-``examples``; a multiple-choice task also has ``acc`` and ``acc_norm``.
+Each evaluated step's report is written to ``RUN_URL/eval/step-NNNNNNNN.json`` in one write,
+after every slice of every task is in (:mod:`cluster.evals.report` holds its format).
 """
 
 from __future__ import annotations
@@ -33,54 +12,16 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from cluster.config import EvalConfig
-from cluster.eval_pool import EvalPool
+from cluster.evals.config import EvalConfig
+from cluster.evals.pool import EvalPool
+from cluster.evals.report import EvalReport, read_report, write_report
 from data_shards.tokenizer import Tokenizer
 from llm.checkpoint import checkpoints_url, committed_steps, latest_committed_step, read_commit
-from llm.tasks import build_task
-from llm.tasks.base import EvalTask, Metric, ModelShape, Slice, Tally, TaskInputs, TaskResult
-from llm.tasks.heldout import HeldOutTask
-from ops import storage
+from cluster.evals.tasks import build_task
+from cluster.evals.tasks.base import EvalTask, ModelShape, Slice, Tally, TaskInputs
 from ops.records import RunRecords
 
 Progress = Callable[[int, int, int], None]  # (step, slices done, slices in all)
-
-
-def eval_url(run_url: str, step: int) -> str:
-    return storage.join(run_url, f"eval/step-{step:08d}.json")
-
-
-class EvalReport(BaseModel):
-    """Every task's result for one checkpoint."""
-
-    model_config = ConfigDict(extra="forbid")
-    step: int
-    results: list[TaskResult]
-
-    def to_json(self) -> dict:
-        out: dict = {"step": self.step}
-        for result in self.results:
-            if result.type == HeldOutTask.type:
-                out.update(result.values())
-        out["tasks"] = {r.name: r.values() for r in self.results}
-        out["display"] = {
-            r.name: {"type": r.type, "metrics": [m.model_dump(exclude={"value"}) for m in r.metrics]} for r in self.results
-        }
-        return out
-
-    @classmethod
-    def from_json(cls, doc: dict) -> "EvalReport":
-        results = [
-            TaskResult(
-                name=name,
-                type=shown["type"],
-                metrics=[Metric(value=doc["tasks"][name][m["key"]], **m) for m in shown["metrics"]],
-            )
-            for name, shown in doc["display"].items()
-        ]
-        return cls(step=doc["step"], results=results)
 
 
 def steps_to_evaluate(
@@ -101,12 +42,10 @@ def steps_to_evaluate(
     return sorted(set(spec))
 
 
-def already_evaluated(run_url: str, step: int, task_names: list[str], options: dict | None = None) -> bool:
-    """Whether eval/step-N.json exists and holds a result for every one of these tasks."""
-    url = eval_url(run_url, step)
-    if not storage.exists(url, options):
-        return False
-    return set(task_names) <= set(storage.read_json(url, options).get("tasks", {}))
+def complete_report(run_url: str, step: int, task_names: list[str], options: dict | None = None) -> EvalReport | None:
+    """The report eval/step-N.json holds, when it holds a result for every one of these tasks."""
+    report = read_report(run_url, step, options)
+    return report if report is not None and set(task_names) <= {r.name for r in report.results} else None
 
 
 def run_finished(events: list[dict]) -> bool:
@@ -198,7 +137,7 @@ class EvalJob:
                 )
             results.append(task.compute(total))
         report = EvalReport(step=step, results=results)
-        storage.write_json(eval_url(self.run_url, step), report.to_json(), self.options)
+        write_report(self.run_url, report, self.options)
         return report
 
 
@@ -244,7 +183,7 @@ def follow_run(
                 if step in seen:
                     continue
                 seen.add(step)
-                if already_evaluated(run_url, step, names, options):
+                if complete_report(run_url, step, names, options) is not None:
                     continue
                 try:
                     reports.append(job.evaluate(plan_step(run_url, step, tasks, eval_cfg.slice_size, options)))

@@ -1,4 +1,5 @@
-"""Held-out loss of a model over packed token windows (the per-rank math of `kiln eval`)."""
+"""How likely a model finds token sequences: the summed NLL of packed windows (the held-out loss) and the
+log-likelihood of a continuation after its context (multiple choice)."""
 
 from __future__ import annotations
 

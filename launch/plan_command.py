@@ -1,4 +1,5 @@
-"""`kiln plan`: the capacity plan of a config on a given number and kind of GPU, as a rich table."""
+"""`kiln plan`: the capacity plan of a config on a given number and kind of GPU (computed by `ops.plan`) and its
+object-store traffic, printed as rich tables."""
 
 from __future__ import annotations
 

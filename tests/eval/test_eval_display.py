@@ -3,9 +3,9 @@
 import pytest
 from rich.console import Console
 
-from cluster.eval import EvalReport
-from launch.eval_display import eval_table
-from llm.tasks.base import Metric, TaskResult
+from cluster.evals.report import EvalReport
+from cluster.evals.display import eval_table
+from cluster.evals.tasks.base import Metric, TaskResult
 
 
 @pytest.mark.parametrize("hostile", ["[red]RED[/]", "[/]", "[link=https://example.invalid]click[/link]"])

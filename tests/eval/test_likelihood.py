@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.config import ModelConfig
-from llm.evaluate import window_nll
+from cluster.evals.likelihood import window_nll
 from llm.model import Transformer
 
 CFG = ModelConfig(dim=32, layers=2, heads=4, seq_len=16, multiple_of=16)

@@ -12,7 +12,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from llm.tasks.base import EvalTask, TaskEntry, TaskInputs
+from cluster.evals.tasks.base import EvalTask, TaskEntry, TaskInputs
 
 
 def _task_types() -> dict[str, type[EvalTask]]:
