@@ -38,6 +38,11 @@ class ModelConfig(BaseModel):
         return self
 
     @property
+    def architecture(self) -> str:
+        """The decoder family ``llm/model.py`` builds: the key of its Hugging Face adapter."""
+        return "llama"
+
+    @property
     def n_kv_heads(self) -> int:
         return self.kv_heads or self.heads
 

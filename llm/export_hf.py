@@ -8,60 +8,25 @@
     OUT_DIR/tokenizer.model         the run's sentencepiece model, plus tokenizer_config.json
                                     and special_tokens_map.json
 
-The model's rotary embeddings already use Hugging Face's rotate-half layout, so the
-weights are renamed, never permuted.  The safetensors file is written here directly
-(an 8-byte header length, a JSON header, then raw little-endian tensor bytes), so
-exporting needs neither ``safetensors`` nor ``transformers``.
+The model's adapter (``llm.hf_adapters``) gives the config and the weights' names.  The safetensors
+file is written here directly (an 8-byte header length, a JSON header, then raw little-endian tensor
+bytes), so exporting needs neither ``safetensors`` nor ``transformers``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 
 import sentencepiece as spm
 import torch
 
 from llm.checkpoint import load_model_state, read_commit
-from llm.config import ModelConfig
+from llm.hf_adapters import adapter_for
 from llm.hf_tokenizer import tokenizer_json
 
-_BLOCK_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn.wq.weight": "self_attn.q_proj.weight",
-    "attn.wk.weight": "self_attn.k_proj.weight",
-    "attn.wv.weight": "self_attn.v_proj.weight",
-    "attn.wo.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn.w1.weight": "mlp.gate_proj.weight",
-    "ffn.w3.weight": "mlp.up_proj.weight",
-    "ffn.w2.weight": "mlp.down_proj.weight",
-}
-_TOP_NAMES = {
-    "embed.weight": "model.embed_tokens.weight",
-    "head.norm.weight": "model.norm.weight",
-    "head.proj.weight": "lm_head.weight",
-}
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-
-
-def hf_name(name: str) -> str:
-    """Hugging Face Llama name of a ``Transformer`` state-dict key."""
-    if name in _TOP_NAMES:
-        return _TOP_NAMES[name]
-    match = re.match(r"^layers\.(\d+)\.(.+)$", name)
-    if match and match.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}"
-    raise KeyError(f"no Hugging Face name for parameter {name!r}")
-
-
-def hf_state_dict(state: dict[str, torch.Tensor], tie_embeddings: bool) -> dict[str, torch.Tensor]:
-    out = {hf_name(k): v for k, v in state.items()}
-    if tie_embeddings:
-        out.pop("lm_head.weight", None)  # tied to embed_tokens; safetensors stores a tensor once
-    return out
 
 
 def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -92,34 +57,6 @@ def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dic
         for data in blobs:
             f.write(data)
     os.replace(tmp, path)
-
-
-def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int) -> dict:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": vocab_size,
-        "hidden_size": cfg.dim,
-        "intermediate_size": cfg.hidden_dim,
-        "num_hidden_layers": cfg.layers,
-        "num_attention_heads": cfg.heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.seq_len,
-        "initializer_range": cfg.init_std,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "bos_token_id": bos_id,
-        "eos_token_id": eos_id,
-        "torch_dtype": "float32",
-        "use_cache": True,
-    }
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -173,17 +110,18 @@ def export_hf(
     step, state = load_model_state(run_url, step, storage_options)
     info = read_commit(run_url, step, storage_options)
     cfg = info.model
+    adapter = adapter_for(cfg)
     tokenizer = Tokenizer.load(data_url or info.data.url, storage_options)
     os.makedirs(out_dir, exist_ok=True)
     bos_id, eos_id = _write_tokenizer(out_dir, tokenizer.model_bytes, cfg.seq_len)
-    _write_json(os.path.join(out_dir, "config.json"), hf_config(cfg, info.vocab_size, bos_id, eos_id))
+    _write_json(os.path.join(out_dir, "config.json"), adapter.config(cfg, info.vocab_size, bos_id, eos_id))
     _write_json(
         os.path.join(out_dir, "generation_config.json"),
         {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": True, "temperature": 0.8, "top_k": 50},
     )
     write_safetensors(
         os.path.join(out_dir, "model.safetensors"),
-        hf_state_dict(state, cfg.tie_embeddings),
+        adapter.state_dict(state, cfg),
         {"format": "pt", "kiln_step": str(step)},
     )
     return step

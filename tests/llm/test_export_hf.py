@@ -76,11 +76,12 @@ def test_generate_continues_a_prompt_from_a_checkpoint(trained_run):
 @pytest.mark.parametrize("tie", [False, True])
 def test_every_parameter_has_a_distinct_hugging_face_name(tie):
     from llm.config import ModelConfig
-    from llm.export_hf import hf_state_dict
+    from llm.hf_adapters import adapter_for
     from llm.model import Transformer
 
-    model = Transformer(ModelConfig(dim=32, layers=3, heads=4, kv_heads=2, multiple_of=16, tie_embeddings=tie), 50)
-    names = hf_state_dict(model.state_dict(), tie)
+    cfg = ModelConfig(dim=32, layers=3, heads=4, kv_heads=2, multiple_of=16, tie_embeddings=tie)
+    model = Transformer(cfg, 50)
+    names = adapter_for(cfg).state_dict(model.state_dict(), cfg)
     assert len(names) == len(model.state_dict()) - (1 if tie else 0)
     assert "model.layers.2.mlp.down_proj.weight" in names
     assert ("lm_head.weight" in names) is (not tie)

@@ -26,7 +26,8 @@ from safetensors.numpy import load_file as read_safetensors
 from data_shards.loader import GlobalBatchLoader
 from llm import checkpoint
 from llm.checkpoint import load_model, load_model_state
-from llm.export_hf import export_hf, hf_state_dict
+from llm.export_hf import export_hf
+from llm.hf_adapters import adapter_for
 from llm.model import next_token_loss
 from ops import storage
 from ops.records import RunRecords
@@ -178,7 +179,7 @@ def test_the_hugging_face_export_of_a_sequence_split_run_is_the_unsplit_model(la
     job, _, (_, reference_model) = layout_run("sequence2_zero3")
     assert export_hf(job.run_dir, str(tmp_path / "hf")) == STEPS
     exported = read_safetensors(str(tmp_path / "hf" / "model.safetensors"))
-    expected = hf_state_dict(reference_model.state_dict(), tie_embeddings=False)
+    expected = adapter_for(job.model).state_dict(reference_model.state_dict(), job.model)
     assert set(exported) == set(expected)
     for name, tensor in expected.items():
         torch.testing.assert_close(torch.tensor(exported[name]), tensor, rtol=0, atol=WEIGHT_TOLERANCE, msg=name)
