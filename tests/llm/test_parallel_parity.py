@@ -49,6 +49,8 @@ LAYOUTS = {
     "zero2_checkpointed": {"zero_stage": 2, "model": {"activation_checkpointing": True}},
     "sequence2_zero3": {"zero_stage": 3, "sequence_parallel": 2},
     "data2_sequence2": {"zero_stage": 2, "sequence_parallel": 2, "nproc": 4},
+    "tensor2": {"zero_stage": 2, "tensor_parallel": 2},  # one data-parallel fp32 rank: ZeRO-0
+    "data2_tensor2": {"zero_stage": 1, "tensor_parallel": 2, "nproc": 4},
 }
 
 
