@@ -34,10 +34,15 @@ def pipeline_layer_weights(step_dir: str, layers: int) -> dict[str, torch.Tensor
 
 
 def trained_weights(step_dir: str, saved: CheckpointRecord) -> dict[str, torch.Tensor]:
-    """The weights the model computed with (bf16 in a bf16 run), in Transformer naming; ZeRO 0-2 and pipelines."""
+    """The weights the model computed with (bf16 in a bf16 run), in Transformer naming; ZeRO 0-2 and pipelines
+    (a tensor split's slices merged)."""
     if saved.layout.pipelined:
         return pipeline_layer_weights(step_dir, saved.model.layers)
-    return load_weights_only(os.path.join(step_dir, MODEL_STATES))["module"]
+    slices = [
+        load_weights_only(os.path.join(step_dir, f"mp_rank_{t:02d}_model_states.pt"))["module"]
+        for t in range(saved.layout.tensor_parallel)
+    ]
+    return {name: tensor_split.merge(name, [part[name] for part in slices]) for name in slices[0]}
 
 
 def _pipeline_fp32_masters(step_dir: str, layers: int, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:

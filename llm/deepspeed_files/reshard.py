@@ -81,9 +81,14 @@ def zero0_to_universal(step_dir: str, out_parent: str, tag: str, tensor_slices: 
         os.path.join(zero_dir, "optimizer_state.pt"),
     )
     model_states = {k: v for k, v in states.items() if k != "optimizer"}
-    if tensor_slices > 1:  # a tied weight's second name takes its first's whole tensor
+    if tensor_slices > 1:  # the unsplit model's states: a tied weight's second name takes its first's tensor
         first = {t.untyped_storage().data_ptr(): name for name, t in reversed(list(module.items()))}
         model_states["module"] = {n: whole[first[t.untyped_storage().data_ptr()]] for n, t in module.items()}
+        model_states["mp_world_size"] = 1
+        shapes = model_states.get("param_shapes") or []
+        for group in [shapes] if isinstance(shapes, dict) else shapes:
+            for name in group:
+                group[name] = model_states["module"][name].shape
     for name in (MODEL_STATES, ZERO3_MODEL_STATES):
         torch.save(model_states, os.path.join(out, name))
     with open(os.path.join(out_parent, UNIVERSAL_LATEST), "w") as f:

@@ -111,6 +111,11 @@ def test_a_split_that_does_not_divide_the_world_is_one_line(train, world, messag
         ({"heads": 4, "kv_heads": 1}, {"sequence_parallel": 2}, "train.sequence_parallel=2 must divide model.kv_heads=1"),
         ({"seq_len": 30}, {"sequence_parallel": 4}, "train.sequence_parallel=4 must divide model.seq_len=30"),
         ({"heads": 4, "ffn_hidden": 90}, {"tensor_parallel": 4}, "train.tensor_parallel=4 must divide MLP width=90"),
+        (
+            {"heads": 6, "kv_heads": 3, "dim": 48, "ffn_hidden": 96},
+            {"tensor_parallel": 2},
+            "train.tensor_parallel=2 must divide model.kv_heads=3",
+        ),
     ],
 )
 def test_a_model_that_does_not_split_is_one_line(model, train, message):
