@@ -8,6 +8,11 @@ and backward, gradient clipping, AdamW.  Kiln's step goes through the DeepSpeed 
 step at a time, in a rotating order, so that machine noise hits all alike; the medians are
 compared.  On CPU the default clock is the process's CPU time (see ``timed``).  Target: ratio <= 1.05.
 With one fp32 rank every configured stage runs as stage 0 (``llm.layout.ParallelLayout.for_run``).
+
+``--split-ranks`` times the splits instead, on 2 ranks (started here with torchrun, on CPU under gloo):
+a sequence split (SP=2) and a tensor split (TP=2) of the same model and global batch, each divided
+by the step time of ZeRO-1 data parallelism on the same 2 ranks.  Wall clock: the splits' cost is
+their collectives, which a rank's CPU time leaves out while it waits.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -75,9 +82,16 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--clock", choices=["cpu", "wall"], default=None, help="default: wall on GPU, process CPU time on CPU")
     parser.add_argument("--tiny", action="store_true", help="the code path only, at a size the test suite can afford")
+    parser.add_argument("--split-ranks", action="store_true", help="SP=2 and TP=2 on 2 ranks against ZeRO-1 on the same ranks")
     args = parser.parse_args()
     if args.tiny:
         args.steps, args.warmup, args.dim, args.layers, args.heads, args.seq_len, args.vocab = 2, 1, 32, 1, 2, 16, 256
+    if args.split_ranks:
+        if "RANK" not in os.environ:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *sys.argv]
+            sys.exit(subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode)
+        split_ranks(args)
+        return
     stages = [int(z) for z in args.zero_stages.split(",")]
 
     os.environ.update(external_rank_environment({}))
@@ -135,6 +149,52 @@ def main() -> None:
             f"kiln ZeRO-{z} step  median {medians[name] * 1e3:8.2f} ms   ratio kiln/bare = "
             f"{medians[name] / medians['bare']:.3f}  (target <= 1.05; runs as stage {engines[z].layout.zero_stage})"
         )
+    dist.destroy_process_group()
+
+
+def split_ranks(args) -> None:
+    """One of 2 ranks: ZeRO-1 data parallelism, SP=2 and TP=2 engines of one model, one step of each in turn."""
+    model_cfg = ModelConfig(dim=args.dim, layers=args.layers, heads=args.heads, seq_len=args.seq_len)
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
+    init_distributed(device)
+    clock = args.clock or "wall"
+    splits = {"ZeRO-1": {}, "SP=2": {"sequence_parallel": 2}, "TP=2": {"tensor_parallel": 2}}
+    engines = {}
+    for name, split in splits.items():
+        cfg = TrainConfig(
+            micro_batch=args.micro_batch, global_batch=args.global_batch, zero_stage=1, precision="fp32", **split
+        )
+        layout = ParallelLayout.for_run(cfg, 2, "fp32")
+        engines[name] = build_engine(model_cfg, cfg, layout, args.vocab, seed=0, device=device)
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, args.vocab, (args.global_batch, args.seq_len + 1), generator=gen)
+
+    def step(name):
+        engine = engines[name]
+        rows = args.global_batch // engine.layout.data_parallel
+        first = engine.layout.data_rank_of(dist.get_rank()) * rows
+        engine.train_step(batch[first : first + rows].numpy())
+
+    for _ in range(args.warmup):
+        for name in engines:
+            step(name)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    names = list(engines)
+    for i in range(args.steps):  # the same rotating order on both ranks, so their collectives pair up
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            dist.barrier()
+            times[name].append(timed(lambda name=name: step(name), clock))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    if dist.get_rank() == 0:
+        print(
+            f"model dim={args.dim} layers={args.layers} seq_len={args.seq_len} batch={args.global_batch} "
+            f"(micro {args.micro_batch}) device={device.type} ranks=2 clock={clock} steps={args.steps} per engine"
+        )
+        for name, engine in engines.items():
+            print(
+                f"kiln {name:<6} step  median {medians[name] * 1e3:8.2f} ms   ratio to ZeRO-1 = "
+                f"{medians[name] / medians['ZeRO-1']:.3f}  ({engine.layout.describe()})"
+            )
     dist.destroy_process_group()
 
 

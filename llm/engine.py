@@ -14,7 +14,15 @@ from torch import nn
 from llm.config import ModelConfig, TrainConfig
 from llm.layout import ParallelLayout
 from llm.model import Transformer, next_token_loss
-from llm.parallelize import checkpoint_blocks, compile_blocks, sequence_group, split_sequences
+from llm.parallelize import (
+    ModelParallelUnit,
+    checkpoint_blocks,
+    compile_blocks,
+    sequence_group,
+    split_sequences,
+    split_tensors,
+    vocab_parallel_loss,
+)
 
 
 def resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
@@ -74,14 +82,22 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_module(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, layout: ParallelLayout, vocab_size: int, seed: int
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    layout: ParallelLayout,
+    vocab_size: int,
+    seed: int,
+    mpu: ModelParallelUnit | None = None,
 ) -> nn.Module:
-    """The module DeepSpeed wraps: the Transformer, or its PipelineModule form when pipelined."""
+    """The module DeepSpeed wraps: the Transformer, or its PipelineModule form when pipelined
+    (``mpu``: the groups of a tensor split, which then slices every matrix)."""
     if layout.pipelined:
         from llm.pipeline import build_pipeline
 
         return build_pipeline(model_cfg, vocab_size, seed, layout.pipeline_stages)
     model = Transformer(model_cfg, vocab_size, seed)
+    if mpu is not None:
+        split_tensors(model, mpu.get_model_parallel_group())
     if layout.sequence_parallel > 1:
         split_sequences(model, sequence_group(layout))
     if model_cfg.activation_checkpointing:
@@ -122,6 +138,9 @@ class TrainEngine:
     micro_batch: int
     device: torch.device
     sequence_rank: int = 0
+    # The loss of a micro-batch from the module's output: a tensor split's output is this rank's share
+    # of the vocabulary, whose loss needs the other ranks' shares.
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss
     # Called right before each optimizer step (before the whole batch when pipelined: DeepSpeed's
     # schedule steps inside it): the checkpoint saver holds training there while a snapshot still
     # reads the live weights and optimizer state.
@@ -145,13 +164,14 @@ class TrainEngine:
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         for i, m in enumerate(micro):
             inputs, targets = m[:, start : start + length], m[:, start + 1 : start + length + 1]
-            loss = next_token_loss(self.engine(inputs, start=start), targets)
+            loss = self.loss_of(self.engine(inputs, start=start), targets)
             self.engine.backward(loss)
             if i == self.grad_accum - 1:  # DeepSpeed steps the optimizer at the last micro-batch only
                 self.before_optimizer_step()
             self.engine.step()
             total += loss.detach().float()
-        total /= self.grad_accum * self.layout.gradient_ranks  # equal token counts: the mean of means is the mean
+        # Equal token counts: the mean of means is the mean (the ranks of a tensor group hold the same loss).
+        total /= self.grad_accum * self.layout.world_size
         dist.all_reduce(total)
         return float(total)
 
@@ -173,7 +193,8 @@ def build_engine(
     from llm.deepspeed_files import use_kiln_checkpoint_engine
 
     precision = resolve_precision(train_cfg, device)
-    module = build_module(model_cfg, train_cfg, layout, vocab_size, seed)
+    mpu = ModelParallelUnit(layout) if layout.tensor_parallel > 1 else None
+    module = build_module(model_cfg, train_cfg, layout, vocab_size, seed, mpu)
     optimizer = torch.optim.AdamW(
         param_groups(module, train_cfg.weight_decay),
         lr=train_cfg.lr,
@@ -185,6 +206,7 @@ def build_engine(
         model=module,
         optimizer=optimizer,
         config=deepspeed_config(train_cfg, layout, precision, device, load_universal),
+        mpu=mpu,
     )
     use_kiln_checkpoint_engine(engine)
     if layout.pipelined:
@@ -202,4 +224,5 @@ def build_engine(
         micro_batch=train_cfg.micro_batch,
         device=device,
         sequence_rank=layout.sequence_rank_of(dist.get_rank()),
+        loss_of=vocab_parallel_loss(vocab_size, mpu.get_model_parallel_group()) if mpu else next_token_loss,
     )

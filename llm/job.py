@@ -33,11 +33,6 @@ class TrainJob(BaseModel):
     @model_validator(mode="after")
     def _check_split(self) -> "TrainJob":
         check_split(self.model, self.train)
-        if self.train.tensor_parallel > 1:
-            raise ValueError(
-                f"train.tensor_parallel={self.train.tensor_parallel}: training does not split layers yet "
-                "(kiln plan counts it); use train.sequence_parallel or ZeRO-3 to spread a large model"
-            )
         return self
 
     def shareable(self) -> dict[str, Any]:

@@ -126,6 +126,21 @@ class ParallelLayout(BaseModel):
         n = self.sequence_parallel
         return [list(range(first, first + n)) for first in range(0, self.world_size, n)]
 
+    def tensor_groups(self) -> list[list[int]]:
+        """The ranks of each tensor group: those holding the slices of one layer (stride ``sequence_parallel``)."""
+        return self._groups(lambda rank: (self.stage_of(rank), self.data_rank_of(rank), self.sequence_rank_of(rank)))
+
+    def gradient_groups(self) -> list[list[int]]:
+        """The ranks of each gradient group: those holding the same slice of the same stage, over which
+        gradients are averaged and ZeRO partitions (DeepSpeed's data-parallel group)."""
+        return self._groups(lambda rank: (self.stage_of(rank), self.tensor_rank_of(rank)))
+
+    def _groups(self, key) -> list[list[int]]:
+        groups: dict = {}
+        for rank in range(self.world_size):
+            groups.setdefault(key(rank), []).append(rank)
+        return list(groups.values())
+
     def describe(self) -> str:
         parts = [f"{self.data_parallel} data-parallel"]
         if self.tensor_parallel > 1:
@@ -147,3 +162,14 @@ def check_split(model: ModelConfig, train: TrainConfig) -> None:
         bad = [f"{name}={value}" for name, value in shape.items() if value % n]
         if bad:
             raise LayoutError(f"train.{key}={n} must divide {' and '.join(bad)}")
+    both = train.sequence_parallel * train.tensor_parallel
+    bad = [
+        f"{name}={value}"
+        for name, value in (("model.heads", model.heads), ("model.kv_heads", model.n_kv_heads))
+        if value % both
+    ]
+    if bad:
+        raise LayoutError(
+            f"train.tensor_parallel={train.tensor_parallel} x train.sequence_parallel={train.sequence_parallel} = {both} "
+            f"must divide {' and '.join(bad)}: each rank of both splits needs whole heads"
+        )

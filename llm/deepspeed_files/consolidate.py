@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from typing import Any
+import tempfile
+from typing import Any, Iterator
 
 import torch
 
+from llm import tensor_split
 from llm.checkpoint_record import CheckpointRecord
 from llm.deepspeed_files.names import BF16_OPTIMIZER_FILE, LAYER_FILE, MODEL_STATES
 from llm.deepspeed_files.reshard import optimizer_group_names
@@ -32,10 +34,15 @@ def pipeline_layer_weights(step_dir: str, layers: int) -> dict[str, torch.Tensor
 
 
 def trained_weights(step_dir: str, saved: CheckpointRecord) -> dict[str, torch.Tensor]:
-    """The weights the model computed with (bf16 in a bf16 run), in Transformer naming; ZeRO 0-2 and pipelines."""
+    """The weights the model computed with (bf16 in a bf16 run), in Transformer naming; ZeRO 0-2 and pipelines
+    (a tensor split's slices merged)."""
     if saved.layout.pipelined:
         return pipeline_layer_weights(step_dir, saved.model.layers)
-    return load_weights_only(os.path.join(step_dir, MODEL_STATES))["module"]
+    slices = [
+        load_weights_only(os.path.join(step_dir, f"mp_rank_{t:02d}_model_states.pt"))["module"]
+        for t in range(saved.layout.tensor_parallel)
+    ]
+    return {name: tensor_split.merge(name, [part[name] for part in slices]) for name in slices[0]}
 
 
 def _pipeline_fp32_masters(step_dir: str, layers: int, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
@@ -76,7 +83,36 @@ def _zero0_fp32_masters(model_states: dict[str, Any]) -> dict[str, torch.Tensor]
 
 
 def consolidate(step_dir: str, saved: CheckpointRecord) -> dict[str, torch.Tensor]:
-    """fp32 weights in Transformer naming from the verified DeepSpeed step folder ``step_dir`` on local disk."""
+    """fp32 weights in Transformer naming from the verified DeepSpeed step folder ``step_dir`` on local disk.
+
+    A tensor split's slices are each consolidated as a checkpoint of their own (:func:`slice_view`)
+    and concatenated along the dimension ``llm.tensor_split`` names: the weights of the unsplit model.
+    """
+    slices = saved.layout.tensor_parallel
+    if slices == 1:
+        return _consolidate_slice(step_dir, saved)
+    parts = []
+    for rank in range(slices):
+        with slice_view(step_dir, rank) as view:
+            parts.append(_consolidate_slice(view, saved))
+    return {name: tensor_split.merge(name, [part[name] for part in parts]) for name in parts[0]}
+
+
+@contextlib.contextmanager
+def slice_view(step_dir: str, tensor_rank: int) -> Iterator[str]:
+    """A folder showing tensor slice ``tensor_rank``'s files of ``step_dir`` under the names of an unsplit
+    checkpoint (``mp_rank_TT`` as ``mp_rank_00``), as links, so DeepSpeed's readers take it for one."""
+    own = f"mp_rank_{tensor_rank:02d}"
+    with tempfile.TemporaryDirectory(prefix="kiln-slice-") as parent:
+        view = os.path.join(parent, os.path.basename(step_dir.rstrip("/")))
+        os.makedirs(view)
+        for name in os.listdir(step_dir):
+            if own in name:
+                os.symlink(os.path.abspath(os.path.join(step_dir, name)), os.path.join(view, name.replace(own, "mp_rank_00")))
+        yield view
+
+
+def _consolidate_slice(step_dir: str, saved: CheckpointRecord) -> dict[str, torch.Tensor]:
     bf16 = saved.precision == "bf16"
     if saved.layout.pipelined:
         weights = pipeline_layer_weights(step_dir, saved.model.layers)

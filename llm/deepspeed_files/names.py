@@ -1,7 +1,7 @@
 """DeepSpeed's checkpoint file names, and which of them each rank reads back.
 
-mp_rank_SS_model_states.pt                     module and engine state of pipeline stage SS
-                                               (stage 00 without pipelining); ZeRO 0-2
+mp_rank_SS_model_states.pt                     module and engine state of pipeline stage SS, or of
+                                               tensor slice SS (00 when neither splits); ZeRO 0-2
 zero_pp_rank_D_mp_rank_SS_model_states.pt      the same, per data-parallel rank D; ZeRO-3
 [bf16_]zero_pp_rank_D_mp_rank_SS_optim_states.pt   data-parallel rank D's optimizer partition
 layer_LL-model_states.pt                       pipeline layer LL, written by its stage's first
@@ -26,7 +26,9 @@ def rank_files(files: list[FileEntry], layout: ParallelLayout, rank: int) -> lis
     """The files DeepSpeed loads on ``rank`` when a checkpoint of ``layout`` resumes on the same layout:
     its stage's model states and layers, the first stage's model states, and its own partitions - never
     another rank's partition."""
-    stage, data_rank = layout.stage_of(rank), layout.gradient_rank_of(rank)
+    # DeepSpeed's model-parallel index names a file's pipeline stage or its tensor slice (never both: see llm.config).
+    stage = layout.stage_of(rank) if layout.pipelined else layout.tensor_rank_of(rank)
+    data_rank = layout.gradient_rank_of(rank)
 
     def needed(entry: FileEntry) -> bool:
         if match := _PARTITION_FILE.match(entry.path):

@@ -18,6 +18,7 @@ import os
 import deepspeed
 import torch
 
+from llm import tensor_split
 from llm.deepspeed_files.names import MODEL_STATES
 from llm.deepspeed_files.safe_load import load_weights_only
 
@@ -44,22 +45,28 @@ def _save_state(folder: str, key: str, value: torch.Tensor) -> None:
     torch.save({"cat_dim": 0, "param": value.detach().float().contiguous()}, os.path.join(folder, f"{key}.pt"))
 
 
-def zero0_to_universal(step_dir: str, out_parent: str, tag: str) -> None:
-    """Write the fp32 stage-0 checkpoint in ``step_dir`` as the universal checkpoint ``out_parent/tag``."""
-    states = load_weights_only(os.path.join(step_dir, MODEL_STATES))
+def zero0_to_universal(step_dir: str, out_parent: str, tag: str, tensor_slices: int = 1) -> None:
+    """Write the fp32 stage-0 checkpoint in ``step_dir`` as the universal checkpoint ``out_parent/tag``.
+
+    A tensor split's ``tensor_slices`` files (``mp_rank_TT``, one per slice) are merged into whole
+    parameters and moments (``llm.tensor_split``)."""
+    slices = [load_weights_only(os.path.join(step_dir, f"mp_rank_{t:02d}_model_states.pt")) for t in range(tensor_slices)]
+    states = slices[0]
     module, optim = states["module"], states["optimizer"]
     if not isinstance(optim, dict) or "state" not in optim:
         raise RuntimeError(f"{step_dir} holds no plain optimizer state; only fp32 stage-0 checkpoints convert here")
     out = os.path.join(out_parent, tag)
     zero_dir = os.path.join(out, "zero")
+    whole = {}
     for names, group in zip(optimizer_group_names(module), optim["param_groups"], strict=True):
         for name, index in zip(names, group["params"], strict=True):
             moments = optim["state"][index]
             folder = os.path.join(zero_dir, name)
             os.makedirs(folder, exist_ok=True)
-            _save_state(folder, "fp32", module[name])
-            _save_state(folder, "exp_avg", moments["exp_avg"])
-            _save_state(folder, "exp_avg_sq", moments["exp_avg_sq"])
+            whole[name] = tensor_split.merge(name, [s["module"][name] for s in slices])
+            _save_state(folder, "fp32", whole[name])
+            for key in ("exp_avg", "exp_avg_sq"):
+                _save_state(folder, key, tensor_split.merge(name, [s["optimizer"]["state"][index][key] for s in slices]))
             torch.save(torch.as_tensor(moments["step"], dtype=torch.float32), os.path.join(folder, "step.pt"))
     step = torch.as_tensor(next(iter(optim["state"].values()))["step"], dtype=torch.float32)
     torch.save(
@@ -74,6 +81,14 @@ def zero0_to_universal(step_dir: str, out_parent: str, tag: str) -> None:
         os.path.join(zero_dir, "optimizer_state.pt"),
     )
     model_states = {k: v for k, v in states.items() if k != "optimizer"}
+    if tensor_slices > 1:  # the unsplit model's states: a tied weight's second name takes its first's tensor
+        first = {t.untyped_storage().data_ptr(): name for name, t in reversed(list(module.items()))}
+        model_states["module"] = {n: whole[first[t.untyped_storage().data_ptr()]] for n, t in module.items()}
+        model_states["mp_world_size"] = 1
+        shapes = model_states.get("param_shapes") or []
+        for group in [shapes] if isinstance(shapes, dict) else shapes:
+            for name in group:
+                group[name] = model_states["module"][name].shape
     for name in (MODEL_STATES, ZERO3_MODEL_STATES):
         torch.save(model_states, os.path.join(out, name))
     with open(os.path.join(out_parent, UNIVERSAL_LATEST), "w") as f:
@@ -138,7 +153,9 @@ def fit_every_zero_stage(universal_dir: str) -> None:
 
 def load_universal_into_plain(ds_engine, universal_dir: str) -> None:
     """Load the universal checkpoint ``universal_dir`` into a stage-0 fp32 DeepSpeed engine:
-    weights, Adam moments and step."""
+    weights, Adam moments and step (of a tensor split: this rank's slices of them)."""
+    mpu = ds_engine.mpu
+    rank, ranks = (mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()) if mpu else (0, 1)
     optimizer = ds_engine.optimizer
     zero_dir = os.path.join(universal_dir, "zero")
     step = _universal_step(zero_dir)
@@ -148,7 +165,8 @@ def load_universal_into_plain(ds_engine, universal_dir: str) -> None:
 
             def state(key: str) -> torch.Tensor:
                 saved = load_weights_only(os.path.join(folder, f"{key}.pt"))
-                return (saved["param"] if isinstance(saved, dict) else saved).reshape(param.shape).to(param.dtype)
+                saved = saved["param"] if isinstance(saved, dict) else saved
+                return tensor_split.shard(name, saved, rank, ranks).reshape(param.shape).to(param.dtype)
 
             param.copy_(state("fp32"))
             optimizer.state[param] = {"step": step.clone(), "exp_avg": state("exp_avg"), "exp_avg_sq": state("exp_avg_sq")}

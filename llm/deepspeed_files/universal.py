@@ -25,9 +25,10 @@ def reshape_route(saved: CheckpointRecord, layout: ParallelLayout) -> Route | No
     """How a committed checkpoint loads into an engine of ``layout``.
 
     None: DeepSpeed loads it as saved (same layout, or stage 0 on both sides, which
-    partitions nothing).  Otherwise it goes through per-parameter (universal) state:
+    partitions nothing, with the same tensor split).  Otherwise it goes through per-parameter (universal) state:
     ``"universal"`` into a ZeRO engine by DeepSpeed, ``"plain"`` into a stage-0 engine
-    (``reshard``).  A layout change that no route covers is a CheckpointError.
+    (``reshard``, which slices whole parameters for a tensor split).  A tensor split's slices are merged
+    only from, and re-sliced only into, ZeRO-0 engines.  A layout change that no route covers is a CheckpointError.
     """
     before = saved.layout
     same = before.world_size == layout.world_size and before.zero_stage == layout.zero_stage
@@ -37,9 +38,18 @@ def reshape_route(saved: CheckpointRecord, layout: ParallelLayout) -> Route | No
             f"{before.pipeline_stages}; a pipelined run resumes only on the same world size and layout "
             f"(now {layout.world_size} ranks, pipeline_stages={layout.pipeline_stages})"
         )
-    if same:
+    resliced = before.tensor_parallel != layout.tensor_parallel
+    if resliced and (
+        (before.tensor_parallel > 1 and before.zero_stage > 0) or (layout.tensor_parallel > 1 and layout.zero_stage > 0)
+    ):
+        raise CheckpointError(
+            f"checkpoint step {saved.step} was saved with tensor_parallel={before.tensor_parallel} at ZeRO-"
+            f"{before.zero_stage}; a change of tensor split resumes only where the split side runs ZeRO-0 "
+            f"(one data-parallel fp32 rank), not on tensor_parallel={layout.tensor_parallel} at ZeRO-{layout.zero_stage}"
+        )
+    if same and not resliced:
         return None
-    if before.zero_stage == 0 and layout.zero_stage == 0:
+    if before.zero_stage == 0 and layout.zero_stage == 0 and not resliced:
         return None
     if before.zero_stage == 0 and saved.precision == "bf16":
         raise CheckpointError(
@@ -53,7 +63,7 @@ def to_universal(step_dir: str, out_parent: str, tag: str, saved: CheckpointReco
     """Convert the DeepSpeed step folder ``step_dir`` (local, verified) into ``out_parent/tag``."""
     os.makedirs(out_parent, exist_ok=True)
     if saved.layout.zero_stage == 0:
-        reshard.zero0_to_universal(step_dir, out_parent, tag)
+        reshard.zero0_to_universal(step_dir, out_parent, tag, saved.layout.tensor_parallel)
         return
     cmd = [sys.executable, "-m", "llm.deepspeed_files.to_universal", step_dir, os.path.join(out_parent, tag)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

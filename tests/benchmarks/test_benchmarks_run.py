@@ -33,6 +33,13 @@ def test_the_train_step_benchmark_compares_each_zero_stage_with_the_bare_loop():
         assert f"kiln ZeRO-{stage} step" in out and "ratio kiln/bare" in out
 
 
+@pytest.mark.slow
+def test_the_train_step_benchmark_times_sequence_and_tensor_splits_against_zero1_on_two_ranks():
+    out = bench("bench_train_step.py", "--split-ranks")
+    for name in ("ZeRO-1", "SP=2", "TP=2"):
+        assert f"kiln {name:<6} step" in out and "ratio to ZeRO-1" in out
+
+
 def test_the_records_benchmark_measures_local_and_object_store_writes():
     out = bench("bench_records.py")
     assert "log_metrics:" in out and "rows on S3 (moto)" in out

@@ -198,3 +198,20 @@ def test_reading_weights_checks_every_listed_file_first_and_names_a_damaged_one(
     storage.write_text(storage.join(url, checkpoints.COMMITTED), saved.model_dump_json())
     with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states.pt is larger than the 7 bytes the record lists$"):
         checkpoint.load_model_state(str(tmp_path), 4)
+
+
+def test_a_change_of_tensor_split_always_goes_through_whole_parameters():
+    split = ParallelLayout(world_size=2, data_parallel=1, tensor_parallel=2, zero_stage=0)
+    tensor2 = record(zero_stage=0).model_copy(update={"layout": split})
+    assert reshape_route(tensor2, split) is None
+    assert reshape_route(tensor2, now(2, 2)) == "universal"
+    assert reshape_route(tensor2, now(1, 0)) == "plain"  # same ZeRO stage, other slices
+    assert reshape_route(record(), split) == "plain"
+    wide = ParallelLayout(world_size=4, data_parallel=2, tensor_parallel=2, zero_stage=1)
+    assert reshape_route(record(world_size=4, zero_stage=1).model_copy(update={"layout": wide}), wide) is None
+    with pytest.raises(CheckpointError) as err:
+        reshape_route(record(world_size=4, zero_stage=1), wide)
+    assert str(err.value) == (
+        "checkpoint step 3 was saved with tensor_parallel=1 at ZeRO-1; a change of tensor split resumes only where "
+        "the split side runs ZeRO-0 (one data-parallel fp32 rank), not on tensor_parallel=2 at ZeRO-1"
+    )

@@ -111,6 +111,11 @@ def test_a_split_that_does_not_divide_the_world_is_one_line(train, world, messag
         ({"heads": 4, "kv_heads": 1}, {"sequence_parallel": 2}, "train.sequence_parallel=2 must divide model.kv_heads=1"),
         ({"seq_len": 30}, {"sequence_parallel": 4}, "train.sequence_parallel=4 must divide model.seq_len=30"),
         ({"heads": 4, "ffn_hidden": 90}, {"tensor_parallel": 4}, "train.tensor_parallel=4 must divide MLP width=90"),
+        (
+            {"heads": 6, "kv_heads": 3, "dim": 48, "ffn_hidden": 96},
+            {"tensor_parallel": 2},
+            "train.tensor_parallel=2 must divide model.kv_heads=3",
+        ),
     ],
 )
 def test_a_model_that_does_not_split_is_one_line(model, train, message):
@@ -151,11 +156,25 @@ def test_a_bad_split_in_a_config_file_is_one_line_before_any_rank_starts(tmp_pat
     assert "\n" not in str(err.value)
 
 
-def test_training_a_tensor_split_is_refused_in_one_line_while_its_plan_is_counted(tmp_path):
-    cfg = load_config(write_config(tmp_path), ["train.tensor_parallel=2"])
-    with pytest.raises(ConfigError) as err:
-        cfg.train_job()
+def test_a_tensor_split_config_makes_a_train_job(tmp_path):
+    job = load_config(write_config(tmp_path), ["train.tensor_parallel=2"]).train_job()
+    assert job.train.tensor_parallel == 2
+
+
+def test_tensor_and_sequence_splits_together_must_leave_each_rank_whole_heads():
+    with pytest.raises(LayoutError) as err:
+        check_split(ModelConfig(heads=4, kv_heads=2, seq_len=32), TrainConfig(tensor_parallel=2, sequence_parallel=2))
     assert str(err.value) == (
-        "train.tensor_parallel=2: training does not split layers yet (kiln plan counts it); "
-        "use train.sequence_parallel or ZeRO-3 to spread a large model"
+        "train.tensor_parallel=2 x train.sequence_parallel=2 = 4 must divide model.kv_heads=2: "
+        "each rank of both splits needs whole heads"
     )
+
+
+def test_tensor_groups_hold_one_layer_and_gradient_groups_one_slice():
+    layout = ParallelLayout(world_size=8, data_parallel=2, tensor_parallel=2, sequence_parallel=2, zero_stage=1)
+    assert layout.tensor_groups() == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert layout.gradient_groups() == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    # a rank's index in its gradient group is the ZeRO partition it holds
+    assert [layout.gradient_groups()[layout.tensor_rank_of(r)].index(r) for r in range(8)] == [
+        layout.gradient_rank_of(r) for r in range(8)
+    ]

@@ -1,5 +1,6 @@
-"""Loss-curve parity: 2-rank ZeRO-0/1/2/3, 2-stage pipeline and 2-way sequence-split runs (and a 4-rank
-2 data-parallel x 2 sequence-parallel one) against single-process PyTorch.
+"""Loss-curve parity: 2-rank ZeRO-0/1/2/3, 2-stage pipeline, 2-way sequence-split and 2-way tensor-split runs
+(and 4-rank 2 data-parallel x 2 sequence-parallel and 2 data-parallel x 2 tensor-parallel ones) against
+single-process PyTorch.
 
 Same seed, same global batch, same sample order: every layout must give the same loss at
 every step.  Layouts differ only in the order of floating-point reductions (gradient
@@ -10,6 +11,8 @@ saved mid-run (asynchronously, while training went on) holds the weights of its 
 resumed from that mid-run checkpoint on its own layout repeats the second half bit for bit; a
 pipelined checkpoint resumed on any other layout is refused in one line, before any rank starts.  A sequence split changes no
 weight: its checkpoints resume with or without the split, and its Hugging Face export is the unsplit model.
+A tensor split's checkpoint is merged into whole parameters and moments to resume without the split,
+and whole ones are re-sliced to resume with it; its Hugging Face export is the unsplit model too.
 """
 
 import os
@@ -55,6 +58,8 @@ LAYOUTS = {
     "zero2_checkpointed": {"zero_stage": 2, "model": {"activation_checkpointing": True}},
     "sequence2_zero3": {"zero_stage": 3, "sequence_parallel": 2},
     "data2_sequence2": {"zero_stage": 2, "sequence_parallel": 2, "nproc": 4},
+    "tensor2": {"zero_stage": 2, "tensor_parallel": 2},  # one data-parallel fp32 rank: ZeRO-0
+    "data2_tensor2": {"zero_stage": 1, "tensor_parallel": 2, "nproc": 4},
 }
 
 
@@ -175,8 +180,25 @@ def test_a_run_resumed_with_another_sequence_split_continues_its_curve(layout, s
     assert [e["step"] for e in records.events() if e["event"] == "resume"] == [STEPS // 2]
 
 
-def test_the_hugging_face_export_of_a_sequence_split_run_is_the_unsplit_model(layout_run, tmp_path):
-    job, _, (_, reference_model) = layout_run("sequence2_zero3")
+@pytest.mark.long
+@pytest.mark.parametrize(("layout", "tensor_parallel"), [("tensor2", 1), ("zero2", 2)])
+def test_a_run_resumed_with_another_tensor_split_continues_its_curve(layout, tensor_parallel, layout_run, ranks, tmp_path):
+    """Slices are merged into whole parameters and moments (ZeRO-0 tensor split to ZeRO-2 data parallel) or
+    whole ones re-sliced (the reverse): the same numbers, summed in another order."""
+    job, got, _ = layout_run(layout)
+    resumed = from_halfway(job, tmp_path, tensor_parallel=tensor_parallel)
+    proc = ranks.torchrun(resumed, tmp_path)
+    assert proc.returncode == 0, ranks.errors(proc)
+    records = RunRecords(resumed.run_dir)
+    again = records.metrics()[STEPS:]
+    assert [r["step"] for r in again] == list(range(STEPS // 2 + 1, STEPS + 1))
+    assert [r["loss"] for r in again] == pytest.approx(got[STEPS // 2 :], rel=TOLERANCE)
+    assert [(e["step"], e["reshaped"]) for e in records.events() if e["event"] == "resume"] == [(STEPS // 2, True)]
+
+
+@pytest.mark.parametrize("layout", ["sequence2_zero3", "tensor2"])
+def test_the_hugging_face_export_of_a_split_run_is_the_unsplit_model(layout, layout_run, tmp_path):
+    job, _, (_, reference_model) = layout_run(layout)
     assert export_hf(job.run_dir, str(tmp_path / "hf")) == STEPS
     exported = read_safetensors(str(tmp_path / "hf" / "model.safetensors"))
     expected = adapter_for(job.model).state_dict(reference_model.state_dict(), job.model)
