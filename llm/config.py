@@ -58,6 +58,37 @@ class ModelConfig(BaseModel):
         hidden = int(2 * 4 * self.dim / 3)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
+    def parameter_counts(self, vocab_size: int) -> dict[str, int]:
+        """Parameters of the decoder ``llm/model.py`` builds (tied weights counted once).  ``norms`` are the
+        RMSNorm gains, the only parameters tensor parallelism does not split; ``largest_module`` is what
+        ZeRO-3 gathers at a time; ``matmul`` is what a token multiplies through (the output layer included,
+        the embedding lookup not)."""
+        dim, kv_dim, hidden = self.dim, self.n_kv_heads * self.head_dim, self.hidden_dim
+        attention = dim * dim * 2 + dim * kv_dim * 2  # wq, wo; wk, wv
+        ffn = 3 * dim * hidden
+        block = attention + ffn + 2 * dim  # two RMSNorm weights
+        embedding = vocab_size * dim
+        head = dim + (0 if self.tie_embeddings else vocab_size * dim)
+        return {
+            "total": embedding + self.layers * block + head,
+            "embedding": embedding,
+            "per_block": block,
+            "head": head,
+            "largest_module": max(embedding, dim * hidden, dim * dim),
+            "matmul": self.layers * (attention + ffn) + vocab_size * dim,
+            "norms": (2 * self.layers + 1) * dim,
+        }
+
+    def flops_per_token(self, vocab_size: int, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token at ``seq_len`` (the model's own by default).
+
+        6 per matmul parameter plus attention over the context: QK^T and AV are 2*T*dim each per layer
+        forward, tripled for the backward pass, with no discount for causal masking (the convention of
+        PaLM's MFU).
+        """
+        context = seq_len or self.seq_len
+        return 6.0 * self.parameter_counts(vocab_size)["matmul"] + 12.0 * self.layers * self.dim * context
+
 
 class TrainConfig(BaseModel):
     """How the per-rank training loop runs."""

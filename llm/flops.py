@@ -9,8 +9,8 @@ from ops import plan
 
 
 def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int | None = None) -> float:
-    """Training FLOPs per token (forward + backward, attention included); see ``ops.plan.flops_per_token``."""
-    return plan.flops_per_token(cfg, vocab_size, seq_len or cfg.seq_len)
+    """Training FLOPs per token (forward + backward, attention included); see ``ModelConfig.flops_per_token``."""
+    return cfg.flops_per_token(vocab_size, seq_len)
 
 
 def device_peak_tflops(override: float | None = None) -> float | None:

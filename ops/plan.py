@@ -16,7 +16,7 @@ those ranks too (``data_parallel × sequence_parallel`` gradient ranks).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 GIB = 2**30
 
@@ -38,70 +38,29 @@ class Layout(Protocol):
     zero_stage: int
 
 
+class ModelShape(Protocol):
+    """What the plan reads of ``llm.config.ModelConfig``, which holds the model's own arithmetic
+    (parameter counts, FLOPs per token); ops sits below llm, so it names only what it reads."""
+
+    dim: int
+    layers: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+
+    def parameter_counts(self, vocab_size: int) -> dict[str, int]: ...
+
+    def flops_per_token(self, vocab_size: int, seq_len: int | None = None) -> float: ...
+
+
 PARAM_BYTES_BF16 = 2
 OPTIMIZER_BYTES_PER_PARAM = 18  # bf16 grads 2 + fp32 grads 4 + fp32 params 4 + Adam moments 8
-
-
-def model_dims(model: Any) -> dict[str, Any]:
-    """Normalise a model section (a mapping or a pydantic model) into the numbers the formulas use."""
-    raw: Mapping[str, Any] = model.model_dump() if hasattr(model, "model_dump") else dict(model)
-    dim, heads = int(raw["dim"]), int(raw["heads"])
-    kv_heads = int(raw.get("kv_heads") or heads)
-    hidden = raw.get("ffn_hidden")
-    if hidden is None:
-        multiple_of = int(raw.get("multiple_of", 64))
-        hidden = multiple_of * ((int(2 * 4 * dim / 3) + multiple_of - 1) // multiple_of)
-    return {
-        "dim": dim,
-        "layers": int(raw["layers"]),
-        "heads": heads,
-        "kv_heads": kv_heads,
-        "head_dim": dim // heads,
-        "hidden": int(hidden),
-        "tie_embeddings": bool(raw.get("tie_embeddings", False)),
-    }
-
-
-def parameter_counts(model: Any, vocab_size: int) -> dict[str, int]:
-    """Parameter counts of the Llama-style decoder in ``llm/model.py`` (tied weights counted once);
-    ``norms`` are the RMSNorm gains, the only parameters tensor parallelism does not split."""
-    d = model_dims(model)
-    dim, kv_dim, hidden = d["dim"], d["kv_heads"] * d["head_dim"], d["hidden"]
-    attention = dim * dim * 2 + dim * kv_dim * 2  # wq, wo; wk, wv
-    ffn = 3 * dim * hidden
-    block = attention + ffn + 2 * dim  # two RMSNorm weights
-    embedding = vocab_size * dim
-    head = dim + (0 if d["tie_embeddings"] else vocab_size * dim)
-    total = embedding + d["layers"] * block + head
-    return {
-        "total": total,
-        "embedding": embedding,
-        "per_block": block,
-        "head": head,
-        # The largest single module: DeepSpeed ZeRO-3 gathers one at a time.
-        "largest_module": max(embedding, dim * hidden, dim * dim),
-        "matmul": d["layers"] * (attention + ffn) + vocab_size * dim,
-        "norms": (2 * d["layers"] + 1) * dim,
-    }
 
 
 def parameters_per_rank(counts: dict[str, int], tensor_parallel: int) -> tuple[int, int]:
     """(parameters, largest module) one rank of a ``tensor_parallel`` split holds."""
     split = counts["total"] - counts["norms"]
     return -(-split // tensor_parallel) + counts["norms"], -(-counts["largest_module"] // tensor_parallel)
-
-
-def flops_per_token(model: Any, vocab_size: int, seq_len: int) -> float:
-    """Training FLOPs (forward + backward) per token.
-
-    6 per matmul parameter (the output projection included, the embedding lookup not)
-    plus attention over the context: QK^T and AV are 2*T*dim each per layer forward,
-    tripled for the backward pass, with no discount for causal masking (the
-    convention of PaLM's MFU).
-    """
-    d = model_dims(model)
-    counts = parameter_counts(model, vocab_size)
-    return 6.0 * counts["matmul"] + 12.0 * d["layers"] * d["dim"] * seq_len
 
 
 def peak_tflops_for(device_name: str) -> float | None:
@@ -128,7 +87,7 @@ def model_state_bytes(total_params: int, largest_module_params: int, zero_stage:
 
 
 def activation_bytes(
-    model: Any,
+    model: ModelShape,
     vocab_size: int,
     seq_len: int,
     micro_batch: int,
@@ -149,17 +108,16 @@ def activation_bytes(
     tensor split divides the tensors between its column and row projections (q/k/v, attention
     output, SwiGLU hidden) and the logits; the norms' inputs and outputs stay whole.
     """
-    d = model_dims(model)
-    dim, kv_dim, hidden = d["dim"], d["kv_heads"] * d["head_dim"], d["hidden"]
+    dim, kv_dim, hidden = model.dim, model.n_kv_heads * model.head_dim, model.hidden_dim
     tokens = seq_len // sequence_parallel * micro_batch
     per_block = 2 * tokens * (4 * dim + (2 * dim + 2 * kv_dim + 4 * hidden) // tensor_parallel)
-    blocks = d["layers"] * 2 * tokens * dim + per_block if activation_checkpointing else d["layers"] * per_block
+    blocks = model.layers * 2 * tokens * dim + per_block if activation_checkpointing else model.layers * per_block
     logits = tokens * (vocab_size // tensor_parallel) * (2 + 4)
     return blocks + logits
 
 
 def plan(
-    model: Any,
+    model: ModelShape,
     vocab_size: int,
     seq_len: int,
     micro_batch: int,
@@ -181,7 +139,7 @@ def plan(
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu={mfu} must be in (0, 1]")
     gpus, zero_stage = layout.world_size, layout.zero_stage
-    counts = parameter_counts(model, vocab_size)
+    counts = model.parameter_counts(vocab_size)
     rank_params, largest = parameters_per_rank(counts, layout.tensor_parallel)
     stage_params = -(-rank_params // layout.pipeline_stages)
     gradient_ranks = layout.data_parallel * layout.sequence_parallel
@@ -198,7 +156,7 @@ def plan(
         )
         / GIB
     )
-    flops = flops_per_token(model, vocab_size, seq_len)
+    flops = model.flops_per_token(vocab_size, seq_len)
     tokens_per_s = gpus * PEAK_BF16_TFLOPS[gpu_key] * 1e12 * mfu / flops
     tokens_per_step = global_batch * seq_len
     total_gb = per_stage[zero_stage] + activations

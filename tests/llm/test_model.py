@@ -5,7 +5,6 @@ import torch
 
 from llm.config import ModelConfig
 from llm.model import KVCache, Transformer, next_token_loss
-from ops.plan import parameter_counts
 
 VOCAB = 97
 
@@ -79,7 +78,7 @@ def test_tied_embeddings_share_one_tensor_and_shrink_parameter_count():
 def test_parameter_count_formula_matches_the_module(overrides):
     cfg = tiny(**overrides)
     model = Transformer(cfg, VOCAB)
-    assert parameter_counts(cfg, VOCAB)["total"] == sum(p.numel() for p in model.parameters())
+    assert cfg.parameter_counts(VOCAB)["total"] == sum(p.numel() for p in model.parameters())
 
 
 def test_kv_cache_decoding_matches_full_forward():
