@@ -29,7 +29,7 @@ from llm.config import ModelConfig, TrainConfig  # noqa: E402
 from llm.engine import build_engine, param_groups  # noqa: E402
 from llm.layout import ParallelLayout  # noqa: E402
 from llm.model import Transformer, next_token_loss  # noqa: E402
-from llm.worker import init_distributed  # noqa: E402
+from llm.trainer import init_distributed  # noqa: E402
 
 
 def bare_step(model, optimizer, micro: torch.Tensor, clip: float) -> float:

@@ -138,7 +138,7 @@ def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_per_rank(l
     assert sorted(line for line in proc.stderr.splitlines() if line.startswith("rank ")) == [
         f"rank {rank}: {expected}" for rank in (0, 1)
     ], ranks.errors(proc)
-    assert "llm/worker.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
+    assert "llm/trainer.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
     failures = [e for e in RunRecords(other.run_dir).events() if e["event"] == "failure"]
     assert {f["error"] for f in failures} == {f"CheckpointError: {expected}"}
 

@@ -1,4 +1,4 @@
-"""The per-rank training entry point: ``python -m llm.worker JOB_JSON``.
+"""The per-rank training entry point: ``python -m llm.trainer JOB_JSON``.
 
 Started by torchrun, Ray Train or srun, which set RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR and MASTER_PORT.  Each rank builds the DeepSpeed engine, reads its
@@ -360,7 +360,7 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m llm.worker JOB_JSON", file=sys.stderr)
+        print("usage: python -m llm.trainer JOB_JSON", file=sys.stderr)
         return 2
     die_with_parent()
     stop = StopRequest(signals=True)
