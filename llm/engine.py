@@ -114,6 +114,23 @@ def _no_hold() -> None:
     pass
 
 
+def _keep(_loss: float) -> bool:
+    return True
+
+
+class SkippableAdamW(torch.optim.AdamW):
+    """AdamW that does nothing while ``skipping`` is set: a skipped update leaves weights, moments and the step
+    count as they were.  DeepSpeed's optimizers call this one's step once per parameter group or partition, so
+    the switch holds for a whole engine step."""
+
+    skipping = False
+
+    def step(self, closure=None):
+        if self.skipping:
+            return None
+        return super().step(closure)
+
+
 @dataclass
 class TrainEngine:
     engine: deepspeed.DeepSpeedEngine
@@ -121,11 +138,16 @@ class TrainEngine:
     grad_accum: int
     micro_batch: int
     device: torch.device
+    optimizer: SkippableAdamW
     sequence_rank: int = 0
     # Called right before each optimizer step (before the whole batch when pipelined: DeepSpeed's
     # schedule steps inside it): the checkpoint saver holds training there while a snapshot still
     # reads the live weights and optimizer state.
     before_optimizer_step: Callable[[], None] = _no_hold
+    # Asked with the step's loss (every rank's mean, so every rank answers alike) right before the optimizer
+    # step; False leaves the weights and optimizer state as they were.  A pipelined step has updated them by
+    # the time its loss is known: there it can only raise.
+    keep_update: Callable[[float], bool] = _keep
 
     def set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
@@ -138,22 +160,28 @@ class TrainEngine:
         if self.layout.pipelined:
             data = iter([(m[:, :-1], m[:, 1:]) for m in micro])
             self.before_optimizer_step()
-            return float(self.engine.train_batch(data_iter=data))
+            loss = float(self.engine.train_batch(data_iter=data))
+            self.keep_update(loss)
+            return loss
         # A rank of a sequence split holds positions [start, start + length) of every sequence.
         length = (rows.shape[-1] - 1) // self.layout.sequence_parallel
         start = self.sequence_rank * length
         total = torch.zeros((), dtype=torch.float32, device=self.device)
+        mean = 0.0
         for i, m in enumerate(micro):
             inputs, targets = m[:, start : start + length], m[:, start + 1 : start + length + 1]
             loss = next_token_loss(self.engine(inputs, start=start), targets)
             self.engine.backward(loss)
-            if i == self.grad_accum - 1:  # DeepSpeed steps the optimizer at the last micro-batch only
-                self.before_optimizer_step()
-            self.engine.step()
             total += loss.detach().float()
-        total /= self.grad_accum * self.layout.gradient_ranks  # equal token counts: the mean of means is the mean
-        dist.all_reduce(total)
-        return float(total)
+            if i == self.grad_accum - 1:  # DeepSpeed steps the optimizer at the last micro-batch only
+                total /= self.grad_accum * self.layout.gradient_ranks  # equal token counts: the mean of means is the mean
+                dist.all_reduce(total)
+                mean = float(total)
+                self.before_optimizer_step()
+                self.optimizer.skipping = not self.keep_update(mean)
+            self.engine.step()
+        self.optimizer.skipping = False
+        return mean
 
     def grad_norm(self) -> float | None:
         norm = self.engine.get_global_grad_norm()
@@ -174,7 +202,7 @@ def build_engine(
 
     precision = resolve_precision(train_cfg, device)
     module = build_module(model_cfg, train_cfg, layout, vocab_size, seed)
-    optimizer = torch.optim.AdamW(
+    optimizer = SkippableAdamW(
         param_groups(module, train_cfg.weight_decay),
         lr=train_cfg.lr,
         betas=(train_cfg.beta1, train_cfg.beta2),
@@ -202,4 +230,5 @@ def build_engine(
         micro_batch=train_cfg.micro_batch,
         device=device,
         sequence_rank=layout.sequence_rank_of(dist.get_rank()),
+        optimizer=optimizer,
     )
