@@ -7,7 +7,7 @@ last kept one: at this learning rate, data and seed the loss of step 6 rises (by
 import pytest
 import torch
 
-from llm.checkpoint import load_model_state
+from llm.checkpoint import load_model_state, read_commit
 from ops.records import RunRecords
 
 pytestmark = pytest.mark.slow
@@ -46,6 +46,12 @@ def test_a_skipped_step_leaves_the_weights_as_they_were_and_the_run_finishes(ski
         assert all(torch.equal(weights[step][k], weights[step - 1][k]) for k in weights[step])
     for step in kept:
         assert not all(torch.equal(weights[step][k], weights[step - 1][k]) for k in weights[step])
+
+
+def test_the_guard_window_is_a_checkpointed_state_part(skipping_run):
+    job, records = skipping_run
+    last_loss = records.metrics()[-1]["loss"]
+    assert read_commit(job.run_dir, STEPS).parts == {"loss_guard": {"kept": [last_loss]}}
 
 
 def test_stop_ends_every_rank_with_one_line_naming_the_step_and_rank(ranks, token_data, tmp_path, skipping_run):
