@@ -34,7 +34,7 @@ from llm.checkpoint_save import CheckpointSaver  # noqa: E402
 from llm.config import ModelConfig, TrainConfig  # noqa: E402
 from llm.engine import build_engine  # noqa: E402
 from llm.layout import ParallelLayout  # noqa: E402
-from llm.worker import init_distributed  # noqa: E402
+from llm.trainer import init_distributed  # noqa: E402
 
 
 MOTO = """

@@ -98,7 +98,7 @@ TrainJob(run_dir=cfg.run_url, data_url=cfg.data_url, seed=cfg.run.seed, config_h
 PY
   echo "== $name: 1b bf16, $nproc GPU(s), $steps steps of $micro x $GRAD_ACCUM sequences per rank, $*"
   "$PY" -m torch.distributed.run --nproc_per_node "$nproc" --master_addr 127.0.0.1 --master_port "$((29400 + RANDOM % 500))" \
-    -m llm.worker "$job" > "$WORK/$name.log" 2>&1 || { tail -40 "$WORK/$name.log"; echo "$name FAILED"; return 1; }
+    -m llm.trainer "$job" > "$WORK/$name.log" 2>&1 || { tail -40 "$WORK/$name.log"; echo "$name FAILED"; return 1; }
   "$PY" - "$WORK/$name" "$name" "$WORK/table.tsv" <<'PY'
 import statistics
 import sys

@@ -1,7 +1,7 @@
 """Ray Train ranks: ``train.nodes × train.nproc`` workers, each running the same per-rank loop.
 
 Ray Train places the workers, sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT
-and the torch process group; ``llm.worker.run_training`` then builds its DeepSpeed
+and the torch process group; ``llm.trainer.run_training`` then builds its DeepSpeed
 engine on that group.  A failed worker makes Ray Train restart the whole group, up to
 ``train.max_restarts`` times (``FailureConfig``), and the ranks resume from the last
 committed checkpoint; a callback on Ray Train's controller records each failure and
@@ -71,7 +71,7 @@ def _rank_main(config: dict[str, Any]) -> None:
     """Body of one Ray Train worker: the per-rank loop; a non-zero exit is a failure Ray Train retries."""
     job = TrainJob.from_shared(config["job"])
     configure_this_process(job.train.nproc)
-    from llm.worker import StopRequest, run_training
+    from llm.trainer import StopRequest, run_training
 
     stop = StopRequest(stop_file="")
     done = threading.Event()

@@ -122,17 +122,23 @@ class CheckpointRecord(BaseModel):
     rng_of_rank: list[int] = Field(description="index into rng for each rank")
     files: list[FileEntry] = Field(default_factory=list)
     origin: InitOrigin | None = Field(default=None, description="the checkpoint this run started from (train.init_from)")
+    parts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="the state of the parts the trainer registered beyond these fields, by name"
+    )
 
     def rng_for(self, rank: int) -> RngState:
-        """The state rank ``rank`` saved; a rank the saving run did not have takes rank 0's."""
-        index = self.rng_of_rank[rank] if rank < len(self.rng_of_rank) else self.rng_of_rank[0]
-        return self.rng[index]
+        return state_of_rank(self.rng, self.rng_of_rank, rank)
 
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
             if entry.path == path:
                 return entry
         raise KeyError(path)
+
+
+def state_of_rank(rng: list[RngState], rng_of_rank: list[int], rank: int) -> RngState:
+    """The state rank ``rank`` saved; a rank the saving run did not have takes rank 0's."""
+    return rng[rng_of_rank[rank] if rank < len(rng_of_rank) else rng_of_rank[0]]
 
 
 def distinct_states(states: list[RngState]) -> tuple[list[RngState], list[int]]:

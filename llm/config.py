@@ -90,6 +90,24 @@ class ModelConfig(BaseModel):
         return 6.0 * self.parameter_counts(vocab_size)["matmul"] + 12.0 * self.layers * self.dim * context
 
 
+class LossGuardConfig(BaseModel):
+    """What the training loop does with a step whose loss is not finite, or spikes above the recent mean."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["skip", "stop"] = Field(
+        default="stop",
+        description="skip: leave weights and optimizer state as they were and go on; stop: end the run with an error",
+    )
+    spike_factor: float | None = Field(
+        default=None,
+        gt=1,
+        description="also act on a loss above this many times the mean of the last `window` kept losses; "
+        "None: only on a non-finite loss",
+    )
+    window: int = Field(default=50, ge=1, description="kept losses the spike check averages (it starts once it has them)")
+
+
 class TrainConfig(BaseModel):
     """How the per-rank training loop runs."""
 
@@ -132,6 +150,7 @@ class TrainConfig(BaseModel):
         default=None, description="RUN_URL[@STEP]: start from that run's weights (its newest committed step by default)"
     )
     init_optimizer: bool = Field(default=False, description="with init_from: also carry the source's optimizer state")
+    loss_guard: LossGuardConfig = Field(default_factory=LossGuardConfig)
     log_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list,
         description="copies of rank 0's scalars: TensorBoard event files under RUN_URL/tensorboard/, a wandb offline run",
@@ -160,6 +179,11 @@ class TrainConfig(BaseModel):
         if self.pipeline_stages > 1 and any(n > 1 for n in split.values()):
             named = ", ".join(f"train.{k}={v}" for k, v in split.items() if v > 1)
             raise ValueError(f"{named} cannot be combined with train.pipeline_stages={self.pipeline_stages}")
+        if self.loss_guard.action == "skip" and self.pipeline_stages > 1:
+            raise ValueError(
+                f"train.loss_guard.action=skip needs train.pipeline_stages=1 (it is {self.pipeline_stages}): a pipelined "
+                "step updates the weights before its loss is known; use train.loss_guard.action=stop"
+            )
         if self.compile and self.pipeline_stages > 1:
             raise ValueError(
                 "train.compile=true needs train.pipeline_stages=1: pipeline stages hook into every layer call, "

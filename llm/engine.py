@@ -130,6 +130,23 @@ def _no_hold() -> None:
     pass
 
 
+def _keep(_loss: float) -> bool:
+    return True
+
+
+class SkippableAdamW(torch.optim.AdamW):
+    """AdamW that does nothing while ``skipping`` is set: a skipped update leaves weights, moments and the step
+    count as they were.  DeepSpeed's optimizers call this one's step once per parameter group or partition, so
+    the switch holds for a whole engine step."""
+
+    skipping = False
+
+    def step(self, closure=None):
+        if self.skipping:
+            return None
+        return super().step(closure)
+
+
 @dataclass
 class TrainEngine:
     engine: deepspeed.DeepSpeedEngine
@@ -137,14 +154,20 @@ class TrainEngine:
     grad_accum: int
     micro_batch: int
     device: torch.device
+    optimizer: SkippableAdamW
     sequence_rank: int = 0
     # The loss of a micro-batch from the module's output: a tensor split's output is this rank's share
     # of the vocabulary, whose loss needs the other ranks' shares.
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss
+    reduce_loss: bool = True  # False on one rank, where an all-reduce only costs time
     # Called right before each optimizer step (before the whole batch when pipelined: DeepSpeed's
     # schedule steps inside it): the checkpoint saver holds training there while a snapshot still
     # reads the live weights and optimizer state.
     before_optimizer_step: Callable[[], None] = _no_hold
+    # Asked with the step's loss (every rank's mean, so every rank answers alike) right before the optimizer
+    # step; False leaves the weights and optimizer state as they were.  A pipelined step has updated them by
+    # the time its loss is known: there it can only raise.
+    keep_update: Callable[[float], bool] = _keep
 
     def set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
@@ -157,23 +180,30 @@ class TrainEngine:
         if self.layout.pipelined:
             data = iter([(m[:, :-1], m[:, 1:]) for m in micro])
             self.before_optimizer_step()
-            return float(self.engine.train_batch(data_iter=data))
+            loss = float(self.engine.train_batch(data_iter=data))
+            self.keep_update(loss)
+            return loss
         # A rank of a sequence split holds positions [start, start + length) of every sequence.
         length = (rows.shape[-1] - 1) // self.layout.sequence_parallel
         start = self.sequence_rank * length
         total = torch.zeros((), dtype=torch.float32, device=self.device)
+        mean = 0.0
         for i, m in enumerate(micro):
             inputs, targets = m[:, start : start + length], m[:, start + 1 : start + length + 1]
             loss = self.loss_of(self.engine(inputs, start=start), targets)
             self.engine.backward(loss)
-            if i == self.grad_accum - 1:  # DeepSpeed steps the optimizer at the last micro-batch only
-                self.before_optimizer_step()
-            self.engine.step()
             total += loss.detach().float()
-        # Equal token counts: the mean of means is the mean (the ranks of a tensor group hold the same loss).
-        total /= self.grad_accum * self.layout.world_size
-        dist.all_reduce(total)
-        return float(total)
+            if i == self.grad_accum - 1:  # DeepSpeed steps the optimizer at the last micro-batch only
+                # Equal token counts: the mean of means is the mean (the ranks of a tensor group hold the same loss).
+                total /= self.grad_accum * self.layout.world_size
+                if self.reduce_loss:
+                    dist.all_reduce(total)
+                mean = float(total)
+                self.before_optimizer_step()
+                self.optimizer.skipping = not self.keep_update(mean)
+            self.engine.step()
+        self.optimizer.skipping = False
+        return mean
 
     def grad_norm(self) -> float | None:
         norm = self.engine.get_global_grad_norm()
@@ -195,7 +225,7 @@ def build_engine(
     precision = resolve_precision(train_cfg, device)
     mpu = ModelParallelUnit(layout) if layout.tensor_parallel > 1 else None
     module = build_module(model_cfg, train_cfg, layout, vocab_size, seed, mpu)
-    optimizer = torch.optim.AdamW(
+    optimizer = SkippableAdamW(
         param_groups(module, train_cfg.weight_decay),
         lr=train_cfg.lr,
         betas=(train_cfg.beta1, train_cfg.beta2),
@@ -209,6 +239,11 @@ def build_engine(
         mpu=mpu,
     )
     use_kiln_checkpoint_engine(engine)
+    alone = dist.get_world_size() == 1
+    if alone and layout.zero_stage == 0:
+        # Stage 0 all-reduces the gradients in flattened buckets after the last backward of a step, even
+        # over one rank, where it changes nothing: its flatten, copy and collective cost ~3% of a CPU step.
+        engine.enable_backward_allreduce = False
     if layout.pipelined:
         rank = dist.get_rank()
         placed = (engine.grid.get_stage_id(), engine.grid.get_data_parallel_id())
@@ -225,4 +260,6 @@ def build_engine(
         device=device,
         sequence_rank=layout.sequence_rank_of(dist.get_rank()),
         loss_of=vocab_parallel_loss(vocab_size, mpu.get_model_parallel_group()) if mpu else next_token_loss,
+        optimizer=optimizer,
+        reduce_loss=not alone,
     )

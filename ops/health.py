@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ops.heartbeat import DEFAULT_INTERVAL_S
+
 RankState = Literal["ok", "waiting", "unresponsive", "dead", "exited"]
 RunState = Literal["starting", "running", "restarting", "preempted", "stalled", "finished", "failed"]
 
@@ -34,7 +36,6 @@ LIFECYCLE = {
 }
 TERMINAL_STATES = ("finished", "failed", "preempted")
 
-DEFAULT_BEAT_INTERVAL_S = 10.0  # heartbeats written before they carried their interval
 MISSED_BEATS_UNRESPONSIVE = 3
 MISSED_BEATS_DEAD = 30
 DEAD_AFTER_MIN_S = 60.0
@@ -45,7 +46,7 @@ THROUGHPUT_WINDOW_ROWS = 50
 
 
 class Heartbeat(BaseModel):
-    """One rank's last beat as ``ops.heartbeat`` writes it (older runs lack the later fields)."""
+    """One rank's last beat as ``ops.heartbeat`` writes it, every beat with the interval its rank beats at."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -57,7 +58,7 @@ class Heartbeat(BaseModel):
     step_time_s: float | None = None
     last_step_at: float | None = None
     started_at: float | None = None
-    interval_s: float | None = None
+    interval_s: float = Field(gt=0)
     state: str = "running"
 
 
@@ -110,7 +111,7 @@ class Throughput(BaseModel):
 
 
 def health_thresholds(beat_intervals: list[float], step_times: list[float]) -> HealthThresholds:
-    interval = statistics.median(beat_intervals) if beat_intervals else DEFAULT_BEAT_INTERVAL_S
+    interval = statistics.median(beat_intervals) if beat_intervals else DEFAULT_INTERVAL_S
     step = statistics.median(step_times) if step_times else 0.0
     return HealthThresholds(
         waiting_after_s=max(WAITING_AFTER_MIN_S, WAITING_STEP_MULTIPLE * step),
@@ -152,7 +153,7 @@ def assess_ranks(
     """
     failures = failures or {}
     step_times = [b.step_time_s for b in beats if b.step_time_s is not None]
-    thresholds = health_thresholds([b.interval_s for b in beats if b.interval_s], step_times)
+    thresholds = health_thresholds([b.interval_s for b in beats], step_times)
     states = {b.rank: rank_state(b, now, thresholds, run_over, failures.get(b.rank)) for b in beats}
     live = [b for b in beats if states[b.rank] in ("ok", "waiting") and b.step_time_s is not None]
     spread = None

@@ -13,7 +13,7 @@ import os
 from launch.launchers.base import AttemptResult, Launcher
 from llm.devices import rank_environment
 from llm.job import TrainJob
-from llm.worker import StopRequest, run_training
+from llm.trainer import StopRequest, run_training
 
 # A single rank hosts its own rendezvous; port 0 lets it bind any free port itself.
 SINGLE_RANK = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"}

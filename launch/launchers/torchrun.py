@@ -27,7 +27,7 @@ from launch.launchers.base import AttemptResult, Launcher
 from llm.config import TrainConfig
 from llm.devices import gloo_interface_environment, rank_environment
 from llm.job import TrainJob
-from llm.worker import STOP_FILE_ENV
+from llm.trainer import STOP_FILE_ENV
 from ops.credentials import credentials_environment
 from ops.rank_failure import RankFailure
 
@@ -121,7 +121,7 @@ class TorchrunLauncher(Launcher):
             failures_path,
             *self.arguments,
             "-m",
-            "llm.worker",
+            "llm.trainer",
             self.job_path,
         ]
         # Its own session: a terminal's Ctrl-C reaches this launcher alone, which turns it into a stop request.

@@ -7,7 +7,7 @@ import threading
 import ray.exceptions
 
 from cluster import ray_train
-from llm.worker import StopRequest
+from llm.trainer import StopRequest
 
 
 def _watch(monkeypatch, answers) -> tuple[StopRequest, threading.Thread, threading.Event]:

@@ -227,7 +227,7 @@ def train(job, tmp_path: Path, cache: Path, name: str) -> subprocess.Popen:
         "--nproc_per_node",
         "2",
         "-m",
-        "llm.worker",
+        "llm.trainer",
         str(job_path),
     ]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -100,7 +100,7 @@ class Ranks:
             "--nproc_per_node",
             str(nproc),
             "-m",
-            "llm.worker",
+            "llm.trainer",
             str(job_path),
         ]
         proc = subprocess.run(cmd, env=rank_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -138,7 +138,7 @@ class Ranks:
                 )
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "llm.worker", str(job_path)],
+                        [sys.executable, "-m", "llm.trainer", str(job_path)],
                         env=env,
                         cwd=REPO,
                         stdout=subprocess.PIPE,

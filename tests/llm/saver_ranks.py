@@ -18,7 +18,7 @@ from llm.checkpoint_save import CheckpointSaver
 from llm.config import ModelConfig, TrainConfig
 from llm.engine import build_engine
 from llm.layout import ParallelLayout
-from llm.worker import init_distributed
+from llm.trainer import init_distributed
 
 VOCAB = 64
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from llm.config import ModelConfig, TrainConfig
 from llm.engine import build_engine
 from llm.layout import ParallelLayout
-from llm.worker import init_distributed
+from llm.trainer import init_distributed
 
 VOCAB = 512
 MODEL = ModelConfig(dim=32, layers=2, heads=4, kv_heads=2, seq_len=16384, ffn_hidden=256)

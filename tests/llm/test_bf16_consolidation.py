@@ -50,5 +50,5 @@ def test_consolidated_weights_are_fp32_masters_of_the_bf16_model(layout, ranks, 
         assert sorted(line for line in proc.stderr.splitlines() if line.startswith("rank ")) == [
             f"rank {rank}: {expected}" for rank in (0, 1)
         ], ranks.errors(proc)
-        assert "llm/worker.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
+        assert "llm/trainer.py" not in proc.stderr  # no rank printed a traceback (torchrun's summary of them follows)
         assert checkpoint.committed_steps(job.run_dir) == [3]

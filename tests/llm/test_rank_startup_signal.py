@@ -34,7 +34,7 @@ def test_a_stop_signal_ends_a_rank_still_waiting_for_the_others(ranks, token_dat
     )
     # Rank 1 never starts: rank 0 stays in the rendezvous.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llm.worker", str(job_path)],
+        [sys.executable, "-m", "llm.trainer", str(job_path)],
         env=env,
         cwd=ranks.repo,
         stdout=subprocess.DEVNULL,

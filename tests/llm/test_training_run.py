@@ -11,7 +11,7 @@ from data_shards.loader import GlobalBatchLoader
 from llm import checkpoint
 from llm.checkpoint import load_model
 from llm.model import next_token_loss
-from llm.worker import REQUEUE_EXIT_CODE
+from llm.trainer import REQUEUE_EXIT_CODE
 from ops import storage
 from ops.metrics_table import metrics_table
 from ops.records import RunRecords

@@ -1,4 +1,4 @@
-"""The per-rank training entry point: ``python -m llm.worker JOB_JSON``.
+"""The per-rank training entry point: ``python -m llm.trainer JOB_JSON``.
 
 Started by torchrun, Ray Train or srun, which set RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR and MASTER_PORT.  Each rank builds the DeepSpeed engine, reads its
@@ -27,13 +27,25 @@ import torch.distributed as dist
 
 from data_shards.errors import DataError
 from llm import checkpoint_resume, init_from
-from llm.checkpoint_record import CheckpointRecord, DataPosition, InitOrigin, RngState, distinct_states
+from llm.checkpoint_record import CheckpointRecord, InitOrigin
 from llm.devices import die_with_parent
 from llm.exit_codes import REQUEUE_EXIT_CODE
 from llm.flops import device_peak_tflops, flops_per_token, throughput
 from llm.job import TrainJob
 from llm.layout import ParallelLayout
 from llm.schedule import lr_at
+from llm.trainer_hooks import (
+    CheckpointHook,
+    HeartbeatHook,
+    LossGuard,
+    LossGuardStop,
+    MetricsHook,
+    PreemptionHook,
+    RunEventsHook,
+    TrainerHook,
+    TrainerHooks,
+)
+from llm.trainer_state import DataPart, OriginPart, PositionPart, RngPart, StateParts
 from ops.heartbeat import HeartbeatThread
 from ops.records import RunRecords
 from ops.scalar_logs import ScalarLogs
@@ -107,7 +119,11 @@ def init_distributed(device: torch.device) -> None:
 
 
 class Trainer:
-    """One rank's run: engine, data, records and the checkpoint protocol."""
+    """One rank's run: engine, data, records and the checkpoint protocol.
+
+    The loop itself only steps; heartbeat, metrics, saving, preemption and the loss guard are hooks
+    (``llm.trainer_hooks``), and what a checkpoint records is a registry of named parts (``llm.trainer_state``).
+    """
 
     def __init__(self, job: TrainJob):
         from data_shards.loader import GlobalBatchLoader
@@ -165,31 +181,43 @@ class Trainer:
         self.step = 0
         self.tokens = 0
         self.saved_step: int | None = None
+        self.state = StateParts()
+        for part in (PositionPart(self), DataPart(self), RngPart(self.rank, self.world), OriginPart(self)):
+            self.state.register(part)
+        self.hooks = TrainerHooks([])
+
+    def install_hooks(self, hooks: list[TrainerHook]) -> None:
+        """Hooks run in this order at each point of the loop; a hook that is a state part is checkpointed too."""
+        self.hooks = TrainerHooks(hooks)
+        for hook in hooks:
+            if hasattr(hook, "state_dict"):
+                self.state.register(hook)  # type: ignore[arg-type]
+        self.engine.keep_update = self.keep_update
+
+    def standard_hooks(self, stop: StopRequest, heartbeat: HeartbeatThread) -> list[TrainerHook]:
+        """Heartbeat, the loss guard, metrics and lifecycle events (rank 0), checkpoints, then preemption."""
+        hooks: list[TrainerHook] = [HeartbeatHook(heartbeat), LossGuard(self.cfg.loss_guard, self.rank, self.records)]
+        if self.rank == 0:
+            hooks.append(MetricsHook(self.records, self.scalars))
+        hooks.append(CheckpointHook(self))
+        if self.rank == 0:
+            hooks.append(RunEventsHook(self.records, lambda: self.tokens))
+        hooks.append(PreemptionHook(self, stop))
+        return hooks
+
+    def keep_update(self, loss: float) -> bool:
+        return self.hooks.keep_update(self.step + 1, loss)
 
     def record(self) -> CheckpointRecord:
-        """Collective (it gathers every rank's RNG state): what COMMITTED will say about this step."""
-        states: list[RngState | None] = [None] * self.world
-        dist.all_gather_object(states, RngState.capture())
-        rng, rng_of_rank = distinct_states(states)
-        loader = self.loader.state_dict()
+        """Collective (the RNG part gathers every rank's state): what COMMITTED will say about this step."""
         return CheckpointRecord(
-            step=self.step,
-            tokens=self.tokens,
             time=time.time(),
             layout=self.layout,
             precision=self.precision,
             model=self.job.model,
             vocab_size=self.vocab_size,
             config_hash=self.job.config_hash,
-            data=DataPosition(
-                url=self.job.data_url,
-                fingerprint=self.loader.fingerprint,
-                consumed_samples=self.loader.consumed_samples,
-                loader=loader,
-            ),
-            rng=rng,
-            rng_of_rank=rng_of_rank,
-            origin=self.origin,
+            **self.state.capture(),
         )
 
     def save(self) -> None:
@@ -198,8 +226,7 @@ class Trainer:
         self.saved_step = self.step
 
     def committed(self, record: CheckpointRecord, url: str) -> None:
-        if self.rank == 0:
-            self.records.event("checkpoint", step=record.step, url=url, tokens=record.tokens)
+        self.hooks.after_commit(record, url)
 
     def start_from_source(self) -> None:
         init, self.init_point = self.init_point, None
@@ -223,22 +250,18 @@ class Trainer:
             return
         self.resume_point = None
         checkpoint_resume.load(self.engine.engine, point, self.cfg)
-        saved = point.record
-        self.loader.load_state_dict(saved.data.loader)
-        saved.rng_for(self.rank).restore()
-        self.step, self.tokens, self.saved_step = saved.step, saved.tokens, saved.step
-        self.origin = saved.origin
+        self.state.restore(point.record)
         if self.rank == 0:
             self.records.event(
                 "resume",
-                step=saved.step,
+                step=self.step,
                 tokens=self.tokens,
                 reshaped=point.route is not None,
                 world_size=self.world,
                 rejected=point.rejected,
             )
 
-    def run(self, stop: StopRequest, heartbeat: HeartbeatThread) -> int:
+    def run(self) -> int:
         if self.rank == 0:
             self.records.event(
                 "start",
@@ -251,13 +274,15 @@ class Trainer:
                 config_hash=self.job.config_hash,
             )
         self.resume()
-        heartbeat.at_step(self.step)
-        stop.arm()
+        hooks = self.hooks
+        hooks.on_start(self.step)
         tokens_per_step = self.cfg.global_batch * self.job.model.seq_len
+        logging = hooks.wants("on_metrics")
         while self.step < self.cfg.steps:
-            self.saver.poll()
-            if stop.agreed(self.device):
-                return self.preempt(stop)
+            exit_code = hooks.before_step(self.step)
+            if exit_code is not None:
+                hooks.on_stop(self.step, exit_code)
+                return exit_code
             lr = lr_at(self.step, self.cfg)
             self.engine.set_lr(lr)
             started = time.perf_counter()
@@ -269,21 +294,15 @@ class Trainer:
             elapsed = time.perf_counter() - started
             self.step += 1
             self.tokens += tokens_per_step
-            heartbeat.step_done(self.step, elapsed)
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                self.log(loss, lr, elapsed, data_wait, tokens_per_step)
-            if self.step % self.cfg.checkpoint_every == 0 or (self.step == self.cfg.steps and self.cfg.checkpoint_at_end):
-                self.save()
-        self.saver.wait()
-        if self.rank == 0:
-            self.records.event("finish", step=self.step, tokens=self.tokens)
+            hooks.after_step(self.step, loss, elapsed)
+            if logging and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
+                hooks.on_metrics(self.metrics_row(loss, lr, elapsed, data_wait, tokens_per_step))
+        hooks.on_stop(self.step, 0)
         return 0
 
-    def log(self, loss: float, lr: float, elapsed: float, data_wait: float, tokens_per_step: int) -> None:
-        if self.rank != 0:
-            return
+    def metrics_row(self, loss: float, lr: float, elapsed: float, data_wait: float, tokens_per_step: int) -> dict:
         tflops, mfu = throughput(self.flops_token, tokens_per_step, elapsed, self.world, self.peak)
-        row = {
+        return {
             "step": self.step,
             "tokens": self.tokens,
             "loss": loss,
@@ -296,19 +315,6 @@ class Trainer:
             "mem_gb": memory_gb(self.device),
             "data_wait_s": data_wait,
         }
-        self.records.log_metrics(row)
-        self.scalars.add(self.step, row)
-
-    def preempt(self, stop: StopRequest) -> int:
-        if self.saved_step != self.step:
-            self.save()
-        self.saver.wait()
-        received: list[str | None] = [None] * self.world
-        dist.all_gather_object(received, stop.reason)
-        if self.rank == 0:
-            signals = {str(rank): name for rank, name in enumerate(received) if name}
-            self.records.event("preemption", step=self.step, signals=signals, exit_code=REQUEUE_EXIT_CODE)
-        return REQUEUE_EXIT_CODE
 
 
 def drain_collectives() -> None:
@@ -336,14 +342,15 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
     trainer = None
     try:
         trainer = Trainer(job)
-        rc = trainer.run(stop, heartbeat)
+        trainer.install_hooks(trainer.standard_hooks(stop, heartbeat))
+        rc = trainer.run()
         drain_collectives()
         return rc
     except Exception as exc:  # whatever ends this rank is recorded as its failure event, then it exits 1
         rc = 1
         rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
         records.event("failure", rank=rank, error=f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, DataError):  # bad input: one line, no traceback
+        if isinstance(exc, (DataError, LossGuardStop)):  # bad input or a bad loss: one line, no traceback
             # one write of the whole line: ranks run unbuffered (python -u), where print's separate write of
             # the newline lets another rank's message land in the middle of this one
             sys.stderr.write(f"rank {rank}: {exc}\n")
@@ -360,7 +367,7 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m llm.worker JOB_JSON", file=sys.stderr)
+        print("usage: python -m llm.trainer JOB_JSON", file=sys.stderr)
         return 2
     die_with_parent()
     stop = StopRequest(signals=True)
