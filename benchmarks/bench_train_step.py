@@ -21,6 +21,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -88,8 +89,11 @@ def main() -> None:
         args.steps, args.warmup, args.dim, args.layers, args.heads, args.seq_len, args.vocab = 2, 1, 32, 1, 2, 16, 256
     if args.split_ranks:
         if "RANK" not in os.environ:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *sys.argv]
-            sys.exit(subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode)
+            with tempfile.TemporaryDirectory(prefix="bench-torchrun-") as logs:  # torchrun's error files
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+                cmd += ["--log-dir", logs, *sys.argv]
+                code = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+            sys.exit(code)
         split_ranks(args)
         return
     stages = [int(z) for z in args.zero_stages.split(",")]

@@ -120,6 +120,8 @@ class TorchrunLauncher(Launcher):
             "launch.launchers.torchrun_agent",
             failures_path,
             *self.arguments,
+            "--log-dir",  # torchrun's per-rank error files, else left in a /tmp/torchelastic_* folder for good
+            os.path.join(self.folder, f"torchrun-{attempt}"),
             "-m",
             "llm.trainer",
             self.job_path,

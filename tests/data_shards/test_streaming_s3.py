@@ -226,6 +226,8 @@ def train(job, tmp_path: Path, cache: Path, name: str) -> subprocess.Popen:
         "--standalone",
         "--nproc_per_node",
         "2",
+        "--log-dir",
+        str(tmp_path / f"{name}-torchrun"),
         "-m",
         "llm.trainer",
         str(job_path),

@@ -99,6 +99,8 @@ class Ranks:
             "--standalone",
             "--nproc_per_node",
             str(nproc),
+            "--log-dir",
+            str(tmp_path / f"torchrun-{uuid.uuid4().hex}"),
             "-m",
             "llm.trainer",
             str(job_path),

@@ -20,6 +20,8 @@ def seen(ranks, tmp_path_factory):
         "--standalone",
         "--nproc_per_node",
         "2",
+        "--log-dir",
+        str(tmp / "torchrun"),
         str(ranks.repo / "tests" / "llm" / "saver_ranks.py"),
         str(tmp / "run"),
         str(out),

@@ -19,6 +19,8 @@ def step_memory_kib(ranks, tmp_path, sequence_parallel: int) -> list[int]:
         "--standalone",
         "--nproc_per_node",
         str(sequence_parallel),
+        "--log-dir",
+        str(tmp_path / f"torchrun-{sequence_parallel}"),
         str(ranks.repo / "tests" / "llm" / "sequence_memory_ranks.py"),
         str(sequence_parallel),
         str(out),
