@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -162,7 +163,8 @@ def main() -> None:
     command_s = whole_command(work, inputs, cores, vocab_size)
     model = (work / "data-cli" / "tokenizer" / "tokenizer.model").read_bytes()
     raw_tokens, raw_s = raw_encode(model, docs, cores)
-    ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray_tmp = tempfile.mkdtemp(prefix="kray-")  # Ray's session folder, removed with it
+    ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, _temp_dir=ray_tmp)
     try:
         trained = str(work / "data-cli" / "tokenizer" / "tokenizer.model")
         given = DataConfig(inputs=[inputs], output=str(work / "data-given"), tokenizer=trained)
@@ -171,6 +173,7 @@ def main() -> None:
         steady_s = time.perf_counter() - started
     finally:
         ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     raw_tokens2, raw_s2 = raw_encode(model, docs, cores)
     tokens = prepared_tokens(str(work / "data-cli"))
     assert tokens == raw_tokens == raw_tokens2 == prepared_tokens(str(work / "data-given")), "token counts differ"

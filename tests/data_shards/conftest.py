@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,10 @@ def local_ray():
     """A real local Ray cluster for the tests of one module."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
+    ray_tmp = tempfile.mkdtemp(prefix="kray-")  # its session folder, removed with it (not /tmp/ray)
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, _temp_dir=ray_tmp)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)

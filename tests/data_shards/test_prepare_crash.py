@@ -3,9 +3,11 @@
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -23,7 +25,7 @@ DRIVER = """
 import json, sys, ray
 from data_shards.config import DataConfig
 from data_shards.prepare import prepare
-ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, _temp_dir=sys.argv[2])
 prepare(DataConfig.model_validate(json.loads(sys.argv[1])), seed=11, progress=False)
 """
 
@@ -86,8 +88,9 @@ def kill_tree(proc: subprocess.Popen, family: dict[int, float]) -> None:
 def test_killed_prepare_resumes_without_losing_or_duplicating_documents(split_corpus, local_ray):
     cfg, expected = split_corpus
     markers = os.path.join(cfg.output, "_work")
+    ray_tmp = tempfile.mkdtemp(prefix="kray-")  # the killed driver's Ray session folder, removed below
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, cfg.model_dump_json()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-c", DRIVER, cfg.model_dump_json(), ray_tmp], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     family: dict[int, float] = {}
     try:
@@ -104,6 +107,7 @@ def test_killed_prepare_resumes_without_losing_or_duplicating_documents(split_co
         assert proc.poll() is None, f"the first prepare ended before it could be killed: {proc.stderr.read()[-2000:]}"
     finally:
         kill_tree(proc, family)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not is_prepared(cfg.output)
     finished = finished_partitions(markers)
     assert 0 < finished < 16

@@ -1,6 +1,8 @@
 """prepare() and the readers against S3 (a moto server on 127.0.0.1, reached through s3fs)."""
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -21,15 +23,20 @@ AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "A
 @pytest.fixture
 def s3_ray(s3_bucket):
     """Ray whose workers see the same S3 endpoint and credentials as this process."""
+    ray_tmp = tempfile.mkdtemp(prefix="kray-")  # its session folder, removed with it (not /tmp/ray)
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
         runtime_env={"env_vars": {k: os.environ[k] for k in AWS_VARS}},
+        _temp_dir=ray_tmp,
     )
-    yield s3_bucket
-    ray.shutdown()
+    try:
+        yield s3_bucket
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def config(inputs, val_inputs, output):

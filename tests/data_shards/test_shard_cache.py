@@ -131,9 +131,11 @@ def test_a_stale_download_is_cleared_but_one_in_progress_is_not(tmp_path, object
 def test_a_damaged_or_missing_object_is_a_data_error_naming_it_and_leaves_nothing(tmp_path, objects):
     c = cache(tmp_path, 3)
     sha, size, url, opts = objects[0]
-    with open(url, "r+b") as f:
+    with open(url, "r+b") as f:  # one byte flipped: always a change, whatever the random bytes were
         f.seek(10)
-        f.write(b"X")
+        byte = f.read(1)[0]
+        f.seek(10)
+        f.write(bytes([byte ^ 0xFF]))
     with pytest.raises(DataError, match=f"shard {url} is damaged"):
         c.pin(sha, size, url, opts)
     os.remove(objects[1][2])
