@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from data_shards.config import ReadConfig
 from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader
 from data_shards.manifest import load_manifest
 from ops import storage
+from support.kiln_cli import kiln_train
 from support.s3_endpoint import upload_folder
 
 pytestmark = pytest.mark.slow
@@ -309,14 +309,7 @@ def test_kiln_train_refuses_a_cache_too_small_for_the_block_shuffle_in_one_line_
         "model": {"dim": 32, "layers": 2, "heads": 2, "seq_len": SEQ},
         "train": {"steps": 2, "micro_batch": 2, "global_batch": 4, "nproc": 2},
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "train", str(tmp_path / "config.yaml")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = kiln_train(config, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.splitlines() == [
         f"kiln: error: data.cache_limit_gb={5 * largest / 1e9:g} is too small for data.shuffle=block with "

@@ -17,13 +17,10 @@ and whole ones are re-sliced to resume with it; its Hugging Face export is the u
 
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.numpy import load_file as read_safetensors
 
 from data_shards.loader import GlobalBatchLoader
@@ -34,6 +31,7 @@ from llm.hf_adapters import adapter_for
 from llm.model import next_token_loss
 from ops import storage
 from ops.records import RunRecords
+from support.kiln_cli import kiln_train
 
 pytestmark = pytest.mark.slow
 
@@ -146,15 +144,8 @@ def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_before_any
         "model": other.model.model_dump(mode="json"),
         "train": other.train.model_dump(mode="json", exclude_defaults=True),
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     events = RunRecords(other.run_dir).events()
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "train", str(tmp_path / "config.yaml")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = kiln_train(config, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.splitlines() == [
         f"kiln: error: checkpoint step {STEPS // 2} was saved by 2 ranks with pipeline_stages=2; a pipelined run "
@@ -165,35 +156,29 @@ def test_a_pipelined_checkpoint_resumed_on_another_layout_is_one_line_before_any
 
 
 @pytest.mark.long
-@pytest.mark.parametrize(("layout", "sequence_parallel"), [("sequence2_zero3", 1), ("zero3", 2)])
-def test_a_run_resumed_with_another_sequence_split_continues_its_curve(layout, sequence_parallel, layout_run, ranks, tmp_path):
-    """A sequence split changes no weight and no ZeRO partition: the checkpoint loads as saved, and only the
-    order of the loss's sums differs."""
+@pytest.mark.parametrize(
+    ("layout", "change", "reshaped"),
+    [
+        # A sequence split changes no weight and no ZeRO partition: the checkpoint loads as saved.
+        ("sequence2_zero3", {"sequence_parallel": 1}, False),
+        ("zero3", {"sequence_parallel": 2}, False),
+        # Tensor slices are merged into whole parameters and moments (ZeRO-0 tensor split to ZeRO-2 data
+        # parallel), or whole ones re-sliced (the reverse).
+        ("tensor2", {"tensor_parallel": 1}, True),
+        ("zero2", {"tensor_parallel": 2}, True),
+    ],
+)
+def test_a_run_resumed_with_another_split_continues_its_curve(layout, change, reshaped, layout_run, ranks, tmp_path):
+    """The same numbers, summed in another order: the second half follows the uninterrupted curve."""
     job, got, _ = layout_run(layout)
-    resumed = from_halfway(job, tmp_path, sequence_parallel=sequence_parallel)
+    resumed = from_halfway(job, tmp_path, **change)
     proc = ranks.torchrun(resumed, tmp_path)
     assert proc.returncode == 0, ranks.errors(proc)
     records = RunRecords(resumed.run_dir)
     again = records.metrics()[STEPS:]
     assert [r["step"] for r in again] == list(range(STEPS // 2 + 1, STEPS + 1))
     assert [r["loss"] for r in again] == pytest.approx(got[STEPS // 2 :], rel=TOLERANCE)
-    assert [e["step"] for e in records.events() if e["event"] == "resume"] == [STEPS // 2]
-
-
-@pytest.mark.long
-@pytest.mark.parametrize(("layout", "tensor_parallel"), [("tensor2", 1), ("zero2", 2)])
-def test_a_run_resumed_with_another_tensor_split_continues_its_curve(layout, tensor_parallel, layout_run, ranks, tmp_path):
-    """Slices are merged into whole parameters and moments (ZeRO-0 tensor split to ZeRO-2 data parallel) or
-    whole ones re-sliced (the reverse): the same numbers, summed in another order."""
-    job, got, _ = layout_run(layout)
-    resumed = from_halfway(job, tmp_path, tensor_parallel=tensor_parallel)
-    proc = ranks.torchrun(resumed, tmp_path)
-    assert proc.returncode == 0, ranks.errors(proc)
-    records = RunRecords(resumed.run_dir)
-    again = records.metrics()[STEPS:]
-    assert [r["step"] for r in again] == list(range(STEPS // 2 + 1, STEPS + 1))
-    assert [r["loss"] for r in again] == pytest.approx(got[STEPS // 2 :], rel=TOLERANCE)
-    assert [(e["step"], e["reshaped"]) for e in records.events() if e["event"] == "resume"] == [(STEPS // 2, True)]
+    assert [(e["step"], e["reshaped"]) for e in records.events() if e["event"] == "resume"] == [(STEPS // 2, reshaped)]
 
 
 @pytest.mark.parametrize("layout", ["sequence2_zero3", "tensor2"])
