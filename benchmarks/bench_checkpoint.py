@@ -35,6 +35,7 @@ from llm.config import ModelConfig, TrainConfig  # noqa: E402
 from llm.engine import build_engine  # noqa: E402
 from llm.layout import ParallelLayout  # noqa: E402
 from llm.trainer import init_distributed  # noqa: E402
+from ops.storage import Location  # noqa: E402
 
 
 MOTO = """
@@ -92,8 +93,8 @@ class Bench:
         self.engine.train_step(self.batch)
         self.step += 1
 
-    def saver(self, run_url: str, options: dict) -> CheckpointSaver:
-        saver = CheckpointSaver(self.engine.engine, run_url, keep=1, storage_options=options)
+    def saver(self, run: Location) -> CheckpointSaver:
+        saver = CheckpointSaver(self.engine.engine, run, keep=1)
 
         def timed_hold():
             started = time.perf_counter()
@@ -153,7 +154,7 @@ def main() -> None:
                     options = {"config_kwargs": {"read_timeout": 3600}}
                 else:
                     base = tmp
-                saver = bench.saver(f"{base}/run-{target}", options)
+                saver = bench.saver(Location(f"{base}/run-{target}", options))
                 sync, asyn = [], []
                 for _ in range(args.repeats):  # taking turns, so that machine noise hits both alike
                     sync.append(bench.synchronous(saver))

@@ -75,7 +75,7 @@ def reset_peak() -> float:
 def token_stream(data_url: str) -> tuple[np.ndarray, np.ndarray]:
     """Every document of the split in manifest order, as one uint16 stream, and the document lengths."""
     manifest = load_manifest(data_url, "train")
-    docs = [d for i in range(len(manifest.shards)) for d in read_docs(manifest.shard_url(i))]
+    docs = [d for i in range(len(manifest.shards)) for d in read_docs(manifest.shard_location(i).url)]
     return np.concatenate(docs).astype(np.uint16), np.array([len(d) for d in docs], dtype=np.int64)
 
 
@@ -277,7 +277,7 @@ def child(args) -> None:
     folder = Path(args.work) / _format_of(peer)
     if peer.startswith("kiln") and not args.data_url.startswith("s3://"):
         manifest = load_manifest(args.data_url, "train")
-        warm(manifest.shard_url(i) for i in range(len(manifest.shards)))
+        warm(manifest.shard_location(i).url for i in range(len(manifest.shards)))
     elif folder.exists():
         warm(p for p in folder.rglob("*") if p.is_file())
     preload(peer)
@@ -375,13 +375,12 @@ def subset(data_url: str, shards: int, folder: Path) -> str:
     picked = full.shards[:shards]
     for entry in picked:
         for name in filter(None, (entry.path, entry.index)):
-            (folder / "train" / name).symlink_to(Path(full.split_url) / name)
+            (folder / "train" / name).symlink_to(Path(full.split_location.url) / name)
     part = full.model_copy(
         update={
             "shards": picked,
             "total_docs": sum(s.docs for s in picked),
             "total_tokens": sum(s.tokens for s in picked),
-            "split_url": "",
         }
     )
     write_manifest(str(folder), part)
@@ -406,7 +405,7 @@ def s3_copy(data_url: str, args) -> tuple[object, str]:
     )
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="bench")
     for local, url in (
-        (load_manifest(data_url, "train").split_url, "s3://bench/kiln/train"),
+        (load_manifest(data_url, "train").split_location.url, "s3://bench/kiln/train"),
         (str(Path(args.work) / "litdata" / "chunks"), "s3://bench/litdata"),
     ):
         fs, path = storage.filesystem(url)

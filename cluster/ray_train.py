@@ -109,7 +109,7 @@ class NodeAddressTorchConfig(TorchConfig):
 
 def _failures(job: TrainJob, worker_errors: dict[int, Exception]) -> list[RankFailure]:
     """Failed ranks with the host their last heartbeat names (an actor killed outright says nothing itself)."""
-    beats = {b.get("rank"): b for b in RunRecords(job.run_dir, job.storage_options).heartbeats()}
+    beats = {b.get("rank"): b for b in RunRecords(job.run).heartbeats()}
     failures = []
     for rank, error in sorted(worker_errors.items()):
         beat = beats.get(rank, {})
@@ -133,24 +133,24 @@ class RecordRestarts(UserCallback):
         max_restarts = job.train.max_restarts
         if self.failures_seen > max_restarts:
             return  # the launcher records the final failure
-        records = RunRecords(job.run_dir, job.storage_options)
+        records = RunRecords(job.run)
         records.event(
             "restart",
             launcher="ray",
             attempt=self.failures_seen,
             max_restarts=max_restarts,
             failures=[f.model_dump(exclude_none=True) for f in _failures(job, worker_exceptions)],
-            step=latest_committed_step(job.run_dir, job.storage_options) or 0,
+            step=latest_committed_step(job.run) or 0,
         )
         records.flush()  # the controller may be torn down with the run
 
 
 def _train_storage(job: TrainJob) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """Where Ray Train keeps its own run state: beside the run's records, on the run's storage."""
-    url = storage.join(job.run_dir, "ray-train")
+    url = job.run.join("ray-train")
     if storage.is_local(url):
         return os.path.abspath(storage.filesystem(url)[1]), None
-    fs, path = storage.filesystem(url, job.storage_options)
+    fs, path = storage.filesystem(url)
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 

@@ -18,7 +18,7 @@ from data_shards.partition_work import TokenizeJob, partition_hashes
 def hash_buckets(partition: Partition, job: TokenizeJob, buckets: int) -> list[list[tuple[bytes, int]]]:
     """Map step: the partition's (content hash, doc_id) pairs, split into ``buckets`` by hash."""
     out: list[list[tuple[bytes, int]]] = [[] for _ in range(buckets)]
-    for digest, doc in partition_hashes(partition, job.filters, job.on_error, job.storage_options):
+    for digest, doc in partition_hashes(partition, job.filters, job.on_error):
         out[int.from_bytes(digest[:4], "little") % buckets].append((digest, doc))
     return out
 

@@ -42,9 +42,9 @@ def shuffle_drops(
 ) -> dict[int, frozenset]:
     """doc_ids to drop, by partition index: ``map_task`` over every partition, ``reduce_task`` over every
     bucket, ``drops_of`` over the reduce results (in bucket order); cached as ``cache_name``."""
-    cache_url = storage.join(job.output, "_work", job.config_hash, cache_name)
-    if storage.exists(cache_url, job.storage_options):
-        cached = storage.read_json(cache_url, job.storage_options)
+    cache_url = job.output.join("_work", job.config_hash, cache_name)
+    if storage.exists(cache_url):
+        cached = storage.read_json(cache_url)
         return {int(k): frozenset(v) for k, v in cached.items()}
     buckets = max(1, min(MAX_BUCKETS, len(partitions)))
     phase = show.phase(title, len(partitions) + buckets)
@@ -60,5 +60,5 @@ def shuffle_drops(
     drops: dict[int, set[int]] = {}
     for doc in drops_of(results):
         drops.setdefault(doc >> DOC_INDEX_BITS, set()).add(doc)
-    storage.write_json(cache_url, {str(k): sorted(v) for k, v in sorted(drops.items())}, job.storage_options)
+    storage.write_json(cache_url, {str(k): sorted(v) for k, v in sorted(drops.items())})
     return {k: frozenset(v) for k, v in drops.items()}

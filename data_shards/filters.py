@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from data_shards.config import (
     C4,
@@ -55,7 +55,7 @@ def mask_pii(text: str, email: str = "<EMAIL>", phone: str = "<PHONE>", ip: str 
 CORPUS_STEPS = (DedupExact, NearDedup)
 
 
-def _step(spec, storage_options) -> Step:
+def _step(spec, input_options: Mapping[str, Any]) -> Step:
     if isinstance(spec, StripMarkup):
         return strip_markup
     if isinstance(spec, NormalizeUnicode):
@@ -75,7 +75,7 @@ def _step(spec, storage_options) -> Step:
     if isinstance(spec, Language):
         return language.rule(spec)
     if isinstance(spec, Decontaminate):
-        return Contamination(spec, storage_options)
+        return Contamination(spec, input_options)
     raise TypeError(f"not a per-document filter: {spec!r}")
 
 
@@ -83,13 +83,14 @@ class FilterChain:
     """The per-document steps of ``data.filters`` in order, with per-step counts.
 
     Held-out (``val``) documents are not decontaminated: they are what training data is cleaned against.
+    ``input_options`` are the storage options that reach input files (the decontamination sources).
     """
 
-    def __init__(self, specs: list, split: str = "train", storage_options=None):
+    def __init__(self, specs: list, split: str = "train", input_options: Mapping[str, Any] | None = None):
         wanted = [
             s for s in specs if not isinstance(s, CORPUS_STEPS) and not (split == "val" and isinstance(s, Decontaminate))
         ]
-        self.steps = [(spec.name, _step(spec, storage_options)) for spec in wanted]
+        self.steps = [(spec.name, _step(spec, input_options or {})) for spec in wanted]
         self._counts: dict[str, dict[str, int]] = {name: {"dropped": 0, "changed": 0} for name, _ in self.steps}
 
     @property

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from data_shards.bounded_read import (
     MAX_JSON_DEPTH,
@@ -66,23 +66,25 @@ class Partition:
     span: tuple[int, int] | None = None
     # Longest document (JSON line, text file, parquet value) read; longer ones are per-document errors.
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES
+    # The storage options that reach the files (and every other input file, such as decontamination sources).
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def bytes(self) -> int:
         return sum(self.sizes)
 
 
-def filesystem_for(url: str, key: str, storage_options: dict | None = None):
+def filesystem_for(place: storage.Place, key: str):
     """``storage.filesystem`` with a URL the user wrote under config key ``key``: an unknown scheme
     or a missing filesystem package is a DataError naming both."""
     try:
-        return storage.filesystem(url, storage_options)
+        return storage.filesystem(place)
     except ValueError as exc:
         raise DataError(
-            f"{key}: {url} has an unknown scheme ({exc}); use a local path or a URL such as s3://bucket/path"
+            f"{key}: {place} has an unknown scheme ({exc}); use a local path or a URL such as s3://bucket/path"
         ) from None
     except ImportError as exc:
-        raise DataError(f"{key}: {url} needs a package that is not installed ({exc})") from None
+        raise DataError(f"{key}: {place} needs a package that is not installed ({exc})") from None
 
 
 def unreachable(url: str, key: str, exc: Exception) -> DataError:
@@ -93,11 +95,11 @@ def unreachable(url: str, key: str, exc: Exception) -> DataError:
     )
 
 
-def expand(pattern: str, storage_options: dict | None = None) -> list[tuple[str, int]]:
+def expand(pattern: storage.Place) -> list[tuple[str, int]]:
     """(url, size) of every file a path, glob or URL names, sorted; DataError if none."""
-    fs, path = filesystem_for(pattern, "data.inputs", storage_options)
+    fs, path = filesystem_for(pattern, "data.inputs")
     try:
-        return _expand(fs, path, pattern)
+        return _expand(fs, path, str(pattern))
     except (DataError, FileNotFoundError):
         raise
     except Exception as exc:  # whatever the store's client raises when it cannot be reached
@@ -129,9 +131,9 @@ def _expand(fs, path: str, pattern: str) -> list[tuple[str, int]]:
     return out
 
 
-def _spans(url: str, size: int, partition_bytes: int, storage_options) -> list[tuple[int, int] | None]:
+def _spans(file: storage.Location, size: int, partition_bytes: int) -> list[tuple[int, int] | None]:
     """How a file is cut into partitions: the whole file, byte ranges, or row-group ranges."""
-    name = url.lower()
+    name = file.url.lower()
     if size <= partition_bytes:
         return [None]
     if any(name.endswith(s) for s in JSONL_SUFFIXES):
@@ -139,7 +141,7 @@ def _spans(url: str, size: int, partition_bytes: int, storage_options) -> list[t
     if name.endswith(PARQUET_SUFFIXES):
         import pyarrow.parquet as pq
 
-        fs, path = storage.filesystem(url, storage_options)
+        fs, path = storage.filesystem(file)
         with fs.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
         spans, first, held = [], 0, 0
@@ -156,47 +158,56 @@ def _spans(url: str, size: int, partition_bytes: int, storage_options) -> list[t
 
 def partitions_for(
     groups: list[tuple[str, str, str, list[str]]],
-    storage_options: dict | None = None,
+    options: Mapping[str, Any] | None = None,
     partition_bytes: int = 1 << 62,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> list[Partition]:
-    """Partitions of (source, split, text_field, inputs) groups, numbered in a fixed order."""
+    """Partitions of (source, split, text_field, inputs) groups, numbered in a fixed order; ``options``
+    are the storage options that reach every input URL."""
+    options = dict(options or {})
     out: list[Partition] = []
     for source, split, text_field, inputs in groups:
         files: list[tuple[str, int]] = []
         seen = set()
         for pattern in inputs:
-            for url, size in expand(pattern, storage_options):
+            for url, size in expand(storage.Location(pattern, options)):
                 if url not in seen:
                     seen.add(url)
                     files.append((url, size))
         texts = [(u, s) for u, s in files if file_format(u) == "txt"]
         for url, size in files:
             if file_format(url) != "txt":
-                spans = _spans(url, size, partition_bytes, storage_options)
+                spans = _spans(storage.Location(url, options), size, partition_bytes)
                 for span in spans:
                     if span is None or url.lower().endswith(PARQUET_SUFFIXES):
                         part_size = size // len(spans)  # row groups: an even share is close enough for sampling
                     else:
                         part_size = span[1] - span[0]
-                    out.append(Partition(len(out), source, split, text_field, [url], [part_size], span, max_doc_bytes))
+                    out.append(
+                        Partition(len(out), source, split, text_field, [url], [part_size], span, max_doc_bytes, options)
+                    )
         group: list[tuple[str, int]] = []
         for url, size in texts:
             group.append((url, size))
             if sum(s for _, s in group) >= TEXT_PARTITION_BYTES:
-                out.append(_text_partition(len(out), source, split, text_field, group, max_doc_bytes))
+                out.append(_text_partition(len(out), source, split, text_field, group, max_doc_bytes, options))
                 group = []
         if group:
-            out.append(_text_partition(len(out), source, split, text_field, group, max_doc_bytes))
+            out.append(_text_partition(len(out), source, split, text_field, group, max_doc_bytes, options))
     return out
 
 
 def _text_partition(
-    index: int, source: str, split: str, text_field: str, group: list[tuple[str, int]], max_doc_bytes: int
+    index: int,
+    source: str,
+    split: str,
+    text_field: str,
+    group: list[tuple[str, int]],
+    max_doc_bytes: int,
+    options: Mapping[str, Any],
 ) -> Partition:
-    return Partition(
-        index, source, split, text_field, [u for u, _ in group], [s for _, s in group], max_doc_bytes=max_doc_bytes
-    )
+    urls, sizes = [u for u, _ in group], [s for _, s in group]
+    return Partition(index, source, split, text_field, urls, sizes, max_doc_bytes=max_doc_bytes, options=options)
 
 
 @dataclass
@@ -256,9 +267,7 @@ def _too_long(where: str, limit: int, on_error: str, counts: ReadCounts) -> None
         )
 
 
-def read_documents(
-    partition: Partition, on_error: str, counts: ReadCounts, storage_options: dict | None = None
-) -> Iterator[str]:
+def read_documents(partition: Partition, on_error: str, counts: ReadCounts) -> Iterator[str]:
     """Every document's text of a partition, in file order, in bounded memory (see ``bounded_read``).
 
     A document that cannot be read (a malformed JSON line, a missing or non-string text field, a
@@ -268,7 +277,7 @@ def read_documents(
     """
     for url in partition.files:
         fmt = file_format(url)
-        fs, path = storage.filesystem(url, storage_options)
+        fs, path = storage.filesystem(storage.Location(url, partition.options))
         if fmt == "parquet":
             yield from _parquet_texts(fs, path, url, partition, on_error, counts)
             continue

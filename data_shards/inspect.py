@@ -11,6 +11,7 @@ from data_shards.errors import DataError
 from data_shards.loader import eval_windows
 from data_shards.manifest import load_manifest
 from data_shards.tokenizer import Tokenizer
+from ops import storage
 
 SAMPLE_TOKENS = 64
 
@@ -69,13 +70,13 @@ def _funnel(manifests: dict) -> Table:
     return table
 
 
-def inspect(data_url: str, storage_options: dict | None = None, samples: int = 3):
+def inspect(data: storage.Place, samples: int = 3):
     """Manifest summary, per-source counts, filter/error counts and a few decoded samples."""
-    manifests = {split: load_manifest(data_url, split, storage_options) for split in ("train", "val")}
+    manifests = {split: load_manifest(data, split) for split in ("train", "val")}
     train = manifests["train"]
-    tok = Tokenizer.load(data_url, storage_options)
+    tok = Tokenizer.load(data)
     head = Text(
-        f"{data_url}\ntokenizer: vocab {tok.vocab_size:,}, sha256 {tok.sha256[:16]}…, "
+        f"{data}\ntokenizer: vocab {tok.vocab_size:,}, sha256 {tok.sha256[:16]}…, "
         f"bos {tok.bos_id} eos {tok.eos_id} pad {tok.pad_id}\n"
         f"config hash {train.config_hash}"
     )
@@ -87,7 +88,7 @@ def inspect(data_url: str, storage_options: dict | None = None, samples: int = 3
         if shown >= samples:
             break
         try:
-            windows = eval_windows(data_url, "train", i, SAMPLE_TOKENS - 1, storage_options)
+            windows = eval_windows(data, "train", i, SAMPLE_TOKENS - 1)
         except DataError as exc:
             parts.append(Text(f"shard {train.shards[i].path}: {exc}", style="red"))
             continue

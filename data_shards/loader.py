@@ -56,7 +56,7 @@ class SourceReader:
         self.samples_per_epoch = sample_order.samples_per_epoch(self.total_tokens, seq_len)
         if self.samples_per_epoch < 1:
             raise DataError(
-                f"source {name!r} of {manifest.split_url} has {self.total_tokens} tokens, "
+                f"source {name!r} of {manifest.split_location} has {self.total_tokens} tokens, "
                 f"fewer than seq_len+1={seq_len + 1}: add data or lower model.seq_len"
             )
         self._key = hashlib.sha256(
@@ -136,7 +136,7 @@ def check_cache_room(manifest: Manifest, source_names: list[str], read: ReadConf
 
     A pure function of the manifest and the read section, so ``kiln train`` checks it once, before any rank starts.
     """
-    shuffle = shuffle_for(read.shuffle_mode(not storage.is_local(manifest.split_url)), read.block_shards)
+    shuffle = shuffle_for(read.shuffle_mode(not storage.is_local(manifest.split_location)), read.block_shards)
     need = 0
     for name in source_names:
         sizes = [s.bytes for s in manifest.shards if s.source == name]
@@ -165,14 +165,13 @@ class GlobalBatchLoader:
 
     def __init__(
         self,
-        data_url: str,
+        data: storage.Place,
         split: str,
         seed: int,
         seq_len: int,
         global_batch: int,
         dp_rank: int = 0,
         dp_world: int = 1,
-        storage_options: dict | None = None,
         consumed_samples: int = 0,
         blend: dict[str, float] | None = None,
         read: ReadConfig | None = None,
@@ -181,24 +180,24 @@ class GlobalBatchLoader:
             raise DataError(f"seq_len ({seq_len}) and global_batch ({global_batch}) must be positive")
         sample_order.rank_slice(0, global_batch, dp_rank, dp_world)
         read = read or ReadConfig()
-        self.manifest = load_manifest(data_url, split, storage_options)
+        self.manifest = load_manifest(data, split)
         self.seed, self.seq_len, self.global_batch = int(seed), int(seq_len), int(global_batch)
         self.dp_rank, self.dp_world = dp_rank, dp_world
         self.fingerprint = self.manifest.fingerprint
-        self.shuffle = shuffle_for(read.shuffle_mode(not storage.is_local(self.manifest.split_url)), read.block_shards)
+        self.shuffle = shuffle_for(read.shuffle_mode(not storage.is_local(self.manifest.split_location)), read.block_shards)
         names = self.manifest.source_names()
         if not self.manifest.shards:
-            raise DataError(f"{self.manifest.split_url} holds no documents: nothing to read for split {split!r}")
+            raise DataError(f"{self.manifest.split_location} holds no documents: nothing to read for split {split!r}")
         weights = blend or {n: (self.manifest.sources[n].weight if n in self.manifest.sources else 1.0) for n in names}
         unknown = sorted(set(weights) - set(names))
         if unknown:
             raise DataError(f"blend names unknown source(s) {unknown}; the data has {names}")
         self.source_names = [n for n in names if n in weights]
         self.weights = {n: float(weights[n]) for n in self.source_names}
-        self.store: ShardStore = shard_store(self.manifest, storage_options, read)
+        self.store: ShardStore = shard_store(self.manifest, read)
         self._files = ShardFiles()
         try:
-            self._index_documents(storage_options)
+            self._index_documents()
             if self.store.bounded:
                 check_cache_room(self.manifest, self.source_names, read)
         except BaseException:  # anything, Ctrl-C included: let go of the cache, then raise it on
@@ -212,7 +211,7 @@ class GlobalBatchLoader:
         self.consumed_samples = int(consumed_samples)
         self.last_wait_s = 0.0
 
-    def _index_documents(self, storage_options) -> None:
+    def _index_documents(self) -> None:
         """Document lengths of every shard the sources read (index files, else the shards themselves),
         numbered across sources; byte offsets are filled as shards are first opened."""
         self.sources: list[SourceReader] = []
@@ -223,7 +222,7 @@ class GlobalBatchLoader:
             ids = [i for i, s in enumerate(self.manifest.shards) if s.source == name]
             lengths, at = [], first
             for i in ids:
-                n = shard_lengths(self.manifest, i, storage_options)
+                n = shard_lengths(self.manifest, i)
                 if n is None:
                     n = self._lengths_from_shard(i)
                 shard_docs[i] = (at, at + len(n))
@@ -244,7 +243,7 @@ class GlobalBatchLoader:
     def _lengths_from_shard(self, i: int) -> np.ndarray:
         path = self.store.acquire(i)
         try:
-            index = doc_index(path, self.manifest.shard_url(i))
+            index = doc_index(path, self.manifest.shard_location(i).url)
         finally:
             self.store.release(i, wanted=True)
         self._known[i] = index.file_offsets
@@ -255,9 +254,9 @@ class GlobalBatchLoader:
         self._paths[i] = path = self.store.acquire(i)
         lo, hi = self._shard_docs[i]
         if hi > lo and self._doc_offset[lo] < 0:
-            index = doc_index(path, self.manifest.shard_url(i))
+            index = doc_index(path, self.manifest.shard_location(i).url)
             if not np.array_equal(index.lengths, self._doc_lengths[lo:hi]):
-                raise DataError(f"shard {self.manifest.shard_url(i)} does not match its document index")
+                raise DataError(f"shard {self.manifest.shard_location(i)} does not match its document index")
             self._doc_offset[lo:hi] = index.file_offsets
 
     def next_batch(self) -> np.ndarray:
@@ -402,11 +401,11 @@ class GlobalBatchLoader:
         self.store.close()
 
 
-def _shard_tokens(data_url: str, split: str, shard_index: int, storage_options) -> tuple[Manifest, np.ndarray]:
-    manifest = load_manifest(data_url, split, storage_options)
+def _shard_tokens(data: storage.Place, split: str, shard_index: int) -> tuple[Manifest, np.ndarray]:
+    manifest = load_manifest(data, split)
     if not 0 <= shard_index < len(manifest.shards):
         raise DataError(f"{split} has {len(manifest.shards)} shards; index {shard_index} is out of range")
-    store = shard_store(manifest, storage_options)
+    store = shard_store(manifest)
     try:
         with pa.memory_map(store.acquire(shard_index), "r") as source:
             table = pa.ipc.open_file(source).read_all()
@@ -417,17 +416,17 @@ def _shard_tokens(data_url: str, split: str, shard_index: int, storage_options) 
         store.close()
 
 
-def eval_windows(data_url: str, split: str, shard_index: int, seq_len: int, storage_options=None) -> np.ndarray:
+def eval_windows(data: storage.Place, split: str, shard_index: int, seq_len: int) -> np.ndarray:
     """int64 (n, seq_len + 1): the shard's documents in file order, concatenated and cut into
     non-overlapping windows; the remainder is dropped."""
-    _, tokens = _shard_tokens(data_url, split, shard_index, storage_options)
+    _, tokens = _shard_tokens(data, split, shard_index)
     n = len(tokens) // (seq_len + 1)
     return tokens[: n * (seq_len + 1)].reshape(n, seq_len + 1)
 
 
-def shard_token_counts(data_url: str, split: str, shard_index: int, vocab_size: int, storage_options=None) -> np.ndarray:
+def shard_token_counts(data: storage.Place, split: str, shard_index: int, vocab_size: int) -> np.ndarray:
     """int64[vocab_size]: how often each token occurs in the shard."""
-    _, tokens = _shard_tokens(data_url, split, shard_index, storage_options)
+    _, tokens = _shard_tokens(data, split, shard_index)
     if len(tokens) and int(tokens.max()) >= vocab_size:
         raise DataError(f"{split} shard {shard_index} holds token id {int(tokens.max())} >= vocab_size {vocab_size}")
     return np.bincount(tokens, minlength=vocab_size).astype(np.int64)

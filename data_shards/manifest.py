@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from data_shards.errors import DataError
 from ops import storage
@@ -91,7 +91,7 @@ class Manifest(BaseModel):
     # Documents read, then left after each step in the order prepare applies them (both splits together).
     funnel: list[FunnelStep] = []
     # Where the split lives; set when loaded, not stored.
-    split_url: str = ""
+    _split: storage.Location = PrivateAttr(default_factory=lambda: storage.Location(""))
 
     _digest = field_validator("tokenizer_sha256")(_sha256_hex)
 
@@ -106,8 +106,12 @@ class Manifest(BaseModel):
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
 
-    def shard_url(self, i: int) -> str:
-        return storage.join(self.split_url, self.shards[i].path)
+    @property
+    def split_location(self) -> storage.Location:
+        return self._split
+
+    def shard_location(self, i: int) -> storage.Location:
+        return self._split.join(self.shards[i].path)
 
     def source_names(self) -> list[str]:
         """Sources in a fixed order: the manifest's ``sources`` table, else the shards' sources."""
@@ -116,21 +120,21 @@ class Manifest(BaseModel):
         return sorted({s.source for s in self.shards})
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(exclude={"split_url"}), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.model_dump(), indent=2, sort_keys=True) + "\n"
 
 
-def manifest_url(data_url: str, split: str) -> str:
-    return storage.join(data_url, split, "manifest.json")
+def manifest_url(data: storage.PlaceT, split: str) -> storage.PlaceT:
+    return storage.join(data, split, "manifest.json")
 
 
-def load_manifest(data_url: str, split: str, storage_options: dict | None = None) -> Manifest:
+def load_manifest(data: storage.Place, split: str) -> Manifest:
     if split not in SPLITS:
         raise DataError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    url = manifest_url(data_url, split)
-    if not storage.exists(url, storage_options):
-        raise DataError(f"no committed {split} data at {data_url} ({url} is missing): run `kiln prepare` first")
+    url = manifest_url(data, split)
+    if not storage.exists(url):
+        raise DataError(f"no committed {split} data at {data} ({url} is missing): run `kiln prepare` first")
     try:
-        raw = storage.read_json(url, storage_options)
+        raw = storage.read_json(url)
         manifest = Manifest.model_validate(raw)
     except json.JSONDecodeError as exc:
         raise DataError(f"{url} is not a valid Kiln manifest (not JSON: {exc.msg} at line {exc.lineno})") from None
@@ -138,7 +142,7 @@ def load_manifest(data_url: str, split: str, storage_options: dict | None = None
         raise DataError(f"{url} is not a valid Kiln manifest ({_first_problem(exc)})") from None
     if manifest.format_version != FORMAT_VERSION:
         raise DataError(f"{url} has format version {manifest.format_version}; this Kiln reads {FORMAT_VERSION}")
-    manifest.split_url = storage.join(data_url, split)
+    manifest._split = storage.join(storage.location(data), split)
     return manifest
 
 
@@ -148,6 +152,6 @@ def _first_problem(exc: ValidationError) -> str:
     return f"{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
-def write_manifest(data_url: str, manifest: Manifest, storage_options: dict | None = None) -> None:
+def write_manifest(data: storage.Place, manifest: Manifest) -> None:
     """Write the commit point of a split: call only after every shard it names is written."""
-    storage.write_text(manifest_url(data_url, manifest.split), manifest.to_json(), storage_options)
+    storage.write_text(manifest_url(data, manifest.split), manifest.to_json())

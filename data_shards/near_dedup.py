@@ -122,11 +122,9 @@ def cluster_drops(pair_sets) -> set[int]:
 
 def map_partition(partition: Partition, job: TokenizeJob, buckets: int, spec: NearDedup) -> list[np.ndarray]:
     """Map step: :func:`band_pairs` of the partition's cleaned documents."""
-    counts, chain = ReadCounts(), FilterChain(job.filters, partition.split, job.storage_options)
+    counts, chain = ReadCounts(), FilterChain(job.filters, partition.split, partition.options)
     docs = (
-        (doc_id(partition.index, number), text)
-        for number, text in iter_clean(partition, job.on_error, job.storage_options, counts, chain)
-        if text
+        (doc_id(partition.index, number), text) for number, text in iter_clean(partition, job.on_error, counts, chain) if text
     )
     return band_pairs(docs, spec, buckets)
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,15 +52,13 @@ def content_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
 
 
-def iter_clean(partition: Partition, on_error: str, storage_options, counts: ReadCounts, chain: FilterChain):
+def iter_clean(partition: Partition, on_error: str, counts: ReadCounts, chain: FilterChain):
     """(document number, cleaned text) of every document that survives the filters."""
-    for number, text in enumerate(read_documents(partition, on_error, counts, storage_options)):
+    for number, text in enumerate(read_documents(partition, on_error, counts)):
         yield number, (chain(text) if text else text)
 
 
-def sample_partition(
-    partition: Partition, budget_bytes: int, seed: int, filters: list, on_error: str, storage_options=None
-) -> list[str]:
+def sample_partition(partition: Partition, budget_bytes: int, seed: int, filters: list, on_error: str) -> list[str]:
     """A seeded sample of the partition's lines of at most ``budget_bytes`` (priority sampling).
 
     Documents are drawn from the first ``SAMPLE_SCAN_FACTOR * budget_bytes`` of text, so the
@@ -69,8 +67,8 @@ def sample_partition(
     """
     heap: list[tuple[float, int, str]] = []
     held = scanned = 0
-    counts, chain = ReadCounts(), FilterChain(filters, partition.split, storage_options)
-    for number, text in iter_clean(partition, on_error, storage_options, counts, chain):
+    counts, chain = ReadCounts(), FilterChain(filters, partition.split, partition.options)
+    for number, text in iter_clean(partition, on_error, counts, chain):
         if not text:
             continue
         if scanned >= SAMPLE_SCAN_FACTOR * budget_bytes:
@@ -88,11 +86,11 @@ def sample_partition(
     return lines
 
 
-def partition_hashes(partition: Partition, filters: list, on_error: str, storage_options=None) -> list[tuple[bytes, int]]:
+def partition_hashes(partition: Partition, filters: list, on_error: str) -> list[tuple[bytes, int]]:
     """(content hash, doc_id) of every non-empty document after the per-document filters."""
     out = []
-    counts, chain = ReadCounts(), FilterChain(filters, partition.split, storage_options)
-    for number, text in iter_clean(partition, on_error, storage_options, counts, chain):
+    counts, chain = ReadCounts(), FilterChain(filters, partition.split, partition.options)
+    for number, text in iter_clean(partition, on_error, counts, chain):
         if text:
             out.append((content_hash(text), doc_id(partition.index, number)))
     return out
@@ -102,7 +100,7 @@ def partition_hashes(partition: Partition, filters: list, on_error: str, storage
 class TokenizeJob:
     """Everything a tokenize task needs besides its partition (small and picklable)."""
 
-    output: str
+    output: storage.Location
     config_hash: str
     seed: int
     tokenizer_bytes: bytes
@@ -112,10 +110,12 @@ class TokenizeJob:
     shard_bytes: int
     batch_bytes: int
     dtype: str
-    storage_options: dict = field(default_factory=dict)
 
-    def marker_url(self, partition: int) -> str:
-        return storage.join(self.output, WORK_DIR, self.config_hash, f"part-{partition:05d}.json")
+    def __post_init__(self) -> None:
+        self.output = storage.location(self.output)
+
+    def marker_url(self, partition: int) -> storage.Location:
+        return self.output.join(WORK_DIR, self.config_hash, f"part-{partition:05d}.json")
 
     def shard_name(self, partition: int, number: int) -> str:
         return f"shard-{partition:05d}-{number:04d}-{self.config_hash[:8]}.arrow"
@@ -156,11 +156,10 @@ class _SplitShards:
             return
         written = self.writer.close()
         self.writer = None
-        url = storage.join(self.job.output, self.split, self.name)
-        _publish(written.local_path, url, self.job.storage_options)
+        _publish(written.local_path, self.job.output.join(self.split, self.name))
         index = lengths_bytes(written.doc_lengths)
         index_name = self.name.removesuffix(".arrow") + ".lengths.npy"
-        storage.write_bytes(storage.join(self.job.output, self.split, index_name), index, self.job.storage_options)
+        storage.write_bytes(self.job.output.join(self.split, index_name), index)
         self.entries.append(
             {
                 "path": self.name,
@@ -175,9 +174,9 @@ class _SplitShards:
         )
 
 
-def _publish(local_path: str, url: str, storage_options) -> None:
-    fs, path = storage.filesystem(url, storage_options)
-    if storage.is_local(url):
+def _publish(local_path: str, target: storage.Location) -> None:
+    fs, path = storage.filesystem(target)
+    if storage.is_local(target):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.replace(local_path, path)
         return
@@ -194,7 +193,7 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drops: dict[str, 
     drops = drops or {}
     removed = {name: 0 for name in drops}
     tok = _tokenizer(job.tokenizer_bytes)
-    counts, chain = ReadCounts(), FilterChain(job.filters, partition.split, job.storage_options)
+    counts, chain = ReadCounts(), FilterChain(job.filters, partition.split, partition.options)
     empty = 0
     scratch = None
     if storage.is_local(job.output):  # same filesystem as the output, so a shard moves in by rename
@@ -222,7 +221,7 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drops: dict[str, 
         pending.clear()
 
     try:
-        for number, text in iter_clean(partition, job.on_error, job.storage_options, counts, chain):
+        for number, text in iter_clean(partition, job.on_error, counts, chain):
             if text is None:
                 continue
             if not text:
@@ -259,5 +258,5 @@ def tokenize_partition(partition: Partition, job: TokenizeJob, drops: dict[str, 
         "errors": {**dataclasses.asdict(counts), "empty_docs": empty},
         "filters": {**chain.counts, **{name: {"dropped": n, "changed": 0} for name, n in removed.items()}},
     }
-    storage.write_json(job.marker_url(partition.index), marker, job.storage_options)
+    storage.write_json(job.marker_url(partition.index), marker)
     return marker

@@ -39,22 +39,22 @@ from ops import storage
 MIB = 1 << 20
 
 
-def is_prepared(data_url: str, storage_options: dict | None = None) -> bool:
+def is_prepared(data: storage.Place) -> bool:
     """True when both the train and the val manifest are committed."""
-    return all(storage.exists(manifest_url(data_url, split), storage_options) for split in ("train", "val"))
+    return all(storage.exists(manifest_url(data, split)) for split in ("train", "val"))
 
 
-def check_output(data_url: str, storage_options: dict | None = None) -> None:
+def check_output(output: storage.Place) -> None:
     """``data.output`` must be a URL with a known scheme whose store answers: checked before any work,
     so a bad one is one line and nothing is written."""
-    fs, path = filesystem_for(data_url, "data.output", storage_options)
+    fs, path = filesystem_for(output, "data.output")
     try:
         storage.with_retries(lambda: fs.exists(path))
     except Exception as exc:  # whatever the store's client raises when it cannot be reached
-        raise unreachable(data_url, "data.output", exc) from None
+        raise unreachable(str(output), "data.output", exc) from None
 
 
-def _partitions(data: DataConfig, storage_options) -> list[Partition]:
+def _partitions(data: DataConfig, storage_options: dict) -> list[Partition]:
     sources = data.train_sources()
     if not sources:
         raise DataError("data.inputs is empty: list at least one input file, glob or URL")
@@ -71,13 +71,13 @@ def _settings_hash(payload: dict) -> str:
 
 
 def _tokenizer(
-    data: DataConfig, seed: int, partitions: list[Partition], storage_options, show: PrepareProgress
+    data: DataConfig, output: storage.Location, seed: int, partitions: list[Partition], show: PrepareProgress
 ) -> tuple[Tokenizer, bool]:
     """The user's tokenizer, the one already trained with these settings, or a newly trained one (saved);
     and whether it was trained now."""
     if data.tokenizer:
-        tok = Tokenizer.from_file(data.tokenizer, storage_options)
-        _save_tokenizer(tok, data.output, storage_options, {})
+        tok = Tokenizer.from_file(output.with_url(data.tokenizer))
+        _save_tokenizer(tok, output, {})
         return tok, False
     train_parts = [p for p in partitions if p.split != "val"]
     settings = _settings_hash(
@@ -91,19 +91,16 @@ def _tokenizer(
             "text_field": data.text_field,
         }
     )
-    meta_url = storage.join(data.output, META_PATH)
-    if storage.exists(meta_url, storage_options):
-        meta = storage.read_json(meta_url, storage_options)
+    meta_url = output.join(META_PATH)
+    if storage.exists(meta_url):
+        meta = storage.read_json(meta_url)
         if meta.get("settings") == settings:
-            return Tokenizer.load(data.output, storage_options), False
+            return Tokenizer.load(output), False
     total = sum(p.bytes for p in train_parts) or 1
     budget = data.tokenizer_sample_bytes()
     task = ray.remote(num_cpus=1)(sample_partition)
     phase = show.phase("sampling for the tokenizer", len(train_parts))
-    refs = [
-        task.remote(p, max(1, int(budget * p.bytes / total)), seed, data.filters, data.on_error, storage_options)
-        for p in train_parts
-    ]
+    refs = [task.remote(p, max(1, int(budget * p.bytes / total)), seed, data.filters, data.on_error) for p in train_parts]
     lines: list[str] = []
     for i, ref in enumerate(refs):  # in partition order: the sample is independent of scheduling
         lines.extend(get(ref))
@@ -113,21 +110,18 @@ def _tokenizer(
     phase = show.phase("training tokenizer", 1)
     tok = train_tokenizer(lines, data.vocab_size, seed, data.tokenizer_threads)
     show.update(phase, 1)
-    _save_tokenizer(tok, data.output, storage_options, {"settings": settings, "sample_lines": len(lines)})
+    _save_tokenizer(tok, output, {"settings": settings, "sample_lines": len(lines)})
     return tok, True
 
 
-def _save_tokenizer(tok: Tokenizer, data_url: str, storage_options, extra: dict) -> None:
+def _save_tokenizer(tok: Tokenizer, output: storage.Location, extra: dict) -> None:
     """Write the tokenizer; committed data made with another tokenizer is un-committed first,
     so no reader ever pairs old shards with a new tokenizer."""
     for split in ("val", "train"):
-        url = manifest_url(data_url, split)
-        if (
-            storage.exists(url, storage_options)
-            and storage.read_json(url, storage_options).get("tokenizer_sha256") != tok.sha256
-        ):
-            storage.remove(url, storage_options)
-    tok.save(data_url, storage_options, extra=extra)
+        url = manifest_url(output, split)
+        if storage.exists(url) and storage.read_json(url).get("tokenizer_sha256") != tok.sha256:
+            storage.remove(url)
+    tok.save(output, extra=extra)
 
 
 @ray.remote(num_cpus=0)
@@ -153,8 +147,8 @@ def _tokenize_all(
     todo = []
     for p in partitions:
         url = job.marker_url(p.index)
-        if storage.exists(url, job.storage_options):
-            markers[p.index] = storage.read_json(url, job.storage_options)
+        if storage.exists(url):
+            markers[p.index] = storage.read_json(url)
         else:
             todo.append(p)
     counter = _Counter.remote()
@@ -256,7 +250,8 @@ def _funnel(data: DataConfig, filters: dict, empty: int, markers: list[dict]) ->
 
 
 def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, progress: bool = True) -> dict:
-    """Tokenizer + train and val shards + manifests under ``data.output``.
+    """Tokenizer + train and val shards + manifests under ``data.output``; ``storage_options`` reach
+    every URL of ``data``.
 
     Uses the Ray instance the caller connected; a killed run resumes from the
     per-partition completion markers.  Returns docs, tokens and shards per split, seconds, and the
@@ -264,18 +259,19 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
     """
     started = time.perf_counter()
     options = dict(storage_options or {})
-    check_output(data.output, options)
+    output = storage.Location(data.output, options)
+    check_output(output)
     partitions = _partitions(data, options)
     if not ray.is_initialized():
         raise DataError("prepare needs a connected Ray cluster: call ray.init() first")
     # Scratch files of tasks killed in an earlier run; their partitions have no marker and are redone.
-    storage.remove(storage.join(data.output, WORK_DIR, "tmp"), options, recursive=True)
+    storage.remove(output.join(WORK_DIR, "tmp"), recursive=True)
     with PrepareProgress(progress) as show:
-        tok, tokenizer_trained = _tokenizer(data, seed, partitions, options, show)
+        tok, tokenizer_trained = _tokenizer(data, output, seed, partitions, show)
         cfg_hash = _config_hash(data, seed, tok)
         dtype = token_dtype(tok.vocab_size)
         job = TokenizeJob(
-            output=data.output,
+            output=output,
             config_hash=cfg_hash,
             seed=seed,
             tokenizer_bytes=tok.model_bytes,
@@ -285,7 +281,6 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
             shard_bytes=max(1, int(data.shard_mb * MIB)),
             batch_bytes=max(1, int(min(data.record_batch_mb, data.shard_mb / 4) * MIB)),
             dtype=dtype,
-            storage_options=options,
         )
         max_inflight = data.max_inflight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         drops = _corpus_drops(data, partitions, job, show)
@@ -296,8 +291,8 @@ def prepare(data: DataConfig, seed: int, storage_options: dict | None = None, pr
             f"empty corpus: no training documents left in data.inputs (errors {manifests['train'].errors}, "
             f"filters {manifests['train'].filters})"
         )
-    write_manifest(data.output, manifests["val"], options)
-    write_manifest(data.output, manifests["train"], options)
+    write_manifest(output, manifests["val"])
+    write_manifest(output, manifests["train"])
     summary = {
         "seconds": round(time.perf_counter() - started, 2),
         "partitions": len(partitions),

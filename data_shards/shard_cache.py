@@ -34,6 +34,7 @@ from data_shards.errors import DataError
 from data_shards.manifest import Manifest
 from data_shards.shard_format import file_sha256, lengths_from_bytes
 from ops import storage
+from ops.storage import Location
 
 GB = 10**9
 # Bytes asked for by one ranged GET while downloading a shard (also what the traffic plan counts).
@@ -74,7 +75,7 @@ def verify_local(path: str, url: str, sha256: str, size: int) -> None:
     marker.write_text(url + "\n")
 
 
-def shard_lengths(manifest: Manifest, index: int, storage_options: dict | None = None) -> np.ndarray | None:
+def shard_lengths(manifest: Manifest, index: int) -> np.ndarray | None:
     """Verified document lengths of shard ``index`` from its index file; None when the manifest names none.
 
     Index files of remote data are kept in the cache folder, named by their sha256.
@@ -82,17 +83,17 @@ def shard_lengths(manifest: Manifest, index: int, storage_options: dict | None =
     entry = manifest.shards[index]
     if not entry.index:
         return None
-    url = storage.join(manifest.split_url, entry.index)
+    url = manifest.split_location.join(entry.index)
     cached = cache_dir() / "indexes" / f"{entry.index_sha256}.npy"
     if cached.exists():
         data = cached.read_bytes()
     else:
-        if not storage.exists(url, storage_options):
+        if not storage.exists(url):
             raise DataError(f"document index {url} named by the {manifest.split} manifest is missing")
-        data = storage.read_bytes(url, storage_options)
+        data = storage.read_bytes(url)
     if hashlib.sha256(data).hexdigest() != entry.index_sha256:
         raise DataError(f"document index {url} is damaged: its sha256 does not match the manifest (re-run `kiln prepare`)")
-    lengths = lengths_from_bytes(data, url)
+    lengths = lengths_from_bytes(data, url.url)
     if len(lengths) != entry.docs or int(lengths.sum()) != entry.tokens:
         raise DataError(f"document index {url} disagrees with the manifest's document and token counts")
     if not cached.exists() and not storage.is_local(url):
@@ -133,13 +134,13 @@ class NodeShardCache:
     def pinned_bytes(self) -> int:
         return sum(size for _, size in self._pins.values())
 
-    def pin(self, sha256: str, size: int, url: str, storage_options: dict | None) -> str:
+    def pin(self, sha256: str, size: int, shard: Location) -> str:
         """Path of a verified copy of the shard, kept in the cache until :meth:`release`; fetched first when absent."""
         path = self.path(sha256)
         if sha256 in self._pins:
             return path
         if size > self.limit:
-            raise DataError(f"shard {url} ({size:,} bytes) is larger than data.cache_limit_gb={self.limit / GB:g}: raise it")
+            raise DataError(f"shard {shard} ({size:,} bytes) is larger than data.cache_limit_gb={self.limit / GB:g}: raise it")
         fd = self._lock_fd(sha256)
         try:
             while True:
@@ -158,7 +159,7 @@ class NodeShardCache:
                     continue
                 try:
                     if not os.path.exists(path):
-                        self._download(sha256, size, url, storage_options, prefetch=False)
+                        self._download(sha256, size, shard, prefetch=False)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)  # then take it shared and look again: it may be gone already
         except BaseException:  # anything, Ctrl-C included: close the lock file, then raise it on
@@ -180,7 +181,7 @@ class NodeShardCache:
         for sha256 in list(self._pins):
             self.release(sha256, wanted=True)
 
-    def prefetch(self, sha256: str, size: int, url: str, storage_options: dict | None) -> str:
+    def prefetch(self, sha256: str, size: int, shard: Location) -> str:
         """Fetch a shard ahead of use without pinning it.  Returns "present", "fetched", or "no room"
         (when only evicting shards some rank still wants would make room)."""
         path = self.path(sha256)
@@ -196,7 +197,7 @@ class NodeShardCache:
             if os.path.exists(path):
                 _touch(path)
                 return "present"
-            return "fetched" if self._download(sha256, size, url, storage_options, prefetch=True) else "no room"
+            return "fetched" if self._download(sha256, size, shard, prefetch=True) else "no room"
         finally:
             os.close(fd)
 
@@ -212,16 +213,16 @@ class NodeShardCache:
         finally:
             os.close(fd)
 
-    def _download(self, sha256: str, size: int, url: str, storage_options: dict | None, prefetch: bool) -> bool:
+    def _download(self, sha256: str, size: int, shard: Location, prefetch: bool) -> bool:
         """Fetch into a reserved part file, check it while it streams, and give it its name (the caller
         holds the shard's lock exclusively).  False when a prefetch finds no room."""
-        part = self._reserve(sha256, size, url, prefetch)
+        part = self._reserve(sha256, size, shard.url, prefetch)
         if part is None:
             return False
         try:
-            digest = _fetch_into(url, storage_options, part, size)
+            digest = _fetch_into(shard, part, size)
             if digest != sha256:
-                raise DataError(f"shard {url} is damaged: its sha256 does not match the manifest (re-run `kiln prepare`)")
+                raise DataError(f"shard {shard} is damaged: its sha256 does not match the manifest (re-run `kiln prepare`)")
             os.replace(part, self.path(sha256))
         except BaseException:  # anything, Ctrl-C included: no partial file left behind, then raise it on
             with contextlib.suppress(FileNotFoundError):
@@ -294,9 +295,10 @@ class NodeShardCache:
             os.close(fd)
 
 
-def _fetch_into(url: str, storage_options: dict | None, part: str, size: int) -> str:
+def _fetch_into(shard: Location, part: str, size: int) -> str:
     """Copy the object into ``part`` with ranged GETs of DOWNLOAD_PART_BYTES; returns the sha256 of what arrived."""
-    fs, remote = storage.filesystem(url, storage_options)
+    fs, remote = storage.filesystem(shard)
+    url = shard.url
     digest = hashlib.sha256()
     with open(part, "r+b") as out:
         for start in range(0, size, DOWNLOAD_PART_BYTES):

@@ -53,12 +53,12 @@ class LocalShards(ShardStore):
     def acquire(self, shard: int) -> str:
         path = self._checked.get(shard)
         if path is None:
-            url = self.manifest.shard_url(shard)
+            url = self.manifest.shard_location(shard)
             _, path = storage.filesystem(url)
             if not os.path.exists(path):
                 raise DataError(f"shard {url} named by the {self.manifest.split} manifest is missing")
             entry = self.manifest.shards[shard]
-            verify_local(path, url, entry.sha256, entry.bytes)
+            verify_local(path, url.url, entry.sha256, entry.bytes)
             self._checked[shard] = path
         return path
 
@@ -68,16 +68,15 @@ class CachedShards(ShardStore):
 
     bounded = True
 
-    def __init__(self, manifest: Manifest, storage_options: dict | None, cache_limit_gb: float):
+    def __init__(self, manifest: Manifest, cache_limit_gb: float):
         super().__init__(manifest)
-        self.storage_options = storage_options
         self.cache = NodeShardCache(int(cache_limit_gb * GB))
         self._largest = max((s.bytes for s in manifest.shards), default=1) or 1
         self.prefetcher = Prefetcher(self._prefetch, self._room)
 
-    def _args(self, shard: int) -> tuple[str, int, str, dict | None]:
+    def _args(self, shard: int) -> tuple[str, int, storage.Location]:
         entry = self.manifest.shards[shard]
-        return entry.sha256, entry.bytes, self.manifest.shard_url(shard), self.storage_options
+        return entry.sha256, entry.bytes, self.manifest.shard_location(shard)
 
     def acquire(self, shard: int) -> str:
         return self.cache.pin(*self._args(shard))
@@ -99,7 +98,7 @@ class CachedShards(ShardStore):
         self.cache.release_all()
 
 
-def shard_store(manifest: Manifest, storage_options: dict | None = None, read: ReadConfig | None = None) -> ShardStore:
-    if storage.is_local(manifest.split_url):
+def shard_store(manifest: Manifest, read: ReadConfig | None = None) -> ShardStore:
+    if storage.is_local(manifest.split_location):
         return LocalShards(manifest)
-    return CachedShards(manifest, storage_options, (read or ReadConfig()).cache_limit_gb)
+    return CachedShards(manifest, (read or ReadConfig()).cache_limit_gb)

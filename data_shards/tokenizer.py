@@ -38,19 +38,19 @@ class Tokenizer:
         self.newline_is_a_boundary = _newline_is_a_boundary(self.model_bytes)
 
     @classmethod
-    def load(cls, data_url: str, storage_options: dict | None = None) -> "Tokenizer":
-        url = storage.join(data_url, MODEL_PATH)
-        if not storage.exists(url, storage_options):
+    def load(cls, data: storage.Place) -> "Tokenizer":
+        url = storage.join(data, MODEL_PATH)
+        if not storage.exists(url):
             raise DataError(f"no tokenizer at {url}: run `kiln prepare` first")
-        return cls(storage.read_bytes(url, storage_options))
+        return cls(storage.read_bytes(url))
 
     @classmethod
-    def from_file(cls, url: str, storage_options: dict | None = None) -> "Tokenizer":
+    def from_file(cls, url: storage.Place) -> "Tokenizer":
         """A user-supplied tokenizer.model (any URL)."""
-        if not storage.exists(url, storage_options):
+        if not storage.exists(url):
             raise DataError(f"data.tokenizer: {url} does not exist")
         try:
-            return cls(storage.read_bytes(url, storage_options))
+            return cls(storage.read_bytes(url))
         except RuntimeError as exc:
             raise DataError(f"data.tokenizer: {url} is not a sentencepiece model ({exc})") from None
 
@@ -112,13 +112,11 @@ class Tokenizer:
             "unk_id": self.unk_id,
         }
 
-    def save(self, data_url: str, storage_options: dict | None = None, extra: dict | None = None) -> None:
+    def save(self, data: storage.Place, extra: dict | None = None) -> None:
         """Write tokenizer.model, then meta.json (with ``extra`` fields such as training settings)."""
-        storage.write_bytes(storage.join(data_url, MODEL_PATH), self.model_bytes, storage_options)
+        storage.write_bytes(storage.join(data, MODEL_PATH), self.model_bytes)
         meta = {**self.meta(), **(extra or {})}
-        storage.write_text(
-            storage.join(data_url, META_PATH), json.dumps(meta, indent=2, sort_keys=True) + "\n", storage_options
-        )
+        storage.write_text(storage.join(data, META_PATH), json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def _newline_is_a_boundary(model_bytes: bytes) -> bool:

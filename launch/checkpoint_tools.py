@@ -11,6 +11,7 @@ from llm import checkpoint_files
 from llm.checkpoint import CheckpointError, load_model_state, prune, read_commit
 from ops import storage
 from ops.checkpoints import checkpoints_url, latest_url, list_checkpoints, step_name, step_url
+from ops.storage import Place
 
 
 def _progress() -> Progress:
@@ -24,24 +25,24 @@ def _progress() -> Progress:
     )
 
 
-def verify(run_url: str, options: dict | None = None) -> list[str]:
+def verify(run: Place) -> list[str]:
     """Problems found (empty when sound): ``latest`` names the newest committed step, every committed
     step's record is readable and every file it lists has the listed size and sha256, and the newest
     committed step consolidates (weights only) into finite weights."""
     problems = []
-    entries = list_checkpoints(run_url, options)
+    entries = list_checkpoints(run)
     committed = [e.step for e in entries if e.committed]
     if not committed:
-        return [f"{checkpoints_url(run_url)}: no committed checkpoint"]
-    pointer = latest_url(run_url)
-    if not storage.exists(pointer, options):
+        return [f"{checkpoints_url(run)}: no committed checkpoint"]
+    pointer = latest_url(run)
+    if not storage.exists(pointer):
         problems.append(f"{pointer} is missing")
-    elif storage.read_text(pointer, options).strip() != step_name(committed[-1]):
+    elif storage.read_text(pointer).strip() != step_name(committed[-1]):
         problems.append(f"{pointer} does not name the newest committed step {step_name(committed[-1])}")
     records = {}
     for step in committed:
         try:
-            records[step] = read_commit(run_url, step, options)
+            records[step] = read_commit(run, step)
         except CheckpointError as error:
             problems.append(str(error))
     sound = set(records)
@@ -49,7 +50,7 @@ def verify(run_url: str, options: dict | None = None) -> list[str]:
         task = progress.add_task("verify", total=sum(f.bytes for r in records.values() for f in r.files))
         for step, record in records.items():
             for entry in record.files:
-                problem = checkpoint_files.verify(step_url(run_url, step), entry, options)
+                problem = checkpoint_files.verify(step_url(run, step), entry)
                 if problem:
                     problems.append(problem)
                     sound.discard(step)
@@ -57,32 +58,32 @@ def verify(run_url: str, options: dict | None = None) -> list[str]:
     newest = committed[-1]
     if newest in sound:
         try:
-            _, state = load_model_state(run_url, newest, options)
+            _, state = load_model_state(run, newest)
         except CheckpointError as error:
             return problems + [str(error)]
         bad = [name for name, tensor in state.items() if not math.isfinite(float(tensor.abs().sum()))]
         if bad:
-            problems.append(f"{step_url(run_url, newest)}: non-finite weights in {', '.join(bad[:3])}")
+            problems.append(f"{step_url(run, newest)}: non-finite weights in {', '.join(bad[:3])}")
     return problems
 
 
-def print_verify(run_url: str, options: dict | None = None) -> int:
-    problems = verify(run_url, options)
+def print_verify(run: Place) -> int:
+    problems = verify(run)
     console = Console()
     if problems:
         for p in problems:
             console.print(f"[red]✗[/red] {p}", soft_wrap=True)
         return 1
-    committed = [e for e in list_checkpoints(run_url, options) if e.committed]
+    committed = [e for e in list_checkpoints(run) if e.committed]
     console.print(
-        f"[green]✓[/green] {checkpoints_url(run_url)}: {len(committed)} committed checkpoint(s), every "
+        f"[green]✓[/green] {checkpoints_url(run)}: {len(committed)} committed checkpoint(s), every "
         f"file as recorded; latest → {step_name(committed[-1].step)}, its weights load and are finite",
         soft_wrap=True,
     )
     return 0
 
 
-def print_prune(run_url: str, keep: int, options: dict | None = None) -> int:
-    removed = prune(run_url, keep, options)
+def print_prune(run: Place, keep: int) -> int:
+    removed = prune(run, keep)
     Console().print(f"removed {len(removed)} checkpoint(s): {', '.join(step_name(s) for s in removed) or 'none'}")
     return 0

@@ -115,6 +115,14 @@ class KilnConfig(BaseModel):
     def data_url(self) -> str:
         return self.data.output
 
+    @property
+    def run_location(self) -> storage.Location:
+        return storage.Location(self.run_url, self.storage.options)
+
+    @property
+    def data_location(self) -> storage.Location:
+        return storage.Location(self.data_url, self.storage.options)
+
     def train_job(self) -> TrainJob:
         """What every rank of this config's training needs (a ConfigError when it cannot train)."""
         try:

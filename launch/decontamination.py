@@ -11,7 +11,7 @@ from launch.config import KilnConfig
 def evaluation_sources(cfg: KilnConfig) -> list[str]:
     """The file of every ``eval.tasks`` entry that has one, then every file ``data.val_inputs`` names."""
     task_files = [entry.path for entry in cfg.eval.tasks if isinstance(getattr(entry, "path", None), str)]
-    held_out = [url for pattern in cfg.data.val_inputs for url, _ in expand(pattern, cfg.storage.options)]
+    held_out = [url for pattern in cfg.data.val_inputs for url, _ in expand(cfg.data_location.with_url(pattern))]
     return task_files + held_out
 
 

@@ -21,7 +21,7 @@ def check_before_launch(cfg: KilnConfig) -> None:
     """Every check a config alone decides; a ConfigError or DataError with one line names the key."""
     layout = run_layout(cfg)
     check_resume_layout(cfg, layout)
-    manifest = load_manifest(cfg.data_url, "train", cfg.storage.options)
+    manifest = load_manifest(cfg.data_location, "train")
     check_cache_room(manifest, manifest.source_names(), cfg.data.reading())
 
 
@@ -39,12 +39,11 @@ def run_layout(cfg: KilnConfig) -> ParallelLayout | None:
 
 def check_resume_layout(cfg: KilnConfig, layout: ParallelLayout | None) -> None:
     """The newest committed checkpoint of the run (the one a resume starts from) loads on ``layout``."""
-    options = cfg.storage.options
-    step = latest_committed_step(cfg.run_url, options)
+    step = latest_committed_step(cfg.run_location)
     if step is None or layout is None:
         return
     try:
-        record = read_commit(cfg.run_url, step, options)
+        record = read_commit(cfg.run_location, step)
     except (CheckpointError, FileNotFoundError):
         return  # damaged: the ranks pass it over for an older one, with a warning naming it
     try:

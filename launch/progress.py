@@ -29,9 +29,9 @@ def training_progress() -> Progress:
 @contextlib.contextmanager
 def follow_training(job: TrainJob) -> Iterator[None]:
     """Show a progress bar fed from the run's metrics for as long as the block runs."""
-    follower = MetricsFollower(job.run_dir, job.storage_options)
+    follower = MetricsFollower(job.run)
     follower.new_rows()  # rows of earlier attempts are history, not progress
-    start = latest_committed_step(job.run_dir, job.storage_options) or 0
+    start = latest_committed_step(job.run) or 0
     done = threading.Event()
     with training_progress() as progress:
         task = progress.add_task("train", total=job.train.steps, completed=start, loss="—", tokens_per_s="—")

@@ -34,21 +34,16 @@ def prepared_with(cfg: KilnConfig) -> dict:
 
 def prepared_for(cfg: KilnConfig) -> bool:
     """Committed data exists at data.output and was made from this very data section and seed."""
-    options = cfg.storage.options
-    record = storage.join(cfg.data_url, PREPARED_WITH)
-    return (
-        is_prepared(cfg.data_url, options)
-        and storage.exists(record, options)
-        and storage.read_json(record, options) == prepared_with(cfg)
-    )
+    record = cfg.data_location.join(PREPARED_WITH)
+    return is_prepared(cfg.data_location) and storage.exists(record) and storage.read_json(record) == prepared_with(cfg)
 
 
 def prepare_stage(cfg: KilnConfig, progress: bool = True) -> dict:
     use_cpu_accelerator_without_cuda()
-    check_output(cfg.data_url, cfg.storage.options)  # before a Ray cluster starts for nothing
+    check_output(cfg.data_location)  # before a Ray cluster starts for nothing
     with ray_session(cfg.cluster):
         summary = prepare(with_evaluation_sources(cfg), cfg.run.seed, cfg.storage.options, progress=progress)
-    storage.write_json(storage.join(cfg.data_url, PREPARED_WITH), prepared_with(cfg), cfg.storage.options)
+    storage.write_json(cfg.data_location.join(PREPARED_WITH), prepared_with(cfg))
     console.print(f"prepare: wrote {cfg.data_url} ({_summary_line(summary)})")
     return summary
 
@@ -59,11 +54,11 @@ def _summary_line(summary: dict) -> str:
 
 def train_stage(cfg: KilnConfig) -> int:
     use_cpu_accelerator_without_cuda()
-    if not is_prepared(cfg.data_url, cfg.storage.options):
+    if not is_prepared(cfg.data_location):
         raise ConfigError(f"data.output: no committed data at {cfg.data_url} — run `kiln prepare` with this config first")
     check_init_source(cfg)
     check_before_launch(cfg)
-    storage.write_text(storage.join(cfg.run_url, "config.yaml"), cfg.to_yaml(), cfg.storage.options)
+    storage.write_text(cfg.run_location.join("config.yaml"), cfg.to_yaml())
     with launcher_for(cfg) as launcher:
         return run_job(launcher)
 
@@ -71,11 +66,10 @@ def train_stage(cfg: KilnConfig) -> int:
 def check_init_source(cfg: KilnConfig) -> None:
     """A run that starts from train.init_from: its source checked before anything is written to this run.
     A run with a committed checkpoint of its own resumes from that and never reads the source again."""
-    options = cfg.storage.options
-    if not cfg.train.init_from or latest_committed_step(cfg.run_url, options) is not None:
+    if not cfg.train.init_from or latest_committed_step(cfg.run_location) is not None:
         return
-    vocab_size = load_manifest(cfg.data_url, "train", options).vocab_size
-    origin = init_from.check_source(cfg.train, cfg.model, vocab_size, options)
+    vocab_size = load_manifest(cfg.data_location, "train").vocab_size
+    origin = init_from.check_source(cfg.train, cfg.storage.options, cfg.model, vocab_size)
     console.print(f"train: starting from step {origin.step} of {origin.run}")
 
 
@@ -85,9 +79,8 @@ def eval_stage(cfg: KilnConfig, follow: bool = False, skip_evaluated: bool = Fal
     return evaluate_run(
         cfg.eval,
         cfg.cluster,
-        cfg.run_url,
-        cfg.data_url,
-        cfg.storage.options,
+        cfg.run_location,
+        cfg.data_location,
         cfg.train.log_to,
         follow=follow,
         skip_evaluated=skip_evaluated,
@@ -96,13 +89,12 @@ def eval_stage(cfg: KilnConfig, follow: bool = False, skip_evaluated: bool = Fal
 
 def run_stages(cfg: KilnConfig, progress: bool = True) -> int:
     """prepare → train → eval; a stage whose committed output exists is skipped with one line."""
-    options = cfg.storage.options
-    check_output(cfg.data_url, options)  # an unreachable or unknown store is one line, not a traceback
+    check_output(cfg.data_location)  # an unreachable or unknown store is one line, not a traceback
     if prepared_for(cfg):
         console.print(f"prepare: skipped — {cfg.data_url} already holds data committed from this data section")
     else:
         prepare_stage(cfg, progress=progress)
-    done = latest_committed_step(cfg.run_url, options)
+    done = latest_committed_step(cfg.run_location)
     if done is not None and done >= cfg.train.steps:
         console.print(
             f"train: skipped — {cfg.run_url} has a committed checkpoint at step {done} (train.steps={cfg.train.steps})"

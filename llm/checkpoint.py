@@ -22,28 +22,29 @@ from llm.checkpoint_files import CheckpointError
 from llm.checkpoint_record import CheckpointRecord, FileEntry
 from ops import storage
 from ops.checkpoints import checkpoints_url, commit_url, latest_url, parse_step, step_name, step_url
+from ops.storage import Place
 
 
-def step_dirs(run_url: str, storage_options: dict | None = None) -> list[int]:
+def step_dirs(run: Place) -> list[int]:
     """Steps that have a folder, committed or not, ascending."""
-    names = storage.list_names(checkpoints_url(run_url), storage_options)
+    names = storage.list_names(checkpoints_url(run))
     return sorted(s for s in (parse_step(n) for n in names) if s is not None)
 
 
-def committed_steps(run_url: str, storage_options: dict | None = None) -> list[int]:
-    return [s for s in step_dirs(run_url, storage_options) if storage.exists(commit_url(run_url, s), storage_options)]
+def committed_steps(run: Place) -> list[int]:
+    return [s for s in step_dirs(run) if storage.exists(commit_url(run, s))]
 
 
-def latest_committed_step(run_url: str, storage_options: dict | None = None) -> int | None:
+def latest_committed_step(run: Place) -> int | None:
     """The step ``latest`` names when it is committed; otherwise the newest committed step, with a warning."""
-    pointer_url = latest_url(run_url)
+    pointer_url = latest_url(run)
     pointer = None
-    if storage.exists(pointer_url, storage_options):
-        pointer = storage.read_text(pointer_url, storage_options).strip()
+    if storage.exists(pointer_url):
+        pointer = storage.read_text(pointer_url).strip()
         named = parse_step(pointer)
-        if named is not None and storage.exists(commit_url(run_url, named), storage_options):
+        if named is not None and storage.exists(commit_url(run, named)):
             return named
-    committed = committed_steps(run_url, storage_options)
+    committed = committed_steps(run)
     fallback = committed[-1] if committed else None
     if pointer is not None or fallback is not None:
         warnings.warn(
@@ -54,19 +55,19 @@ def latest_committed_step(run_url: str, storage_options: dict | None = None) -> 
     return fallback
 
 
-def resume_candidates(run_url: str, storage_options: dict | None = None) -> list[int]:
+def resume_candidates(run: Place) -> list[int]:
     """Committed steps in the order a resume tries them: the one ``latest`` names, then older ones, newest first."""
-    first = latest_committed_step(run_url, storage_options)
+    first = latest_committed_step(run)
     if first is None:
         return []
-    return [first] + [s for s in reversed(committed_steps(run_url, storage_options)) if s < first]
+    return [first] + [s for s in reversed(committed_steps(run)) if s < first]
 
 
-def read_commit(run_url: str, step: int, storage_options: dict | None = None) -> CheckpointRecord:
+def read_commit(run: Place, step: int) -> CheckpointRecord:
     """The record COMMITTED holds for a committed step: layout, model config, data position, files."""
-    url = commit_url(run_url, step)
+    url = commit_url(run, step)
     try:
-        return CheckpointRecord.model_validate_json(storage.read_bytes(url, storage_options))
+        return CheckpointRecord.model_validate_json(storage.read_bytes(url))
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -84,54 +85,52 @@ def steps_to_prune(all_steps: list[int], committed: list[int], keep: int) -> lis
     return [s for s in all_steps if s < newest and s not in kept]
 
 
-def remove_step(run_url: str, step: int, storage_options: dict | None = None) -> None:
+def remove_step(run: Place, step: int) -> None:
     """Delete a step folder, its marker first, so a half-deleted folder never looks committed."""
-    storage.remove(commit_url(run_url, step), storage_options)
-    storage.remove(step_url(run_url, step), storage_options, recursive=True)
+    storage.remove(commit_url(run, step))
+    storage.remove(step_url(run, step), recursive=True)
 
 
-def prune(run_url: str, keep: int, storage_options: dict | None = None) -> list[int]:
-    doomed = steps_to_prune(step_dirs(run_url, storage_options), committed_steps(run_url, storage_options), keep)
+def prune(run: Place, keep: int) -> list[int]:
+    doomed = steps_to_prune(step_dirs(run), committed_steps(run), keep)
     for step in doomed:
-        remove_step(run_url, step, storage_options)
+        remove_step(run, step)
     return doomed
 
 
 @contextlib.contextmanager
-def local_files(run_url: str, step: int, entries: list[FileEntry], storage_options: dict | None = None) -> Iterator[str]:
+def local_files(run: Place, step: int, entries: list[FileEntry]) -> Iterator[str]:
     """A local folder holding ``entries`` of a committed step, each checked against its size and sha256.
 
     A local run's step folder is checked in place; on an object store the files are fetched
     into a private temporary folder (removed afterwards), checked as they arrive.
     """
-    url = step_url(run_url, step)
+    url = step_url(run, step)
     if storage.is_local(url):
-        problems = [p for e in entries if (p := checkpoint_files.verify(url, e, storage_options))]
+        problems = [p for e in entries if (p := checkpoint_files.verify(url, e))]
         if problems:
             raise CheckpointError(problems[0])
-        yield storage.filesystem(url, storage_options)[1]
+        yield storage.filesystem(url)[1]
         return
     with tempfile.TemporaryDirectory(prefix="kiln-checkpoint-") as tmp:
         folder = os.path.join(tmp, step_name(step))
-        problems = [p for e in entries if (p := checkpoint_files.fetch(url, e, folder, storage_options))]
+        problems = [p for e in entries if (p := checkpoint_files.fetch(url, e, folder))]
         if problems:
             raise CheckpointError(problems[0])
         yield folder
 
 
-def _committed(run_url: str, step: int | None, storage_options: dict | None) -> int:
+def _committed(run: Place, step: int | None) -> int:
     if step is None:
-        step = latest_committed_step(run_url, storage_options)
+        step = latest_committed_step(run)
         if step is None:
-            raise FileNotFoundError(f"{checkpoints_url(run_url)} holds no committed checkpoint")
-    elif not storage.exists(commit_url(run_url, step), storage_options):
-        raise FileNotFoundError(f"{step_url(run_url, step)} is not a committed checkpoint")
+            raise FileNotFoundError(f"{checkpoints_url(run)} holds no committed checkpoint")
+    elif not storage.exists(commit_url(run, step)):
+        raise FileNotFoundError(f"{step_url(run, step)} is not a committed checkpoint")
     return step
 
 
-def load_model_state(
-    run_url: str, step: int | None = None, storage_options: dict | None = None
-) -> tuple[int, dict[str, torch.Tensor]]:
+def load_model_state(run: Place, step: int | None = None) -> tuple[int, dict[str, torch.Tensor]]:
     """Consolidated fp32 weights of a committed checkpoint in ``Transformer.state_dict()`` naming.
 
     Works for every ZeRO stage and pipeline layout, in a plain process without
@@ -140,18 +139,18 @@ def load_model_state(
     """
     from llm import deepspeed_files
 
-    step = _committed(run_url, step, storage_options)
-    record = read_commit(run_url, step, storage_options)
-    with local_files(run_url, step, record.files, storage_options) as folder:
+    step = _committed(run, step)
+    record = read_commit(run, step)
+    with local_files(run, step, record.files) as folder:
         return step, deepspeed_files.consolidate(folder, record)
 
 
-def load_model(run_url: str, step: int | None = None, storage_options: dict | None = None):
+def load_model(run: Place, step: int | None = None):
     """A ``Transformer`` in eval mode holding a committed checkpoint's weights, and its step."""
     from llm.model import Transformer
 
-    step, state = load_model_state(run_url, step, storage_options)
-    record = read_commit(run_url, step, storage_options)
+    step, state = load_model_state(run, step)
+    record = read_commit(run, step)
     model = Transformer(record.model, record.vocab_size)
     if model.cfg.tie_embeddings:
         state.setdefault("head.proj.weight", state.get("embed.weight"))

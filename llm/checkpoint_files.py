@@ -40,13 +40,11 @@ class _HashingWriter:
         self.sink.flush()
 
 
-def write_file(
-    step_url: str, name: str, produce: Callable[[_HashingWriter], None], rank: int, options: dict | None = None
-) -> FileEntry:
-    """Write ``step_url/name`` through ``produce(stream)``; returns its entry once the bytes are durable
+def write_file(step_dir: storage.Place, name: str, produce: Callable[[_HashingWriter], None], rank: int) -> FileEntry:
+    """Write ``step_dir/name`` through ``produce(stream)``; returns its entry once the bytes are durable
     (fsynced on a local disk, the upload completed on an object store)."""
-    url = storage.join(step_url, name)
-    fs, path = storage.filesystem(url, options)
+    url = storage.join(step_dir, name)
+    fs, path = storage.filesystem(url)
     if storage.is_local(url):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
@@ -66,7 +64,7 @@ def write_file(
     return FileEntry(path=name, bytes=stream.bytes, sha256=stream.sha.hexdigest(), rank=rank)
 
 
-def _check(url: str, entry: FileEntry, read: Callable[[], BinaryIO], sink: BinaryIO | None) -> str | None:
+def _check(url: storage.Place, entry: FileEntry, read: Callable[[], BinaryIO], sink: BinaryIO | None) -> str | None:
     """Read ``url`` through, hashing it (and copying it to ``sink``), but never more than one byte past
     the size the record lists: a file grown after its commit is refused without reading the rest."""
     sha, size, limit = hashlib.sha256(), 0, entry.bytes + 1
@@ -88,22 +86,22 @@ def _check(url: str, entry: FileEntry, read: Callable[[], BinaryIO], sink: Binar
     return None
 
 
-def verify(step_url: str, entry: FileEntry, options: dict | None = None) -> str | None:
-    """What is wrong with ``step_url/entry.path`` (one line), or None when it is as recorded."""
-    url = storage.join(step_url, entry.path)
-    fs, path = storage.filesystem(url, options)
+def verify(step_dir: storage.Place, entry: FileEntry) -> str | None:
+    """What is wrong with ``step_dir/entry.path`` (one line), or None when it is as recorded."""
+    url = storage.join(step_dir, entry.path)
+    fs, path = storage.filesystem(url)
     if storage.is_local(url):
         return _check(url, entry, lambda: open(path, "rb"), None)
     return _check(url, entry, lambda: fs.open(path, "rb", block_size=CHUNK, cache_type="none"), None)
 
 
-def fetch(step_url: str, entry: FileEntry, local_dir: str, options: dict | None = None) -> str | None:
-    """Download ``step_url/entry.path`` into ``local_dir``, checking it on the way; the problem or None.
+def fetch(step_dir: storage.Place, entry: FileEntry, local_dir: str) -> str | None:
+    """Download ``step_dir/entry.path`` into ``local_dir``, checking it on the way; the problem or None.
 
     A file that does not match is removed again, so nothing unverified stays on disk.
     """
-    url = storage.join(step_url, entry.path)
-    fs, path = storage.filesystem(url, options)
+    url = storage.join(step_dir, entry.path)
+    fs, path = storage.filesystem(url)
     target = os.path.join(local_dir, entry.path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     if storage.is_local(url):

@@ -32,6 +32,7 @@ from llm.config import TrainConfig
 from llm.deepspeed_files import Route
 from llm.layout import ParallelLayout
 from ops import storage
+from ops.storage import Place
 
 
 @dataclass
@@ -49,42 +50,40 @@ class ResumePoint:
             self.scratch = None
 
 
-def _check_files(url: str, entries: list[FileEntry], into: str | None, options: dict | None) -> list[str]:
+def _check_files(url: str, entries: list[FileEntry], into: str | None) -> list[str]:
     """Problems with ``entries`` of ``url``: checked in place (``into`` None) or fetched into ``into``."""
     if into is None:
-        return [p for e in entries if (p := checkpoint_files.verify(url, e, options))]
-    return [p for e in entries if (p := checkpoint_files.fetch(url, e, into, options))]
+        return [p for e in entries if (p := checkpoint_files.verify(url, e))]
+    return [p for e in entries if (p := checkpoint_files.fetch(url, e, into))]
 
 
-def _as_saved(
-    run_url: str, record: CheckpointRecord, layout: ParallelLayout, options: dict | None, point: ResumePoint
-) -> list[str]:
+def _as_saved(run: Place, record: CheckpointRecord, layout: ParallelLayout, point: ResumePoint) -> list[str]:
     """This rank's own files, checked; fills in where DeepSpeed finds them."""
-    url = checkpoint.step_url(run_url, record.step)
+    url = checkpoint.step_url(run, record.step)
     tag = checkpoint.step_name(record.step)
     entries = deepspeed_files.rank_files(record.files, layout, dist.get_rank())
     if storage.is_local(url):
-        point.load_dir = storage.filesystem(checkpoint.checkpoints_url(run_url), options)[1]
-        problems = _check_files(url, entries, None, options)
+        point.load_dir = storage.filesystem(checkpoint.checkpoints_url(run))[1]
+        problems = _check_files(url, entries, None)
     else:
         point.scratch = tempfile.TemporaryDirectory(prefix="kiln-resume-")
         point.load_dir = point.scratch.name
-        problems = _check_files(url, entries, os.path.join(point.load_dir, tag), options)
+        problems = _check_files(url, entries, os.path.join(point.load_dir, tag))
     point.verified = [os.path.join(point.load_dir, tag, e.path) for e in entries]
     return problems
 
 
-def _converted(run_url: str, record: CheckpointRecord, options: dict | None, point: ResumePoint) -> list[str]:
+def _converted(run: Place, record: CheckpointRecord, point: ResumePoint) -> list[str]:
     """On one rank per host: every file checked, and the step converted to the universal form."""
-    url = checkpoint.step_url(run_url, record.step)
+    url = checkpoint.step_url(run, record.step)
     tag = checkpoint.step_name(record.step)
     point.scratch = tempfile.TemporaryDirectory(prefix="kiln-reshape-")
     if storage.is_local(url):
-        source = storage.filesystem(url, options)[1]
-        problems = _check_files(url, record.files, None, options)
+        source = storage.filesystem(url)[1]
+        problems = _check_files(url, record.files, None)
     else:
         source = os.path.join(point.scratch.name, "source", tag)
-        problems = _check_files(url, record.files, source, options)
+        problems = _check_files(url, record.files, source)
     if not problems:
         try:
             deepspeed_files.to_universal(source, os.path.join(point.scratch.name, "universal"), tag, record)
@@ -94,23 +93,21 @@ def _converted(run_url: str, record: CheckpointRecord, options: dict | None, poi
     return problems
 
 
-def prepare_step(
-    run_url: str, step: int, layout: ParallelLayout, options: dict | None
-) -> tuple[ResumePoint | None, list[str]]:
-    """Collective: this step of ``run_url`` checked by every rank; the point and every rank's problems.
+def prepare_step(run: Place, step: int, layout: ParallelLayout) -> tuple[ResumePoint | None, list[str]]:
+    """Collective: this step of ``run`` checked by every rank; the point and every rank's problems.
 
-    ``run_url`` may be another run's: ``llm.init_from`` starts a run from one of its checkpoints."""
+    ``run`` may be another run's: ``llm.init_from`` starts a run from one of its checkpoints."""
     point, problems = None, []
     try:
-        record = checkpoint.read_commit(run_url, step, options)
+        record = checkpoint.read_commit(run, step)
     except (CheckpointError, FileNotFoundError) as error:
         problems = [str(error)]
     else:
         point = ResumePoint(record=record, route=deepspeed_files.reshape_route(record, layout))
         if point.route is None:
-            problems = _as_saved(run_url, record, layout, options, point)
+            problems = _as_saved(run, record, layout, point)
         elif int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one rank per host converts
-            problems = _converted(run_url, record, options, point)
+            problems = _converted(run, record, point)
     host = socket.gethostname()
     converted = point.load_dir if point is not None and point.route is not None and point.scratch else None
     reports: list = [None] * dist.get_world_size()
@@ -119,18 +116,18 @@ def prepare_step(
         on_this_host = [folder for h, folder, _ in reports if h == host and folder]
         if not on_this_host:
             raise CheckpointError(
-                f"no rank on host {host} converted {checkpoint.step_url(run_url, step)} (the rank with LOCAL_RANK=0 does)"
+                f"no rank on host {host} converted {checkpoint.step_url(run, step)} (the rank with LOCAL_RANK=0 does)"
             )
         point.load_dir = on_this_host[0]
     return point, list(dict.fromkeys(p for _, _, rank_problems in reports for p in rank_problems))
 
 
-def find(run_url: str, layout: ParallelLayout, storage_options: dict | None = None) -> ResumePoint | None:
+def find(run: Place, layout: ParallelLayout) -> ResumePoint | None:
     """Collective: the checked checkpoint this run resumes from, or None when it has none yet."""
-    candidates = checkpoint.resume_candidates(run_url, storage_options)
+    candidates = checkpoint.resume_candidates(run)
     rejected: list[str] = []
     for step in candidates:
-        point, problems = prepare_step(run_url, step, layout, storage_options)
+        point, problems = prepare_step(run, step, layout)
         if not problems:
             point.rejected = rejected
             return point
@@ -139,28 +136,28 @@ def find(run_url: str, layout: ParallelLayout, storage_options: dict | None = No
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         rejected.append(f"{checkpoint.step_name(step)}: {problems[0]}{more}")
         warnings.warn(
-            f"cannot resume from {checkpoint.step_url(run_url, step)}: {problems[0]}{more}; "
+            f"cannot resume from {checkpoint.step_url(run, step)}: {problems[0]}{more}; "
             "trying the previous committed checkpoint",
             stacklevel=2,
         )
     if candidates:
         raise CheckpointError(
-            f"no committed checkpoint under {checkpoint.checkpoints_url(run_url)} passes its "
+            f"no committed checkpoint under {checkpoint.checkpoints_url(run)} passes its "
             f"checks ({rejected[-1]}); move the damaged step folders away to start afresh"
         )
     return None
 
 
-def check_same_training(run_url: str, point: ResumePoint, config_hash: str) -> None:
+def check_same_training(run: Place, point: ResumePoint, config_hash: str) -> None:
     """A resume continues the past the checkpoint holds: its config hash (model, data, seed, batch and
     learning-rate schedule) must be this config's.  Only train.steps and the layout may change."""
     record = point.record
     if record.config_hash != config_hash:
         point.cleanup()
         raise CheckpointError(
-            f"{checkpoint.step_url(run_url, record.step)} was trained with another model, data, seed, global_batch or "
+            f"{checkpoint.step_url(run, record.step)} was trained with another model, data, seed, global_batch or "
             "learning-rate schedule than this config; a resume may change only train.steps and the layout "
-            f"(start a new run from it with train.init_from={run_url}@{record.step})"
+            f"(start a new run from it with train.init_from={run}@{record.step})"
         )
 
 

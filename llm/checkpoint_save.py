@@ -56,15 +56,13 @@ class CheckpointSaver:
     def __init__(
         self,
         ds_engine,
-        run_url: str,
+        run: storage.Place,
         keep: int,
-        storage_options: dict | None = None,
         on_commit: Callable[[CheckpointRecord, str], None] | None = None,
     ):
         self.ds_engine = ds_engine
-        self.run_url = run_url
+        self.run = run
         self.keep = keep
-        self.options = storage_options or {}
         self.on_commit = on_commit
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.group = dist.new_group(backend="gloo", timeout=WRITER_TIMEOUT)
@@ -73,9 +71,9 @@ class CheckpointSaver:
     def save(self, record: CheckpointRecord) -> None:
         """Collective: wait for the save in flight, take this rank's snapshot, write it in the background."""
         self.wait()
-        if self.rank == 0 and record.step in checkpoint.step_dirs(self.run_url, self.options):
+        if self.rank == 0 and record.step in checkpoint.step_dirs(self.run):
             # An earlier attempt's folder for this step (never the resume point): no file of it may mix in.
-            checkpoint.remove_step(self.run_url, record.step, self.options)
+            checkpoint.remove_step(self.run, record.step)
         dist.barrier()
         snapshot = deepspeed_files.snapshot(self.ds_engine, checkpoint.step_name(record.step))
         inflight = _Save(record=record, snapshot=snapshot)
@@ -103,7 +101,7 @@ class CheckpointSaver:
         if inflight.error is not None:
             raise inflight.error
         if inflight.committed and self.on_commit is not None:
-            self.on_commit(inflight.record, checkpoint.step_url(self.run_url, inflight.record.step))
+            self.on_commit(inflight.record, str(checkpoint.step_url(self.run, inflight.record.step)))
 
     def _write(self, inflight: _Save) -> None:
         try:
@@ -113,15 +111,13 @@ class CheckpointSaver:
             inflight.error = error
 
     def _write_files(self, inflight: _Save) -> None:
-        target = checkpoint.step_url(self.run_url, inflight.record.step)
+        target = checkpoint.step_url(self.run, inflight.record.step)
         snapshot = inflight.snapshot
         try:
             snapshot.copy()
             for name, state in snapshot.files():
                 inflight.files.append(
-                    checkpoint_files.write_file(
-                        target, name, lambda stream, state=state: torch.save(state, stream), self.rank, self.options
-                    )
+                    checkpoint_files.write_file(target, name, lambda stream, state=state: torch.save(state, stream), self.rank)
                 )
         except Exception as error:  # storage of any kind: the ranks then agree not to commit, and say why
             inflight.problem = f"rank {self.rank} could not write its part of {target}: {type(error).__name__}: {error}"
@@ -137,12 +133,12 @@ class CheckpointSaver:
         if self.rank == 0:
             files = sorted((entry for entries, _ in gathered for entry in entries), key=lambda e: e.path)
             if len({e.path for e in files}) != len(files):
-                target = checkpoint.step_url(self.run_url, inflight.record.step)
+                target = checkpoint.step_url(self.run, inflight.record.step)
                 raise CheckpointError(f"two ranks wrote the same file into {target}")
             self._commit(inflight.record.model_copy(update={"files": files, "time": time.time()}))
         inflight.committed = True
 
     def _commit(self, record: CheckpointRecord) -> None:
-        storage.write_text(commit_url(self.run_url, record.step), record.model_dump_json(indent=2) + "\n", self.options)
-        storage.write_text(latest_url(self.run_url), checkpoint.step_name(record.step) + "\n", self.options)
-        checkpoint.prune(self.run_url, self.keep, self.options)
+        storage.write_text(commit_url(self.run, record.step), record.model_dump_json(indent=2) + "\n")
+        storage.write_text(latest_url(self.run), checkpoint.step_name(record.step) + "\n")
+        checkpoint.prune(self.run, self.keep)

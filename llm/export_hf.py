@@ -25,6 +25,7 @@ import torch
 from llm.checkpoint import load_model_state, read_commit
 from llm.hf_adapters import adapter_for
 from llm.hf_tokenizer import tokenizer_json
+from ops import storage
 
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
@@ -98,20 +99,19 @@ def _write_tokenizer(out_dir: str, model_bytes: bytes, seq_len: int) -> tuple[in
     return sp.bos_id(), sp.eos_id()
 
 
-def export_hf(
-    run_url: str, out_dir: str, step: int | None = None, storage_options: dict | None = None, data_url: str | None = None
-) -> int:
+def export_hf(run: storage.Place, out_dir: str, step: int | None = None, data_url: str | None = None) -> int:
     """Write a Hugging Face Llama folder for a committed checkpoint; returns the exported step.
 
-    The tokenizer comes from the run's data (``data_url`` overrides where that is).
+    The tokenizer comes from the run's data (``data_url`` overrides where that is), reached with the
+    run's storage options.
     """
     from data_shards.tokenizer import Tokenizer
 
-    step, state = load_model_state(run_url, step, storage_options)
-    info = read_commit(run_url, step, storage_options)
+    step, state = load_model_state(run, step)
+    info = read_commit(run, step)
     cfg = info.model
     adapter = adapter_for(cfg)
-    tokenizer = Tokenizer.load(data_url or info.data.url, storage_options)
+    tokenizer = Tokenizer.load(storage.location(run).with_url(data_url or info.data.url))
     os.makedirs(out_dir, exist_ok=True)
     bos_id, eos_id = _write_tokenizer(out_dir, tokenizer.model_bytes, cfg.seq_len)
     _write_json(os.path.join(out_dir, "config.json"), adapter.config(cfg, info.vocab_size, bos_id, eos_id))

@@ -6,6 +6,7 @@ import torch
 
 from llm.checkpoint import load_model, read_commit
 from llm.model import KVCache, Transformer
+from ops import storage
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> int:
@@ -59,14 +60,13 @@ def sample_tokens(
 
 
 def generate(
-    run_url: str,
+    run: storage.Place,
     prompt: str,
     max_tokens: int = 64,
     temperature: float = 0.8,
     top_k: int = 50,
     seed: int = 0,
     step: int | None = None,
-    storage_options: dict | None = None,
 ) -> str:
     """The text a committed checkpoint writes after ``prompt`` (the continuation only).
 
@@ -75,7 +75,7 @@ def generate(
     """
     from data_shards.tokenizer import Tokenizer
 
-    step, model = load_model(run_url, step, storage_options)
-    tokenizer = Tokenizer.load(read_commit(run_url, step, storage_options).data.url, storage_options)
+    step, model = load_model(run, step)
+    tokenizer = Tokenizer.load(storage.location(run).with_url(read_commit(run, step).data.url))
     ids = [tokenizer.eos_id] + tokenizer.encode(prompt)
     return tokenizer.decode(sample_tokens(model, ids, max_tokens, temperature, top_k, seed, tokenizer.eos_id))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch.distributed as dist
 
@@ -28,6 +29,7 @@ from llm.checkpoint_record import CheckpointRecord, InitOrigin
 from llm.checkpoint_resume import ResumePoint
 from llm.config import ModelConfig, TrainConfig
 from llm.layout import ParallelLayout
+from ops.storage import Location
 
 _STEP_SUFFIX = re.compile(r"^(?P<url>.+)@(?P<step>\d+)$")
 
@@ -55,16 +57,18 @@ def parse(spec: str) -> tuple[str, int | None]:
     return spec, None
 
 
-def source_step(spec: str, storage_options: dict | None = None) -> tuple[str, int]:
-    """The source run and the committed step ``spec`` names; an InitFromError when there is none."""
-    url, step = parse(spec)
+def source_step(spec: str, options: Mapping[str, Any]) -> tuple[Location, int]:
+    """The source run (reached with ``options``) and the committed step ``spec`` names; an InitFromError
+    when there is none."""
+    run, step = parse(spec)
+    url = Location(run, options)
     if step is None:
-        step = checkpoint.latest_committed_step(url, storage_options)
+        step = checkpoint.latest_committed_step(url)
         if step is None:
             raise InitFromError(f"train.init_from={spec}: {checkpoint.checkpoints_url(url)} holds no committed checkpoint")
         return url, step
-    if step not in checkpoint.committed_steps(url, storage_options):
-        have = checkpoint.committed_steps(url, storage_options)
+    if step not in checkpoint.committed_steps(url):
+        have = checkpoint.committed_steps(url)
         raise InitFromError(
             f"train.init_from={spec}: {url} has no committed checkpoint at step {step} "
             f"(committed: {', '.join(map(str, have)) if have else 'none'})"
@@ -84,14 +88,16 @@ def shape_mismatch(source: CheckpointRecord, model: ModelConfig, vocab_size: int
     return None
 
 
-def origin_of(url: str, record: CheckpointRecord, optimizer: bool) -> InitOrigin:
-    return InitOrigin(run=url, step=record.step, sha256={f.path: f.sha256 for f in record.files}, optimizer=optimizer)
+def origin_of(source: Location, record: CheckpointRecord, optimizer: bool) -> InitOrigin:
+    return InitOrigin(run=source.url, step=record.step, sha256={f.path: f.sha256 for f in record.files}, optimizer=optimizer)
 
 
-def _read_source(spec: str, model: ModelConfig, vocab_size: int, options: dict | None) -> tuple[str, CheckpointRecord]:
+def _read_source(
+    spec: str, options: Mapping[str, Any], model: ModelConfig, vocab_size: int
+) -> tuple[Location, CheckpointRecord]:
     url, step = source_step(spec, options)
     try:
-        record = checkpoint.read_commit(url, step, options)
+        record = checkpoint.read_commit(url, step)
     except CheckpointError as error:
         raise InitFromError(f"train.init_from={spec}: {error}") from None
     problem = shape_mismatch(record, model, vocab_size)
@@ -100,12 +106,13 @@ def _read_source(spec: str, model: ModelConfig, vocab_size: int, options: dict |
     return url, record
 
 
-def check_source(cfg: TrainConfig, model: ModelConfig, vocab_size: int, storage_options: dict | None = None) -> InitOrigin:
-    """In a plain process, before a run starts: the source exists, fits ``model`` and every file of it
-    matches its recorded sha256.  The origin it gives, or an InitFromError (one line)."""
-    url, record = _read_source(cfg.init_from, model, vocab_size, storage_options)
+def check_source(cfg: TrainConfig, options: Mapping[str, Any], model: ModelConfig, vocab_size: int) -> InitOrigin:
+    """In a plain process, before a run starts: the source (reached with the storage ``options``) exists,
+    fits ``model`` and every file of it matches its recorded sha256.  The origin it gives, or an
+    InitFromError (one line)."""
+    url, record = _read_source(cfg.init_from, options, model, vocab_size)
     try:
-        with checkpoint.local_files(url, record.step, record.files, storage_options):
+        with checkpoint.local_files(url, record.step, record.files):
             pass
     except CheckpointError as error:
         raise InitFromError(f"train.init_from={cfg.init_from}: {error}") from None
@@ -113,20 +120,20 @@ def check_source(cfg: TrainConfig, model: ModelConfig, vocab_size: int, storage_
 
 
 def prepare(
-    cfg: TrainConfig, model: ModelConfig, vocab_size: int, layout: ParallelLayout, storage_options: dict | None = None
+    cfg: TrainConfig, options: Mapping[str, Any], model: ModelConfig, vocab_size: int, layout: ParallelLayout
 ) -> InitPoint:
     """Collective, before the engine is built: the source checkpoint checked by every rank for ``layout``."""
     resolved: list = [None]
     if dist.get_rank() == 0:  # one decision, should the source commit a newer step meanwhile
         try:
-            resolved[0] = _read_source(cfg.init_from, model, vocab_size, storage_options)
+            resolved[0] = _read_source(cfg.init_from, options, model, vocab_size)
         except CheckpointError as error:
             resolved[0] = str(error)
     dist.broadcast_object_list(resolved, src=0)
     if isinstance(resolved[0], str):
         raise InitFromError(resolved[0])
     url, record = resolved[0]
-    point, problems = checkpoint_resume.prepare_step(url, record.step, layout, storage_options)
+    point, problems = checkpoint_resume.prepare_step(url, record.step, layout)
     if problems:
         if point is not None:
             point.cleanup()

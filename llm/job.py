@@ -35,6 +35,14 @@ class TrainJob(BaseModel):
         check_split(self.model, self.train)
         return self
 
+    @property
+    def run(self) -> storage.Location:
+        return storage.Location(self.run_dir, self.storage_options)
+
+    @property
+    def data(self) -> storage.Location:
+        return storage.Location(self.data_url, self.storage_options)
+
     def shareable(self) -> dict[str, Any]:
         """This job as JSON-ready data for another process, its storage credentials redacted."""
         shared = self.model_dump(mode="json")

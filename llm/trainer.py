@@ -137,19 +137,19 @@ class Trainer:
         self.device = resolve_device(self.cfg, local_rank)
         init_distributed(self.device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.records = RunRecords(job.run_dir, job.storage_options)
-        self.scalars = ScalarLogs(job.run_dir, self.cfg.log_to if self.rank == 0 else [], job.storage_options)
+        self.records = RunRecords(job.run)
+        self.scalars = ScalarLogs(job.run, self.cfg.log_to if self.rank == 0 else [])
         seed_everything(job.seed)
-        manifest = load_manifest(job.data_url, "train", job.storage_options)
+        manifest = load_manifest(job.data, "train")
         self.vocab_size = manifest.vocab_size
         self.precision = resolve_precision(self.cfg, self.device)
         self.layout = ParallelLayout.for_run(self.cfg, self.world, self.precision)
-        self.resume_point = checkpoint_resume.find(job.run_dir, self.layout, job.storage_options)
+        self.resume_point = checkpoint_resume.find(job.run, self.layout)
         if self.resume_point is not None:
-            checkpoint_resume.check_same_training(job.run_dir, self.resume_point, job.config_hash)
+            checkpoint_resume.check_same_training(job.run, self.resume_point, job.config_hash)
         self.init_point = None  # a run with no checkpoint of its own starts from train.init_from, if set
         if self.resume_point is None and self.cfg.init_from:
-            self.init_point = init_from.prepare(self.cfg, job.model, self.vocab_size, self.layout, job.storage_options)
+            self.init_point = init_from.prepare(self.cfg, job.storage_options, job.model, self.vocab_size, self.layout)
         self.origin: InitOrigin | None = None
         loading = self.resume_point or (self.init_point.point if self.init_point else None)
         self.engine = build_engine(
@@ -161,19 +161,16 @@ class Trainer:
             self.device,
             load_universal=loading is not None and loading.route == "universal",
         )
-        self.saver = CheckpointSaver(
-            self.engine.engine, job.run_dir, self.cfg.keep_checkpoints, job.storage_options, on_commit=self.committed
-        )
+        self.saver = CheckpointSaver(self.engine.engine, job.run, self.cfg.keep_checkpoints, on_commit=self.committed)
         self.engine.before_optimizer_step = self.saver.hold_until_copied
         self.loader = GlobalBatchLoader(
-            job.data_url,
+            job.data,
             "train",
             job.seed,
             job.model.seq_len,
             self.cfg.global_batch,
             dp_rank=self.layout.data_rank_of(self.rank),
             dp_world=self.layout.data_parallel,
-            storage_options=job.storage_options,
             read=job.read,
         )
         self.flops_token = flops_per_token(job.model, self.vocab_size)
@@ -335,7 +332,7 @@ def run_training(job: TrainJob, stop: StopRequest | None = None) -> int:
     ``stop`` is how this rank learns of a stop request; by default only the stop file is watched.
     """
     stop = stop or StopRequest()
-    records = RunRecords(job.run_dir, job.storage_options)
+    records = RunRecords(job.run)
     heartbeat = HeartbeatThread(records, int(os.environ.get("RANK", "0")), job.train.heartbeat_s)
     heartbeat.start()
     rc = 1

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ops import storage
+from ops.storage import Place, PlaceT
 
 CHECKPOINTS_DIR = "checkpoints"
 COMMITTED = "COMMITTED"
@@ -34,21 +35,21 @@ def parse_step(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def checkpoints_url(run_url: str) -> str:
-    return storage.join(run_url, CHECKPOINTS_DIR)
+def checkpoints_url(run: PlaceT) -> PlaceT:
+    return storage.join(run, CHECKPOINTS_DIR)
 
 
-def step_url(run_url: str, step: int) -> str:
-    return storage.join(run_url, CHECKPOINTS_DIR, step_name(step))
+def step_url(run: PlaceT, step: int) -> PlaceT:
+    return storage.join(run, CHECKPOINTS_DIR, step_name(step))
 
 
-def commit_url(run_url: str, step: int) -> str:
+def commit_url(run: PlaceT, step: int) -> PlaceT:
     """Step ``step``'s ``COMMITTED`` marker: the step is committed when it exists."""
-    return storage.join(step_url(run_url, step), COMMITTED)
+    return storage.join(step_url(run, step), COMMITTED)
 
 
-def latest_url(run_url: str) -> str:
-    return storage.join(run_url, CHECKPOINTS_DIR, LATEST)
+def latest_url(run: PlaceT) -> PlaceT:
+    return storage.join(run, CHECKPOINTS_DIR, LATEST)
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,19 @@ class CheckpointEntry:
     latest: bool
 
 
-def list_checkpoints(run_url: str, options: dict | None = None) -> list[CheckpointEntry]:
-    pointer = latest_url(run_url)
-    latest = storage.read_text(pointer, options).strip() if storage.exists(pointer, options) else None
+def list_checkpoints(run: Place) -> list[CheckpointEntry]:
+    pointer = latest_url(run)
+    latest = storage.read_text(pointer).strip() if storage.exists(pointer) else None
     entries = []
-    for name in storage.list_names(checkpoints_url(run_url), options):
+    for name in storage.list_names(checkpoints_url(run)):
         step = parse_step(name)
         if step is None:
             continue
         entries.append(
             CheckpointEntry(
                 step=step,
-                url=step_url(run_url, step),
-                committed=storage.exists(commit_url(run_url, step), options),
+                url=str(step_url(run, step)),
+                committed=storage.exists(commit_url(run, step)),
                 latest=name == latest,
             )
         )

@@ -51,16 +51,17 @@ def heldout_loss(result: dict) -> float:
     return _number(result.get("loss"))
 
 
-def run_names(run_urls: list[str]) -> list[str]:
+def run_names(runs: list[storage.Place]) -> list[str]:
     """Short legend names: each run folder's last part, or the whole URL where two runs share it."""
+    run_urls = [str(run) for run in runs]
     last = [url.rstrip("/").rsplit("/", 1)[-1] or url for url in run_urls]
     return [short if last.count(short) == 1 else url for short, url in zip(last, run_urls)]
 
 
-def run_curves(run_url: str, name: str, options: dict | None = None) -> RunCurves:
-    rows = metrics_table(run_url, options)
+def run_curves(run: storage.Place, name: str) -> RunCurves:
+    rows = metrics_table(run)
     results = []
-    for data in ChangedFiles(storage.join(run_url, "eval"), options).changed().values():
+    for data in ChangedFiles(storage.join(run, "eval")).changed().values():
         try:
             result = json.loads(data)
         except json.JSONDecodeError:
@@ -69,7 +70,7 @@ def run_curves(run_url: str, name: str, options: dict | None = None) -> RunCurve
             results.append(result)
     results.sort(key=lambda r: r["step"])
     if not rows and not results:
-        raise FileNotFoundError(f"{run_url}: no metrics or evaluation results here")
+        raise FileNotFoundError(f"{run}: no metrics or evaluation results here")
     return RunCurves(
         name=name,
         steps=[float(r["step"]) for r in rows],
@@ -80,8 +81,8 @@ def run_curves(run_url: str, name: str, options: dict | None = None) -> RunCurve
     )
 
 
-def load_runs(run_urls: list[str], options: dict | None = None) -> list[RunCurves]:
-    return [run_curves(url, name, options) for url, name in zip(run_urls, run_names(run_urls))]
+def load_runs(runs: list[storage.Place]) -> list[RunCurves]:
+    return [run_curves(run, name) for run, name in zip(runs, run_names(runs))]
 
 
 def terminal_charts(runs: list[RunCurves], width: int, height: int = CHART_HEIGHT) -> RenderableType:
@@ -90,7 +91,7 @@ def terminal_charts(runs: list[RunCurves], width: int, height: int = CHART_HEIGH
     return Group(*(lines_chart({r.name: r.panels()[title] for r in runs}, title, width, height) for title in titles))
 
 
-def write_png(runs: list[RunCurves], path: str, options: dict | None = None) -> None:
+def write_png(runs: list[RunCurves], path: storage.Place) -> None:
     """The same charts side by side in a PNG at ``path`` (a local path or any fsspec URL)."""
     import io
 
@@ -111,4 +112,4 @@ def write_png(runs: list[RunCurves], path: str, options: dict | None = None) -> 
     axes[0].legend()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    storage.write_bytes(path, buffer.getvalue(), options)
+    storage.write_bytes(path, buffer.getvalue())

@@ -17,6 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ops import storage
 from ops.charts import line_chart
 from ops.event_sentences import human_count
 from ops.health import RankHealth
@@ -300,16 +301,14 @@ def render_summary(status: RunStatus, width: int) -> RenderableType:
     return Group(header(status, width), ranks_panel(status), bottom(status, width))
 
 
-def monitor(
-    run_url: str, once: bool = False, interval_s: float = 2.0, options: dict | None = None, console: Console | None = None
-) -> None:
+def monitor(run: storage.Place, once: bool = False, interval_s: float = 2.0, console: Console | None = None) -> None:
     """Redraw the dashboard every ``interval_s`` until the run finishes or Ctrl-C; ``once``: print one frame.
 
     The live view uses the terminal's alternate screen, so Ctrl-C (or the end) gives back the
     terminal as it was; the final frame of a finished run is printed on the normal screen.
     """
     console = console or Console()
-    watcher = RunWatcher(run_url, options)
+    watcher = RunWatcher(run)
     snapshot = watcher.refresh()  # a URL without a run is an error before anything is drawn
     if once:
         console.print(render(snapshot, console.width))

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, TextIO
 
 from ops.record_layout import EVENTS_STREAM, METRICS_STREAM
 from ops.record_readers import StreamFollower
+from ops.storage import Place
 
 # The columns of `kiln metrics --format csv`, in this order (the keys a training rank writes, see DESIGN.md).
 COLUMNS = (
@@ -46,9 +47,9 @@ def resolve_restarts(rows: Iterable[dict[str, Any]], kept: list[dict[str, Any]] 
     return kept
 
 
-def metrics_table(run_url: str, options: dict | None = None) -> list[dict[str, Any]]:
+def metrics_table(run: Place) -> list[dict[str, Any]]:
     """The run's metric rows, one per step, restarts resolved."""
-    return resolve_restarts(StreamFollower(run_url, METRICS_STREAM, options).new_rows())
+    return resolve_restarts(StreamFollower(run, METRICS_STREAM).new_rows())
 
 
 def _run_over(events: list[dict[str, Any]]) -> bool:
@@ -74,11 +75,10 @@ class _Printer:
 
 
 def print_metrics(
-    run_url: str,
+    run: Place,
     fmt: str = "csv",
     follow: bool = False,
     out: TextIO | None = None,
-    options: dict | None = None,
     interval_s: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
@@ -90,11 +90,11 @@ def print_metrics(
     import sys
 
     out = out or sys.stdout
-    metrics = StreamFollower(run_url, METRICS_STREAM, options)
-    events = StreamFollower(run_url, EVENTS_STREAM, options)
+    metrics = StreamFollower(run, METRICS_STREAM)
+    events = StreamFollower(run, EVENTS_STREAM)
     kept = resolve_restarts(metrics.new_rows())
     if not kept and not follow:
-        raise FileNotFoundError(f"{run_url}: no metrics here (no rows under {METRICS_STREAM}/)")
+        raise FileNotFoundError(f"{run}: no metrics here (no rows under {METRICS_STREAM}/)")
     printer = _Printer(out, fmt)
     printer.rows(kept)
     printed = len(kept)

@@ -51,8 +51,8 @@ def fresh_listing(fs, path: str) -> list[dict[str, Any]]:
 class StreamFollower:
     """Rows of one record stream (``metrics/train``, ``events``) written since the last call, oldest first."""
 
-    def __init__(self, run_url: str, stream: str, options: dict | None = None):
-        self.fs, self.root = storage.filesystem(storage.join(run_url, stream), options)
+    def __init__(self, run: storage.Place, stream: str):
+        self.fs, self.root = storage.filesystem(storage.join(run, stream))
         self.consumed: dict[str, int] = {}
         self.listed: set[str] = set()
 
@@ -100,8 +100,8 @@ def _version(entry: dict[str, Any]) -> tuple:
 class ChangedFiles:
     """Objects directly under one folder ending in ``suffix`` that are new or rewritten since the last call."""
 
-    def __init__(self, folder_url: str, options: dict | None = None, suffix: str = ".json"):
-        self.fs, self.root = storage.filesystem(folder_url, options)
+    def __init__(self, folder: storage.Place, suffix: str = ".json"):
+        self.fs, self.root = storage.filesystem(folder)
         self.suffix = suffix
         self.seen: dict[str, tuple] = {}
 

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable
 
 from ops.record_layout import new_writer_id, partition_of
+from ops.storage import Location
 from ops.segment_sinks import Segment, SegmentSink, sink_for
 
 
@@ -117,21 +118,21 @@ _writers: dict[tuple[int, str, str], RecordWriter] = {}
 _writers_lock = threading.Lock()
 
 
-def _key(run_url: str, options: dict | None) -> tuple[int, str, str]:
-    return os.getpid(), run_url.rstrip("/"), json.dumps(options or {}, sort_keys=True, default=str)
+def _key(run: Location) -> tuple[int, str, str]:
+    return os.getpid(), run.url.rstrip("/"), json.dumps(dict(run.options), sort_keys=True, default=str)
 
 
-def writer_for(run_url: str, options: dict | None, flush_every_s: float) -> RecordWriter:
-    """This process's writer for ``run_url``, made on first use: every handle on the run shares its buffer.
+def writer_for(run: Location, flush_every_s: float) -> RecordWriter:
+    """This process's writer for ``run``, made on first use: every handle on the run shares its buffer.
 
     The key includes the pid, so a forked child starts a writer (and a writer name) of its own.
     """
-    key = _key(run_url, options)
+    key = _key(run)
     with _writers_lock:
         writer = _writers.get(key)
         if writer is None:
-            sink = sink_for(run_url, new_writer_id(), options)
-            writer = _writers[key] = RecordWriter(sink, flush_every_s, describe=f"the records of {run_url}")
+            sink = sink_for(run, new_writer_id())
+            writer = _writers[key] = RecordWriter(sink, flush_every_s, describe=f"the records of {run}")
             _at_exit(writer.close)
         return writer
 
@@ -153,6 +154,6 @@ def _at_exit(fn: Callable[[], Any]) -> None:
         atexit.register(fn)
 
 
-def existing_writer(run_url: str, options: dict | None) -> RecordWriter | None:
+def existing_writer(run: Location) -> RecordWriter | None:
     with _writers_lock:
-        return _writers.get(_key(run_url, options))
+        return _writers.get(_key(run))

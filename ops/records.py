@@ -27,8 +27,8 @@ OBJECT_FLUSH_EVERY_S = 5.0  # each flush is one PUT
 class MetricsFollower(StreamFollower):
     """Metrics rows written since the last call (the local launcher's progress bar)."""
 
-    def __init__(self, run_url: str, options: dict | None = None):
-        super().__init__(run_url, METRICS_STREAM, options)
+    def __init__(self, run: storage.Place):
+        super().__init__(run, METRICS_STREAM)
 
 
 class RunRecords:
@@ -39,18 +39,14 @@ class RunRecords:
     flush it first.
     """
 
-    def __init__(self, run_url: str, options: dict | None = None, flush_every_s: float | None = None):
-        self.run_url = run_url
-        self.options = options or {}
+    def __init__(self, run: storage.Place, flush_every_s: float | None = None):
+        self.run = storage.location(run)
         if flush_every_s is None:
-            flush_every_s = LOCAL_FLUSH_EVERY_S if storage.is_local(run_url) else OBJECT_FLUSH_EVERY_S
+            flush_every_s = LOCAL_FLUSH_EVERY_S if storage.is_local(self.run) else OBJECT_FLUSH_EVERY_S
         self.flush_every_s = flush_every_s
 
-    def url(self, rel: str) -> str:
-        return storage.join(self.run_url, rel)
-
     def _writer(self) -> RecordWriter:
-        return writer_for(self.run_url, self.options, self.flush_every_s)
+        return writer_for(self.run, self.flush_every_s)
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         self._writer().append(METRICS_STREAM, {"time": time.time(), **row})
@@ -62,25 +58,25 @@ class RunRecords:
     def heartbeat(self, rank: int, step: int, **fields: Any) -> None:
         """Overwrite rank ``rank``'s heartbeat now (one small object; ``ops.heartbeat`` calls it off the training thread)."""
         beat = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "step": step, "time": time.time(), **fields}
-        storage.write_json(self.url(f"{HEARTBEATS_DIR}/{heartbeat_name(rank)}"), beat, self.options)
+        storage.write_json(self.run.join(HEARTBEATS_DIR, heartbeat_name(rank)), beat)
 
     def flush(self) -> bool:
         """Write this process's buffered rows now; False when storage refused them (they stay buffered)."""
-        writer = existing_writer(self.run_url, self.options)
+        writer = existing_writer(self.run)
         return writer.flush() if writer is not None else True
 
     def close(self) -> bool:
         """Flush and stop this process's background writer (a later write starts it again)."""
-        writer = existing_writer(self.run_url, self.options)
+        writer = existing_writer(self.run)
         return writer.close() if writer is not None else True
 
     def metrics(self) -> list[dict]:
         self.flush()
-        return StreamFollower(self.run_url, METRICS_STREAM, self.options).new_rows()
+        return StreamFollower(self.run, METRICS_STREAM).new_rows()
 
     def events(self) -> list[dict]:
         self.flush()
-        return StreamFollower(self.run_url, EVENTS_STREAM, self.options).new_rows()
+        return StreamFollower(self.run, EVENTS_STREAM).new_rows()
 
     def preempted_since(self, since: float) -> bool:
         """Whether the ranks recorded a preemption save at or after ``since`` (a launcher's start time)."""
@@ -88,7 +84,7 @@ class RunRecords:
 
     def heartbeats(self) -> list[dict]:
         beats = []
-        for data in ChangedFiles(self.url(HEARTBEATS_DIR), self.options).changed().values():
+        for data in ChangedFiles(self.run.join(HEARTBEATS_DIR)).changed().values():
             try:
                 beats.append(json.loads(data))
             except json.JSONDecodeError:

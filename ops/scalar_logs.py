@@ -85,28 +85,26 @@ def segment_name() -> str:
     return f"events.out.tfevents.{int(time.time() * 1000):015d}.{host}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
-def write_tensorboard_segment(
-    run_url: str, scalars: list[Scalar], options: dict | None = None, starts_attempt: bool = False
-) -> None:
+def write_tensorboard_segment(run: storage.Place, scalars: list[Scalar], starts_attempt: bool = False) -> None:
     if scalars:
         data = event_file(scalars, starts_attempt)
-        storage.write_bytes(storage.join(run_url, TENSORBOARD_DIR, segment_name()), data, options)
+        storage.write_bytes(storage.join(run, TENSORBOARD_DIR, segment_name()), data)
 
 
-def log_eval(run_url: str, backends: Iterable[str], step: int, tasks: dict[str, dict[str, Any]], options=None) -> None:
+def log_eval(run: storage.Place, backends: Iterable[str], step: int, tasks: dict[str, dict[str, Any]]) -> None:
     """One evaluation's values as ``eval/TASK/KEY`` scalars at its step, in one segment (TensorBoard only: a
     wandb offline run belongs to the training process)."""
     if "tensorboard" in backends:
         now = time.time()
         scalars = [s for task, values in tasks.items() for s in scalars_of(step, values, f"eval/{task}", now)]
-        write_tensorboard_segment(run_url, scalars, options)
+        write_tensorboard_segment(run, scalars)
 
 
 class TensorBoardSegments:
     """Buffered scalars, flushed as event-file segments every ``flush_every_s`` by a background thread."""
 
-    def __init__(self, run_url: str, options: dict | None, flush_every_s: float):
-        self.run_url, self.options, self.flush_every_s = run_url, options, flush_every_s
+    def __init__(self, run: storage.Place, flush_every_s: float):
+        self.run, self.flush_every_s = run, flush_every_s
         self._buffer: list[Scalar] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -125,13 +123,13 @@ class TensorBoardSegments:
         with self._lock:
             scalars, self._buffer = self._buffer, []
         try:
-            write_tensorboard_segment(self.run_url, scalars, self.options, starts_attempt=not self._started)
+            write_tensorboard_segment(self.run, scalars, starts_attempt=not self._started)
             self._started = self._started or bool(scalars)
         except Exception as exc:  # storage of any kind: keep the scalars, never crash training; the next flush retries
             with self._lock:
                 self._buffer[:0] = scalars
             if not self._warned:
-                warnings.warn(f"TensorBoard events not written to {self.run_url}, will retry: {exc}", stacklevel=2)
+                warnings.warn(f"TensorBoard events not written to {self.run}, will retry: {exc}", stacklevel=2)
                 self._warned = True
             return False
         return True
@@ -174,21 +172,20 @@ class ScalarLogs:
 
     def __init__(
         self,
-        run_url: str,
+        run: storage.Place,
         backends: Iterable[str],
-        options: dict | None = None,
         flush_every_s: float | None = None,
     ):
         backends = list(dict.fromkeys(backends))
         for backend in missing_backends(backends):
             raise ValueError(f"train.log_to: {missing_backend_message(backend)}")
         if flush_every_s is None:
-            flush_every_s = LOCAL_FLUSH_EVERY_S if storage.is_local(run_url) else OBJECT_FLUSH_EVERY_S
+            flush_every_s = LOCAL_FLUSH_EVERY_S if storage.is_local(run) else OBJECT_FLUSH_EVERY_S
         self.sinks: list[TensorBoardSegments | WandbOffline] = []
         if "tensorboard" in backends:
-            self.sinks.append(TensorBoardSegments(run_url, options, flush_every_s))
+            self.sinks.append(TensorBoardSegments(run, flush_every_s))
         if "wandb" in backends:
-            self.sinks.append(WandbOffline(run_url))
+            self.sinks.append(WandbOffline(str(run)))
 
     def add(self, step: int, values: dict[str, Any], prefix: str = "train") -> None:
         scalars = scalars_of(step, values, prefix, time.time())

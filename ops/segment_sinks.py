@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ops import storage
+from ops.storage import Location
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,13 @@ class ObjectSegmentSink:
     so a write that failed only in its reply leaves no duplicate rows.
     """
 
-    def __init__(self, run_url: str, writer_id: str, options: dict | None = None):
-        self.run_url = run_url
+    def __init__(self, run: Location, writer_id: str):
+        self.run = run
         self.writer_id = writer_id
-        self.options = options or {}
 
     def write(self, segment: Segment) -> None:
         name = f"{self.writer_id}-{segment.seq:06d}.jsonl"
-        storage.write_bytes(storage.join(self.run_url, segment.stream, segment.partition, name), segment.data, self.options)
+        storage.write_bytes(self.run.join(segment.stream, segment.partition, name), segment.data)
 
 
 class AppendSegmentSink:
@@ -55,8 +55,8 @@ class AppendSegmentSink:
     that only the cut fragment, never a whole row, is unreadable.
     """
 
-    def __init__(self, run_url: str, writer_id: str):
-        _, self.root = storage.filesystem(run_url)
+    def __init__(self, run: Location, writer_id: str):
+        _, self.root = storage.filesystem(run)
         self.writer_id = writer_id
         self._cut: set[str] = set()
 
@@ -72,7 +72,7 @@ class AppendSegmentSink:
         self._cut.discard(path)
 
 
-def sink_for(run_url: str, writer_id: str, options: dict | None = None) -> SegmentSink:
-    if storage.is_local(run_url):
-        return AppendSegmentSink(run_url, writer_id)
-    return ObjectSegmentSink(run_url, writer_id, options)
+def sink_for(run: Location, writer_id: str) -> SegmentSink:
+    if storage.is_local(run):
+        return AppendSegmentSink(run, writer_id)
+    return ObjectSegmentSink(run, writer_id)

@@ -187,10 +187,9 @@ def eval_status(result: dict[str, Any]) -> EvalStatus:
 class CheckpointFollower:
     """Checkpoint steps and their commit state; a step already seen committed is not asked again."""
 
-    def __init__(self, run_url: str, options: dict | None = None):
-        self.run_url = run_url
-        self.options = options
-        self.fs, self.path = storage.filesystem(checkpoints_url(run_url), options)
+    def __init__(self, run: storage.Place):
+        self.run = run
+        self.fs, self.path = storage.filesystem(checkpoints_url(run))
         self.committed: set[int] = set()
         self._origin: tuple[int, OriginStatus | None] | None = None
 
@@ -198,7 +197,7 @@ class CheckpointFollower:
         """The origin committed step ``step`` records (its COMMITTED is read once per step)."""
         if self._origin is None or self._origin[0] != step:
             try:
-                record = json.loads(storage.read_bytes(commit_url(self.run_url, step), self.options))
+                record = json.loads(storage.read_bytes(commit_url(self.run, step)))
                 origin = record.get("origin") if isinstance(record, dict) else None
                 self._origin = (step, OriginStatus.model_validate(origin) if origin else None)
             except (OSError, ValueError):
@@ -209,11 +208,11 @@ class CheckpointFollower:
         names = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fresh_listing(self.fs, self.path)}
         steps = sorted(s for s in (parse_step(n) for n in names) if s is not None)
         for step in steps:
-            if step not in self.committed and storage.exists(commit_url(self.run_url, step), self.options):
+            if step not in self.committed and storage.exists(commit_url(self.run, step)):
                 self.committed.add(step)
         latest = None
         if steps and LATEST in names:
-            latest = parse_step(storage.read_text(latest_url(self.run_url), self.options).strip())
+            latest = parse_step(storage.read_text(latest_url(self.run)).strip())
         return [
             CheckpointStatus(step=s, state="committed" if s in self.committed else "incomplete", latest=s == latest)
             for s in steps
@@ -221,15 +220,14 @@ class CheckpointFollower:
 
 
 class RunWatcher:
-    def __init__(self, run_url: str, options: dict | None = None):
-        self.run_url = run_url
-        self.options = options or {}
-        self.metrics = StreamFollower(run_url, METRICS_STREAM, self.options)
-        self.event_follower = StreamFollower(run_url, EVENTS_STREAM, self.options)
-        self.beat_files = ChangedFiles(storage.join(run_url, HEARTBEATS_DIR), self.options)
-        self.eval_files = ChangedFiles(storage.join(run_url, "eval"), self.options)
-        self.config_file = ChangedFiles(run_url, self.options, suffix="/config.yaml")
-        self.checkpoint_follower = CheckpointFollower(run_url, self.options)
+    def __init__(self, run: storage.Place):
+        self.run_url = str(run)
+        self.metrics = StreamFollower(run, METRICS_STREAM)
+        self.event_follower = StreamFollower(run, EVENTS_STREAM)
+        self.beat_files = ChangedFiles(storage.join(run, HEARTBEATS_DIR))
+        self.eval_files = ChangedFiles(storage.join(run, "eval"))
+        self.config_file = ChangedFiles(run, suffix="/config.yaml")
+        self.checkpoint_follower = CheckpointFollower(run)
         self.config: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.beats: dict[int, Heartbeat] = {}
@@ -351,6 +349,6 @@ class RunWatcher:
         return max(results, key=lambda r: r.step if r.step is not None else -1, default=None)
 
 
-def run_status(run_url: str, options: dict | None = None, now: float | None = None) -> RunStatus:
+def run_status(run: storage.Place, now: float | None = None) -> RunStatus:
     """One summary of the run's records (``kiln status``)."""
-    return RunWatcher(run_url, options).refresh(now).status
+    return RunWatcher(run).refresh(now).status

@@ -85,9 +85,9 @@ def make_cloze(
     return out
 
 
-def val_documents(data_url: str, storage_options: dict | None = None) -> list[np.ndarray]:
-    manifest = load_manifest(data_url, "val", storage_options)
-    store = shard_store(manifest, storage_options)
+def val_documents(data: storage.Place) -> list[np.ndarray]:
+    manifest = load_manifest(data, "val")
+    store = shard_store(manifest)
     docs: list[np.ndarray] = []
     try:
         for i in range(len(manifest.shards)):
@@ -99,19 +99,16 @@ def val_documents(data_url: str, storage_options: dict | None = None) -> list[np
 
 
 def write_cloze(
-    data_url: str,
-    out_url: str,
+    data: storage.Place,
+    out: storage.Place,
     n: int,
     context_tokens: int = 48,
     continuation_tokens: int = 8,
     choices: int = 4,
     seed: int = 0,
-    storage_options: dict | None = None,
 ) -> int:
     """Build a cloze task from DATA_URL's val split and write it as JSONL (in one write); returns the count."""
-    tokenizer = Tokenizer.load(data_url, storage_options)
-    examples = make_cloze(
-        val_documents(data_url, storage_options), tokenizer, n, context_tokens, continuation_tokens, choices, seed
-    )
-    storage.write_text(out_url, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), storage_options)
+    tokenizer = Tokenizer.load(data)
+    examples = make_cloze(val_documents(data), tokenizer, n, context_tokens, continuation_tokens, choices, seed)
+    storage.write_text(out, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
     return len(examples)

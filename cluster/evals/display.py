@@ -12,7 +12,7 @@ from cluster.evals.report import EvalReport
 stage_console = Console(stderr=True)  # the stage's own lines ("eval: skipped — …"), where the other stages print theirs
 
 
-def eval_table(report: EvalReport, run_url: str) -> Table:
+def eval_table(report: EvalReport, run_url: object) -> Table:
     table = Table(title=Text(f"evaluation · {run_url} · step {report.step}"))
     table.add_column("task")
     table.add_column("metric")
@@ -24,7 +24,7 @@ def eval_table(report: EvalReport, run_url: str) -> Table:
     return table
 
 
-def print_eval_table(report: EvalReport, run_url: str) -> None:
+def print_eval_table(report: EvalReport, run_url: object) -> None:
     Console().print(eval_table(report, run_url))
 
 

@@ -20,6 +20,7 @@ from llm.checkpoint import checkpoints_url, committed_steps, latest_committed_st
 from cluster.evals.tasks import build_task
 from cluster.evals.tasks.base import EvalTask, ModelShape, Slice, Tally, TaskInputs
 from ops.records import RunRecords
+from ops.storage import Place, location
 
 Progress = Callable[[int, int, int], None]  # (step, slices done, slices in all)
 
@@ -42,9 +43,9 @@ def steps_to_evaluate(
     return sorted(set(spec))
 
 
-def complete_report(run_url: str, step: int, task_names: list[str], options: dict | None = None) -> EvalReport | None:
+def complete_report(run: Place, step: int, task_names: list[str]) -> EvalReport | None:
     """The report eval/step-N.json holds, when it holds a result for every one of these tasks."""
-    report = read_report(run_url, step, options)
+    report = read_report(run, step)
     return report if report is not None and set(task_names) <= {r.name for r in report.results} else None
 
 
@@ -59,19 +60,17 @@ def run_finished(events: list[dict]) -> bool:
     return bool(lifecycle) and lifecycle[-1] in ("finish", "failure")
 
 
-def build_tasks(eval_cfg: EvalConfig, data_url: str, options: dict | None = None) -> list[EvalTask]:
+def build_tasks(eval_cfg: EvalConfig, data: Place) -> list[EvalTask]:
     """Every configured task, its inputs read and checked."""
-    options = options or {}
-    inputs = TaskInputs(
-        data_url=data_url, storage_options=options, tokenizer=Tokenizer.load(data_url, options), batch_size=eval_cfg.batch_size
-    )
+    data = location(data)
+    inputs = TaskInputs(data=data, tokenizer=Tokenizer.load(data), batch_size=eval_cfg.batch_size)
     return [build_task(entry, inputs) for entry in eval_cfg.task_entries()]
 
 
-def plan_steps(run_url: str, eval_cfg: EvalConfig, options: dict | None = None) -> list[int]:
-    committed = committed_steps(run_url, options)
-    latest = latest_committed_step(run_url, options) if committed else None
-    return steps_to_evaluate(eval_cfg.steps, committed, latest, checkpoints_url(run_url))
+def plan_steps(run: Place, eval_cfg: EvalConfig) -> list[int]:
+    committed = committed_steps(run)
+    latest = latest_committed_step(run) if committed else None
+    return steps_to_evaluate(eval_cfg.steps, committed, latest, checkpoints_url(run))
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,9 @@ class StepPlan:
     slices: dict[str, list[Slice]]
 
 
-def plan_step(run_url: str, step: int, tasks: list[EvalTask], slice_size: int, options: dict | None = None) -> StepPlan:
+def plan_step(run: Place, step: int, tasks: list[EvalTask], slice_size: int) -> StepPlan:
     """Slice every task for a step (this is where a task rejects what the model cannot score)."""
-    record = read_commit(run_url, step, options)
+    record = read_commit(run, step)
     shape = ModelShape(seq_len=record.model.seq_len, vocab_size=record.vocab_size)
     return StepPlan(step, shape, {task.name: task.slices(shape, slice_size) for task in tasks})
 
@@ -99,18 +98,16 @@ class EvalJob:
 
     def __init__(
         self,
-        run_url: str,
+        run: Place,
         tasks: list[EvalTask],
         eval_cfg: EvalConfig,
-        options: dict | None = None,
         on_progress: Progress | None = None,
     ):
-        self.run_url = run_url
+        self.run = location(run)
         self.tasks = tasks
-        self.options = options or {}
         self.on_progress = on_progress
         self.model_free: dict[Slice, Tally] = {}
-        self.pool = EvalPool(run_url, self.options, tasks, eval_cfg.workers, eval_cfg.max_retries)
+        self.pool = EvalPool(self.run, tasks, eval_cfg.workers, eval_cfg.max_retries)
 
     def __enter__(self) -> "EvalJob":
         return self
@@ -137,22 +134,21 @@ class EvalJob:
                 )
             results.append(task.compute(total))
         report = EvalReport(step=step, results=results)
-        write_report(self.run_url, report, self.options)
+        write_report(self.run, report)
         return report
 
 
 def evaluate_steps(
-    run_url: str,
+    run: Place,
     plans: list[StepPlan],
     tasks: list[EvalTask],
     eval_cfg: EvalConfig,
-    options: dict | None = None,
     on_progress: Progress | None = None,
     on_report: Callable[[EvalReport], None] | None = None,
 ) -> list[EvalReport]:
     """Evaluate planned steps in order (inside a Ray session); each writes its eval/step-N.json."""
     reports = []
-    with EvalJob(run_url, tasks, eval_cfg, options, on_progress) as job:
+    with EvalJob(run, tasks, eval_cfg, on_progress) as job:
         for plan in plans:
             reports.append(job.evaluate(plan))
             if on_report is not None:
@@ -161,34 +157,32 @@ def evaluate_steps(
 
 
 def follow_run(
-    run_url: str,
+    run: Place,
     tasks: list[EvalTask],
     eval_cfg: EvalConfig,
-    options: dict | None = None,
     on_progress: Progress | None = None,
     on_report: Callable[[EvalReport], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[EvalReport]:
     """Evaluate every committed step without a complete result, then each new one as it is committed,
     until the run records its finish (inside a Ray session)."""
-    options = options or {}
     names = [task.name for task in tasks]
-    records = RunRecords(run_url, options)
+    records = RunRecords(run)
     seen: set[int] = set()
     reports = []
-    with EvalJob(run_url, tasks, eval_cfg, options, on_progress) as job:
+    with EvalJob(run, tasks, eval_cfg, on_progress) as job:
         while True:
             finished = run_finished(records.events())  # read first: the scan below then sees the last checkpoint
-            for step in committed_steps(run_url, options):
+            for step in committed_steps(run):
                 if step in seen:
                     continue
                 seen.add(step)
-                if complete_report(run_url, step, names, options) is not None:
+                if complete_report(run, step, names) is not None:
                     continue
                 try:
-                    reports.append(job.evaluate(plan_step(run_url, step, tasks, eval_cfg.slice_size, options)))
+                    reports.append(job.evaluate(plan_step(run, step, tasks, eval_cfg.slice_size)))
                 except FileNotFoundError:
-                    if step in committed_steps(run_url, options):
+                    if step in committed_steps(run):
                         raise
                     warnings.warn(f"step {step} was pruned before it could be evaluated", stacklevel=1)
                     continue

@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from data_shards.errors import DataError
 from cluster.evals.tasks.base import EvalTask, Slice, Tally
 from llm.devices import use_cpu_accelerator_without_cuda
+from ops.storage import Location
 
 CALLS_IN_FLIGHT = 2  # per worker: the next slice waits on the worker while the driver takes in the last one
 
@@ -49,11 +50,10 @@ def device_and_dtype(cuda: bool) -> tuple[str, str]:
 class EvalWorker:
     """Scores slices of the tasks it was given with one checkpoint at a time (a Ray actor)."""
 
-    def __init__(self, run_url: str, storage_options: dict, tasks: list[EvalTask]):
+    def __init__(self, run: Location, tasks: list[EvalTask]):
         import torch
 
-        self.run_url = run_url
-        self.storage_options = storage_options
+        self.run = run
         self.tasks = {task.name: task for task in tasks}
         device, dtype = device_and_dtype(torch.cuda.is_available())
         if device == "cpu":
@@ -76,7 +76,7 @@ class EvalWorker:
 
         if self.step != step:
             self.model = None
-            _, model = load_model(self.run_url, step, self.storage_options)
+            _, model = load_model(self.run, step)
             self.model = model.to(device=self.device, dtype=self.dtype)
             self.step = step
             self.loads.append(step)
@@ -90,9 +90,7 @@ class EvalWorker:
 class EvalPool:
     """A fixed set of eval workers for one job; ``run`` scores a list of slices of one checkpoint."""
 
-    def __init__(
-        self, run_url: str, storage_options: dict, tasks: list[EvalTask], workers: int | None = None, max_retries: int = 3
-    ):
+    def __init__(self, run: Location, tasks: list[EvalTask], workers: int | None = None, max_retries: int = 3):
         self.plan = worker_plan(ray.cluster_resources(), workers)
         self.max_retries = max_retries
         actor = ray.remote(EvalWorker).options(
@@ -101,7 +99,7 @@ class EvalPool:
             max_restarts=max_retries,
             max_task_retries=max_retries,
         )
-        self.workers = [actor.remote(run_url, storage_options, tasks) for _ in range(self.plan.count)]
+        self.workers = [actor.remote(run, tasks) for _ in range(self.plan.count)]
 
     def __enter__(self) -> "EvalPool":
         return self

@@ -22,8 +22,8 @@ from data_shards.errors import DataError
 from ops import storage
 
 
-def report_url(run_url: str, step: int) -> str:
-    return storage.join(run_url, f"eval/step-{step:08d}.json")
+def report_url(run: storage.PlaceT, step: int) -> storage.PlaceT:
+    return storage.join(run, f"eval/step-{step:08d}.json")
 
 
 class EvalReport(BaseModel):
@@ -119,17 +119,17 @@ class EvalReportFile(BaseModel):
         return EvalReport(step=self.step, results=results)
 
 
-def write_report(run_url: str, report: EvalReport, options: dict | None = None) -> None:
-    storage.write_json(report_url(run_url, report.step), report.to_json(), options)
+def write_report(run: storage.Place, report: EvalReport) -> None:
+    storage.write_json(report_url(run, report.step), report.to_json())
 
 
-def read_report(run_url: str, step: int, options: dict | None = None) -> EvalReport | None:
+def read_report(run: storage.Place, step: int) -> EvalReport | None:
     """The report of ``step``, None when there is none; DataError naming the file and key when it is not a report."""
-    url = report_url(run_url, step)
-    if not storage.exists(url, options):
+    url = report_url(run, step)
+    if not storage.exists(url):
         return None
     try:
-        return EvalReportFile.model_validate(storage.read_json(url, options)).report()
+        return EvalReportFile.model_validate(storage.read_json(url)).report()
     except ValidationError as error:
         raise DataError(f"{url} is not an evaluation report: {_problem(error)}") from None
 

@@ -11,14 +11,14 @@ from cluster.evals.display import EvalProgress, print_eval_table, stage_console
 from cluster.evals.driver import build_tasks, complete_report, evaluate_steps, follow_run, plan_step, plan_steps
 from cluster.evals.report import EvalReport, report_url
 from ops.scalar_logs import log_eval
+from ops.storage import Place
 
 
 def evaluate_run(
     eval_cfg: EvalConfig,
     cluster_cfg: ClusterConfig,
-    run_url: str,
-    data_url: str,
-    options: dict | None = None,
+    run: Place,
+    data: Place,
     log_to: Iterable[str] = (),
     follow: bool = False,
     skip_evaluated: bool = False,
@@ -30,24 +30,23 @@ def evaluate_run(
     task's result is shown, not evaluated again.  Steps and task files are checked before Ray
     starts, so a bad one costs nothing and writes nothing.
     """
-    options = options or {}
-    steps = [] if follow else plan_steps(run_url, eval_cfg, options)
+    steps = [] if follow else plan_steps(run, eval_cfg)
     if skip_evaluated and not follow and eval_cfg.steps == "latest":
-        stored = complete_report(run_url, steps[0], [e.name for e in eval_cfg.task_entries()], options)
+        stored = complete_report(run, steps[0], [e.name for e in eval_cfg.task_entries()])
         if stored is not None:
-            stage_console.print(f"eval: skipped — {report_url(run_url, steps[0])} holds every task's result")
-            print_eval_table(stored, run_url)
+            stage_console.print(f"eval: skipped — {report_url(run, steps[0])} holds every task's result")
+            print_eval_table(stored, run)
             return [stored]
-    tasks = build_tasks(eval_cfg, data_url, options)
-    plans = [plan_step(run_url, step, tasks, eval_cfg.slice_size, options) for step in steps]
+    tasks = build_tasks(eval_cfg, data)
+    plans = [plan_step(run, step, tasks, eval_cfg.slice_size) for step in steps]
     backends = list(log_to)
 
     def show(report: EvalReport) -> None:
-        print_eval_table(report, run_url)
-        log_eval(run_url, backends, report.step, {r.name: r.values() for r in report.results}, options)
+        print_eval_table(report, run)
+        log_eval(run, backends, report.step, {r.name: r.values() for r in report.results})
 
     with ray_session(cluster_cfg), EvalProgress() as progress:
         if follow:
-            stage_console.print(f"eval: following {run_url}: each committed checkpoint is evaluated until the run finishes")
-            return follow_run(run_url, tasks, eval_cfg, options, progress.update, show)
-        return evaluate_steps(run_url, plans, tasks, eval_cfg, options, progress.update, show)
+            stage_console.print(f"eval: following {run}: each committed checkpoint is evaluated until the run finishes")
+            return follow_run(run, tasks, eval_cfg, progress.update, show)
+        return evaluate_steps(run, plans, tasks, eval_cfg, progress.update, show)

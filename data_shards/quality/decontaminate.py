@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import xxhash
 
@@ -38,12 +38,13 @@ def _strings(value) -> list[str]:
     return []
 
 
-def examples(url: str, storage_options=None, max_bytes: int = MAX_EXAMPLE_BYTES) -> Iterator[str]:
+def examples(source: storage.Place, max_bytes: int = MAX_EXAMPLE_BYTES) -> Iterator[str]:
     """Texts of an examples file: per JSON-lines record, each string field and all of them joined
     (a context and its answer span); a plain-text file is one example.  Read as a stream of bounded
     chunks (the held-out inputs are input files like any other): a line or file over ``max_bytes``, or
     a record nested too deep to parse, is no example."""
-    fs, path = storage.filesystem(url, storage_options)
+    fs, path = storage.filesystem(source)
+    url = str(source)
     with fs.open(path, "rb") as raw:
         chunks = gzip_chunks(raw) if url.endswith(".gz") else plain_chunks(raw)
         if not url.removesuffix(".gz").endswith((".jsonl", ".json")):
@@ -62,12 +63,12 @@ def examples(url: str, storage_options=None, max_bytes: int = MAX_EXAMPLE_BYTES)
 class Contamination:
     """The n-grams of every example of ``spec.against``; a document sharing one is dropped."""
 
-    def __init__(self, spec: Decontaminate, storage_options=None):
+    def __init__(self, spec: Decontaminate, input_options: Mapping[str, Any] | None = None):
         self.n = spec.ngram
         self.owner: dict[int, str] = {}
         for url in spec.against:
             name = url.rstrip("/").rsplit("/", 1)[-1]
-            for example in examples(url, storage_options):
+            for example in examples(storage.Location(url, input_options or {})):
                 for h in ngram_hashes(example, self.n):
                     self.owner.setdefault(h, name)
         self.removed: Counter[str] = Counter()

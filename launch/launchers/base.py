@@ -114,7 +114,7 @@ class StopSignals:
 def run_job(launcher: Launcher) -> int:
     """Run the job to the end; 0 when done, 75 when stopped to be requeued, else the failing exit code."""
     job = launcher.job
-    records = RunRecords(job.run_dir, job.storage_options)
+    records = RunRecords(job.run)
     max_restarts = job.train.max_restarts
     attempt = 0
     with launcher.session(), StopSignals(launcher).installed() as stop:
@@ -148,5 +148,5 @@ def run_job(launcher: Launcher) -> int:
                 failures=failures,
                 attempt=attempt,
                 max_restarts=max_restarts,
-                step=latest_committed_step(job.run_dir, job.storage_options) or 0,
+                step=latest_committed_step(job.run) or 0,
             )

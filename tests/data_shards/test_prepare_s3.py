@@ -83,7 +83,7 @@ def test_damaged_s3_shard_is_a_data_error_naming_it(s3_ray, kit, tmp_path):
     cfg = config([f"{bucket}/corpus/train-00.jsonl.gz"], [f"{bucket}/corpus/train-00.jsonl.gz"], f"{bucket}/data")
     prepare(cfg, seed=0, progress=False)
     manifest = load_manifest(cfg.output, "train")
-    url = manifest.shard_url(0)
+    url = manifest.shard_location(0).url
     raw = bytearray(storage.read_bytes(url))
     raw[len(raw) // 3] ^= 0x10
     storage.write_bytes(url, bytes(raw))

@@ -10,6 +10,7 @@ import pytest
 
 from data_shards.errors import DataError
 from data_shards.shard_cache import NodeShardCache, cache_dir, private_dir
+from ops.storage import Location
 
 SIZE = 1000
 
@@ -23,7 +24,7 @@ def objects(tmp_path):
         path = tmp_path / "bucket" / f"shard-{i}.arrow"
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
-        out.append((hashlib.sha256(data).hexdigest(), SIZE, str(path), None))
+        out.append((hashlib.sha256(data).hexdigest(), SIZE, Location(str(path))))
     return out
 
 
@@ -49,7 +50,7 @@ def test_the_cache_folder_is_private(tmp_path, monkeypatch):
 def test_a_shard_is_downloaded_once_then_served_from_the_cache(tmp_path, objects):
     c = cache(tmp_path, 3)
     path = c.pin(*objects[0])
-    assert open(path, "rb").read() == open(objects[0][2], "rb").read()
+    assert open(path, "rb").read() == open(objects[0][2].url, "rb").read()
     c.release(objects[0][0], wanted=True)
     assert c.pin(*objects[0]) == path
     assert c.downloads == 1
@@ -130,15 +131,16 @@ def test_a_stale_download_is_cleared_but_one_in_progress_is_not(tmp_path, object
 
 def test_a_damaged_or_missing_object_is_a_data_error_naming_it_and_leaves_nothing(tmp_path, objects):
     c = cache(tmp_path, 3)
-    sha, size, url, opts = objects[0]
+    sha, size, shard = objects[0]
+    url = shard.url
     with open(url, "r+b") as f:  # one byte flipped: always a change, whatever the random bytes were
         f.seek(10)
         byte = f.read(1)[0]
         f.seek(10)
         f.write(bytes([byte ^ 0xFF]))
     with pytest.raises(DataError, match=f"shard {url} is damaged"):
-        c.pin(sha, size, url, opts)
-    os.remove(objects[1][2])
+        c.pin(sha, size, shard)
+    os.remove(objects[1][2].url)
     with pytest.raises(DataError, match=f"shard {objects[1][2]} named by the manifest is missing"):
         c.pin(*objects[1])
     assert os.listdir(c.folder) == []
@@ -167,7 +169,8 @@ def test_a_rank_that_found_no_shard_does_not_wait_for_the_pins_of_the_rank_that_
     The other must then find the shard, not wait for an exclusive lock until that pin is released."""
     import data_shards.shard_cache as shard_cache
 
-    sha, size, url, opts = objects[0]
+    sha, size, shard = objects[0]
+    url = shard.url
     waiter = cache(tmp_path, 5)
     lock = tmp_path / "cache" / "locks" / f"{sha}.lock"
     looked = threading.Event()
@@ -176,7 +179,7 @@ def test_a_rank_that_found_no_shard_does_not_wait_for_the_pins_of_the_rank_that_
     fetcher = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fetcher, fcntl.LOCK_SH)  # the other rank has looked too
     pinned = []
-    thread = threading.Thread(target=lambda: pinned.append(waiter.pin(sha, size, url, opts)), daemon=True)
+    thread = threading.Thread(target=lambda: pinned.append(waiter.pin(sha, size, shard)), daemon=True)
     thread.start()
     try:
         while not (looked.is_set() or _blocked_flock_waiters(lock)):  # the waiter found nothing and waits

@@ -192,7 +192,7 @@ def test_a_node_downloads_each_shard_once_for_all_its_ranks(copies, tmp_path):
 def test_a_shard_damaged_in_the_bucket_is_a_data_error_naming_it(copies):
     _, remote, largest = copies
     manifest = load_manifest(remote, "train")
-    url = manifest.shard_url(5)
+    url = manifest.shard_location(5).url
     raw = bytearray(storage.read_bytes(url))
     raw[len(raw) // 2] ^= 0x01
     storage.write_bytes(url, bytes(raw))

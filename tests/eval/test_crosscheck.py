@@ -21,6 +21,7 @@ from llm.export_hf import export_hf
 from cluster.evals.tasks.base import TaskInputs
 from cluster.evals.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTask
 from ops import storage
+from ops.storage import Location
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +149,7 @@ metric_list:
 
 def kiln_choice_scores(run, cloze_path: str) -> list[list[float]]:
     _, model = load_model(run.run_url, 6)
-    inputs = TaskInputs(data_url=run.data_url, storage_options={}, tokenizer=Tokenizer.load(run.data_url), batch_size=4)
+    inputs = TaskInputs(data=Location(run.data_url), tokenizer=Tokenizer.load(run.data_url), batch_size=4)
     task = MultipleChoiceTask.build(MultipleChoiceEntry(name="c", type="multiple_choice", path=cloze_path), inputs)
     return [continuation_logprobs(model, [(e.context, c) for c in e.continuations]) for e in task.examples]
 

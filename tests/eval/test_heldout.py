@@ -16,10 +16,11 @@ from cluster.evals.likelihood import window_nll
 from llm.model import Transformer
 from cluster.evals.tasks.base import ModelShape, TaskInputs
 from cluster.evals.tasks.heldout import HeldOutEntry, HeldOutTask, unigram_log_probs
+from ops.storage import Location
 
 
 def task(data_url, max_windows=None, batch_size=4) -> HeldOutTask:
-    inputs = TaskInputs(data_url=data_url, storage_options={}, tokenizer=Tokenizer.load(data_url), batch_size=batch_size)
+    inputs = TaskInputs(data=Location(data_url), tokenizer=Tokenizer.load(data_url), batch_size=batch_size)
     return HeldOutTask.build(HeldOutEntry(max_windows_per_shard=max_windows), inputs)
 
 

@@ -14,6 +14,7 @@ from cluster.evals.likelihood import continuation_logprobs
 from llm.model import Transformer
 from cluster.evals.tasks.base import ModelShape, TaskInputs
 from cluster.evals.tasks.multiple_choice import MultipleChoiceEntry, MultipleChoiceTask, encode_pair, parse_examples
+from ops.storage import Location
 
 GOOD = {"context": "def add(a, b):\n    return", "choices": [" a + b", " a - b", " None"], "label": 0}
 
@@ -119,9 +120,7 @@ def build(tokenizer, tmp_path, rows, batch_size=4) -> MultipleChoiceTask:
     path = tmp_path / "task.jsonl"
     path.write_text(lines(*rows))
     entry = MultipleChoiceEntry(name="t", type="multiple_choice", path=str(path))
-    return MultipleChoiceTask.build(
-        entry, TaskInputs(data_url="", storage_options={}, tokenizer=tokenizer, batch_size=batch_size)
-    )
+    return MultipleChoiceTask.build(entry, TaskInputs(data=Location(""), tokenizer=tokenizer, batch_size=batch_size))
 
 
 def score_all(task, model, slice_size):
@@ -167,4 +166,4 @@ def test_a_choice_longer_than_the_models_context_names_the_line(tokenizer, tmp_p
 def test_a_missing_task_file_is_named(tokenizer, tmp_path):
     entry = MultipleChoiceEntry(name="cloze", type="multiple_choice", path=str(tmp_path / "nope.jsonl"))
     with pytest.raises(DataError, match=r"eval task 'cloze': task file .*nope.jsonl does not exist"):
-        MultipleChoiceTask.build(entry, TaskInputs(data_url="", storage_options={}, tokenizer=tokenizer, batch_size=2))
+        MultipleChoiceTask.build(entry, TaskInputs(data=Location(""), tokenizer=tokenizer, batch_size=2))

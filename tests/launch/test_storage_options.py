@@ -45,5 +45,6 @@ def test_prepare_reaches_s3_through_storage_options_alone(s3_bucket, tiny_config
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert is_prepared(f"{s3_bucket}/data", options)
-    assert any(name.endswith(".arrow") for name in storage.list_names(f"{s3_bucket}/data/train", options))
+    data = storage.Location(f"{s3_bucket}/data", options)
+    assert is_prepared(data)
+    assert any(name.endswith(".arrow") for name in storage.list_names(data.join("train")))

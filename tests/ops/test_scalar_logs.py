@@ -27,9 +27,9 @@ def _row(step: int, attempt: int) -> dict:
     }
 
 
-def _attempt(run_url: str, steps: range, attempt: int, options=None) -> None:
+def _attempt(run_url: str, steps: range, attempt: int) -> None:
     """What rank 0 does: each row to the records and to the scalar logs."""
-    records, scalars = RunRecords(run_url, options), ScalarLogs(run_url, ["tensorboard"], options, flush_every_s=0.01)
+    records, scalars = RunRecords(run_url), ScalarLogs(run_url, ["tensorboard"], flush_every_s=0.01)
     for step in steps:
         row = _row(step, attempt)
         records.log_metrics(row)

@@ -8,12 +8,12 @@ import tempfile
 from ops import storage
 
 
-def tensorboard_scalars(run_url: str, options: dict | None = None) -> dict[str, list[tuple[int, float]]]:
+def tensorboard_scalars(run: storage.Place) -> dict[str, list[tuple[int, float]]]:
     """Tag → [(step, value)] as TensorBoard shows them; a folder on object storage is downloaded first."""
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
     with tempfile.TemporaryDirectory() as local:
-        fs, root = storage.filesystem(storage.join(run_url, "tensorboard"), options)
+        fs, root = storage.filesystem(storage.join(run, "tensorboard"))
         for name in sorted(fs.ls(root, detail=False)):
             fs.get(name, os.path.join(local, name.rstrip("/").rsplit("/", 1)[-1]))
         accumulator = EventAccumulator(local, size_guidance={SCALARS: 0})

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_shards.tokenizer import Tokenizer
 from llm.model import Transformer
+from ops.storage import Location
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -36,10 +37,9 @@ class TaskEntry(BaseModel):
 
 @dataclass(frozen=True)
 class TaskInputs:
-    """What every task may build from: the run's prepared data and how to read storage."""
+    """What every task may build from: the run's prepared data (its location also reaches the task files)."""
 
-    data_url: str
-    storage_options: dict[str, Any]
+    data: Location
     tokenizer: Tokenizer
     batch_size: int
 

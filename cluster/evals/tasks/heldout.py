@@ -64,8 +64,7 @@ class HeldOutTask(EvalTask):
 
     def __init__(self, name: str, inputs: TaskInputs, val: Manifest, train: Manifest, max_windows: int | None):
         super().__init__(name)
-        self.data_url = inputs.data_url
-        self.storage_options = inputs.storage_options
+        self.data = inputs.data
         self.batch_size = inputs.batch_size
         self.val = val
         self.train = train
@@ -78,8 +77,8 @@ class HeldOutTask(EvalTask):
 
     @classmethod
     def build(cls, entry: HeldOutEntry, inputs: TaskInputs) -> "HeldOutTask":
-        val = load_manifest(inputs.data_url, "val", inputs.storage_options)
-        train = load_manifest(inputs.data_url, "train", inputs.storage_options)
+        val = load_manifest(inputs.data, "val")
+        train = load_manifest(inputs.data, "train")
         return cls(entry.name, inputs, val, train, entry.max_windows_per_shard)
 
     def _window_counts(self, seq_len: int) -> list[int]:
@@ -89,14 +88,12 @@ class HeldOutTask(EvalTask):
     def slices(self, shape: ModelShape, slice_size: int) -> list[Slice]:
         if shape.vocab_size != self.train.vocab_size:
             raise DataError(
-                f"{self.data_url}: the data's vocabulary has {self.train.vocab_size} tokens, "
+                f"{self.data}: the data's vocabulary has {self.train.vocab_size} tokens, "
                 f"the checkpoint's model {shape.vocab_size}"
             )
         counts = self._window_counts(shape.seq_len)
         if sum(counts) == 0:
-            raise DataError(
-                f"{self.data_url}: the val shards hold no complete window of seq_len+1 = {shape.seq_len + 1} tokens"
-            )
+            raise DataError(f"{self.data}: the val shards hold no complete window of seq_len+1 = {shape.seq_len + 1} tokens")
         out = [
             Slice(task=self.name, source="val", part=shard, start=start, stop=min(start + slice_size, n))
             for shard, n in enumerate(counts)
@@ -115,7 +112,7 @@ class HeldOutTask(EvalTask):
     def _windows(self, shard: int, seq_len: int) -> np.ndarray:
         key = (shard, seq_len)
         if self._shard_windows is None or self._shard_windows[0] != key:
-            self._shard_windows = (key, eval_windows(self.data_url, "val", shard, seq_len, self.storage_options))
+            self._shard_windows = (key, eval_windows(self.data, "val", shard, seq_len))
         return self._shard_windows[1]
 
     def batches(self, piece: Slice, model: Transformer | None) -> Iterator[_Windows | _TrainShard]:
@@ -128,7 +125,7 @@ class HeldOutTask(EvalTask):
 
     def score(self, model: Transformer | None, batch: _Windows | _TrainShard) -> HeldOutTally:
         if isinstance(batch, _TrainShard):
-            counts = shard_token_counts(self.data_url, "train", batch.index, self.train.vocab_size, self.storage_options)
+            counts = shard_token_counts(self.data, "train", batch.index, self.train.vocab_size)
             return HeldOutTally(train_counts=counts)
         nll, tokens = window_nll(model, batch.tokens, batch_size=len(batch.tokens))
         targets = batch.tokens[:, 1:]

@@ -122,9 +122,10 @@ class MultipleChoiceTask(EvalTask):
 
     @classmethod
     def build(cls, entry: MultipleChoiceEntry, inputs: TaskInputs) -> "MultipleChoiceTask":
-        if not storage.exists(entry.path, inputs.storage_options):
+        task_file = inputs.data.with_url(entry.path)
+        if not storage.exists(task_file):
             raise DataError(f"eval task '{entry.name}': task file {entry.path} does not exist")
-        parsed = parse_examples(storage.read_text(entry.path, inputs.storage_options), entry.path)
+        parsed = parse_examples(storage.read_text(task_file), entry.path)
         if entry.limit is not None:
             parsed = parsed[: entry.limit]
         encoded = []
