@@ -11,14 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
+from ray.job_submission import JobStatus, JobSubmissionClient
 
+from cluster.auth import auth_headers
 from llm.checkpoint import latest_committed_step
 from ops.records import RunRecords
 
 pytestmark = pytest.mark.slow
 
-# Long enough that a stop sent once a step is logged lands mid-run even with a CLI's start-up in between.
-STEPS = 400
+# Every interruption below happens while the ranks are held (SIGSTOP), so a run need only outlast the few
+# steps between one being logged and the ranks being held; more steps would only make each run slower.
+STEPS = 100
+CHECKPOINT_EVERY = 25
 
 
 def kiln(*args, env=None, cwd=None, timeout=900):
@@ -44,27 +48,38 @@ def curve(run_dir):
     return {row["step"]: row["loss"] for row in RunRecords(str(run_dir)).metrics()}
 
 
-def wait_for_step(run_dir, step, alive=lambda: True, timeout_s=600):
+def wait_until(condition, what, alive=lambda: True, timeout_s=600):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if any(row["step"] >= step for row in RunRecords(str(run_dir)).metrics()):
+        if condition():
             return
-        assert alive(), "the run ended before it could be interrupted"
-        time.sleep(0.5)
-    raise AssertionError(f"step {step} not reached")
+        assert alive(), f"the run ended before {what}"
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def wait_for_step(run_dir, step, alive=lambda: True):
+    wait_until(lambda: any(row["step"] >= step for row in RunRecords(str(run_dir)).metrics()), f"step {step}", alive)
+
+
+def jobs_client(head) -> JobSubmissionClient:
+    """The head's Jobs API in this process: polled in a loop without a CLI's start-up each time."""
+    return JobSubmissionClient(head.dashboard_url, headers=auth_headers(client_env(head)))
 
 
 @contextlib.contextmanager
 def ranks_held(run_dir, nproc=2):
     """Every rank process of a running Ray Train run stopped (SIGSTOP) for the block, then resumed: a stop
-    request sent meanwhile reaches them a few steps later, however slowly it travels on a busy machine."""
+    request sent meanwhile reaches them a few steps later, however slowly it travels on a busy machine, and
+    the run cannot end meanwhile.  Yields the heartbeats that named the ranks."""
     while len(beats := RunRecords(str(run_dir)).heartbeats()) < nproc:
         time.sleep(0.2)
     pids = [beat["pid"] for beat in beats]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
-        yield
+        assert max(curve(run_dir)) < STEPS, "the run ended before it could be interrupted"
+        yield beats
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -79,8 +94,8 @@ def setup(tmp_path_factory, tiny_config, prepared_data):
         tmp,
         seed=11,
         run={"dir": str(tmp / "straight")},
-        train={"steps": STEPS, "checkpoint_every": 100, "launcher": "ray", "warmup_steps": 5},
-        eval={"max_windows_per_shard": 4},
+        train={"steps": STEPS, "checkpoint_every": CHECKPOINT_EVERY, "launcher": "ray", "warmup_steps": 5},
+        eval={"max_windows_per_shard": 4, "workers": 1},
     )
     prepared_data(path)
     straight = kiln("train", str(path), "train.launcher=local", cwd=tmp)
@@ -161,9 +176,10 @@ def test_a_killed_ray_train_worker_is_restarted_and_the_curve_is_unchanged(setup
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for_step(run, 105, alive=lambda: proc.poll() is None)  # past the checkpoint at step 100
-        victim = next(b for b in RunRecords(str(run)).heartbeats() if b["rank"] == 1)["pid"]
-        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: latest_committed_step(str(run)) is not None, "a checkpoint", alive=lambda: proc.poll() is None)
+        with ranks_held(run) as beats:
+            victim = next(b for b in beats if b["rank"] == 1)["pid"]
+            os.kill(victim, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
@@ -172,7 +188,7 @@ def test_a_killed_ray_train_worker_is_restarted_and_the_curve_is_unchanged(setup
     assert proc.returncode == 0, stderr.decode()[-3000:]
     [restart] = [e for e in RunRecords(str(run)).events() if e["event"] == "restart"]
     assert restart["launcher"] == "ray" and restart["attempt"] == 1 and restart["max_restarts"] == 2
-    assert restart["step"] >= 100
+    assert restart["step"] >= CHECKPOINT_EVERY
     killed = [f for f in restart["failures"] if f["rank"] == 1]
     assert killed and killed[0]["pid"] == victim, restart["failures"]
     assert curve(run) == reference
@@ -185,19 +201,14 @@ def test_stopping_a_submitted_job_saves_it_and_the_resubmission_continues_the_cu
     submitted = kiln("submit", str(path), f"run.dir={run}", "--address", ray_head.dashboard_url, env=env, cwd=tmp)
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = submitted.stdout.strip().splitlines()[0]
+    jobs = jobs_client(ray_head)
 
-    def running():
-        status = kiln("jobs", "status", job_id, "--address", ray_head.dashboard_url, env=env)
-        return "RUNNING" in status.stdout or "PENDING" in status.stdout
-
-    wait_for_step(run, 3, alive=running)
+    wait_for_step(run, 3, alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING))
     with ranks_held(run):
         stopped = kiln("jobs", "stop", job_id, "--address", ray_head.dashboard_url, env=env)
         assert stopped.returncode == 0, stopped.stderr
-        deadline = time.monotonic() + 300
-        while "SIGTERM received" not in kiln("jobs", "logs", job_id, "--address", ray_head.dashboard_url, env=env).stdout:
-            assert time.monotonic() < deadline, "the job's driver never acted on the stop"
-            time.sleep(0.5)  # until the job's driver has passed the stop on to the ranks
+        # until the job's driver has passed the stop on to the ranks
+        wait_until(lambda: "SIGTERM received" in jobs.get_job_logs(job_id), "the job's driver acted on the stop")
     followed = kiln("jobs", "logs", job_id, "--follow", "--address", ray_head.dashboard_url, env=env)
     assert followed.returncode != 0
 
@@ -213,22 +224,39 @@ def test_stopping_a_submitted_job_saves_it_and_the_resubmission_continues_the_cu
 def test_a_stop_signal_to_the_ray_train_driver_saves_and_exits_75(setup, ray_head, tmp_path):
     tmp, path, _ = setup
     run = tmp_path / "usr2"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", "train", str(path), f"run.dir={run}", f"cluster.address={ray_head.gcs_address}"],
-        env=client_env(ray_head),
-        cwd=tmp,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    stderr = tmp_path / "driver.err"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "launch.cli",
+                "train",
+                str(path),
+                f"run.dir={run}",
+                f"cluster.address={ray_head.gcs_address}",
+            ],
+            env=client_env(ray_head),
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         wait_for_step(run, 3, alive=lambda: proc.poll() is None)
-        proc.send_signal(signal.SIGUSR2)
-        _, stderr = proc.communicate(timeout=600)
+        with ranks_held(run):
+            proc.send_signal(signal.SIGUSR2)
+            # until the driver has passed the stop on to the ranks
+            wait_until(
+                lambda: "SIGUSR2 received" in stderr.read_text(),
+                "the driver acted on SIGUSR2",
+                alive=lambda: proc.poll() is None,
+            )
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 75, stderr.decode()[-3000:]
+    assert proc.returncode == 75, stderr.read_text()[-3000:]
     [preemption] = [e for e in RunRecords(str(run)).events() if e["event"] == "preemption"]
     # the ranks that had seen the request when they agreed name it; the others followed them
     assert preemption["signals"] and set(preemption["signals"].values()) == {"SIGUSR2"}

@@ -130,7 +130,7 @@ def world(tmp_path_factory, tiny_config):
             tree["data"]["output"] = f"{bucket}/data"
             tree["run"]["dir"] = f"{bucket}/runs/local"
             tree["train"].update(steps=2, checkpoint_every=2, warmup_steps=1)
-            tree["eval"] = {"max_windows_per_shard": 4}
+            tree["eval"] = {"max_windows_per_shard": 4, "workers": 1}
             tree["storage"] = {"options": {**secrets, "endpoint_url": endpoint, "client_kwargs": {"region_name": "us-east-1"}}}
             config.write_text(yaml.safe_dump(tree))
             yield {"tmp": tmp, "config": config, "bucket": bucket, "secrets": secrets, "watch": watch}
@@ -161,9 +161,10 @@ def test_kiln_run_writes_no_credential_to_its_run_data_or_records(world, local_r
     assert world["watch"].samples > 0 and world["watch"].hits == []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_head(world):
-    """A token-authenticated head whose nodes hold the credentials in their environment, as an operator sets it."""
+    """A token-authenticated head whose nodes hold the credentials in their environment, as an operator sets it
+    (for the one test that submits to it: not left idling through the others)."""
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith("AWS_")]:
             mp.delenv(name)
