@@ -1,13 +1,17 @@
 """Interruptions never change the result: after SIGTERM, SIGUSR1 or SIGUSR2 (what SLURM and Kubernetes
 send before preemption) or a rank killed outright, training continues from the last committed
 checkpoint and the loss curve equals an uninterrupted run's, bit for bit; no rank process outlives
-the launcher."""
+the launcher.  The stop signals stop one run in turn, so the rerun after each is the next one's run."""
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import pytest
@@ -17,7 +21,8 @@ from ops.records import RunRecords
 
 pytestmark = pytest.mark.slow
 
-# Long enough that a signal sent once step FIRST_STEP is logged always lands mid-run, even on a busy machine.
+# Long enough that a signal sent once FIRST_STEP more steps are logged always lands mid-run, even on a busy
+# machine and after two earlier stops of the same run.
 STEPS = 160
 FIRST_STEP = 3
 
@@ -75,6 +80,17 @@ def finish(proc, timeout_s=600):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def killed_on_failure(proc):
+    """Kill `kiln train` and everything under it when the block fails (its own session, see start_training)."""
+    try:
+        yield
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+
+
 def events(run, kind):
     return [e for e in RunRecords(str(run)).events() if e["event"] == kind]
 
@@ -94,44 +110,88 @@ def setup(tmp_path_factory, tiny_config, prepared_data):
     return tmp, path, reference
 
 
-def preempt(path, cwd, run, sig):
-    """Start training into ``run``, send ``sig`` to `kiln train` once FIRST_STEP is logged; return the
-    rank-side processes seen while it ran and the launcher's exit code."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class Stop:
+    """What one `kiln train` stopped by a signal left: its exit code and stderr, the rank-side processes seen
+    under it and those of them still alive once it had exited, the step it was signalled after, and a copy
+    of the run as it was then."""
+
+    rc: int
+    stderr: str
+    children: list[int]
+    alive: list[int]
+    signalled_after: int
+    run: Path
+
+
+@dataclass
+class StoppedInTurn:
+    stops: dict[signal.Signals, Stop]
+    rc: int
+    stderr: str
+    final: dict[int, float]
+
+
+def stop_with(sig, path, cwd, run) -> tuple[int, str, list[int], list[int], int]:
+    """Start training into ``run``, send ``sig`` to `kiln train` once FIRST_STEP more steps are logged."""
+    signal_after = max(curve(run), default=0) + FIRST_STEP
     proc = start_training(path, cwd, f"run.dir={run}", "train.checkpoint_every=1000")
-    wait_for_step(run, FIRST_STEP, proc)
-    children = descendants(proc)
-    proc.send_signal(sig)
+    with killed_on_failure(proc):
+        wait_for_step(run, signal_after, proc)
+        children = descendants(proc)
+        proc.send_signal(sig)
     rc, stderr = finish(proc)
-    return children, rc, stderr
+    return rc, stderr, children, alive(children), signal_after
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2], ids=lambda s: s.name)
-def test_a_stop_signal_saves_at_the_next_step_exits_75_after_every_rank_and_the_rerun_continues_the_curve(setup, sig):
-    tmp, path, reference = setup
-    run = tmp / sig.name.lower()
-    children, rc, stderr = preempt(path, tmp, run, sig)
-    assert rc == 75, stderr
-    assert len(children) >= 3, "torchrun and two ranks ran under the launcher"
-    assert alive(children) == [], "a rank or torchrun outlived the launcher"
-
-    [preemption] = events(run, "preemption")
-    stopped_at = preemption["step"]
-    assert FIRST_STEP <= stopped_at < STEPS
-    assert latest_committed_step(str(run)) == stopped_at
-    assert max(curve(run)) == stopped_at
-
+@pytest.fixture(scope="module")
+def stopped_in_turn(setup) -> StoppedInTurn:
+    """One run stopped by each stop signal in turn, every stop rerun from where it left off (as a job preempted
+    again after its requeue is), then rerun to the end; the rerun after each signal is the next one's run."""
+    tmp, path, _ = setup
+    run = tmp / "stopped-in-turn"
+    stops = {}
+    for sig in STOP_SIGNALS:
+        rc, stderr, children, living, signalled_after = stop_with(sig, path, tmp, run)
+        copy = tmp / f"as-{sig.name.lower()}-left-it"
+        shutil.copytree(run, copy)
+        stops[sig] = Stop(rc, stderr, children, living, signalled_after, copy)
     rc, stderr = finish(start_training(path, tmp, f"run.dir={run}", "train.checkpoint_every=1000"))
-    assert rc == 0, stderr
-    assert curve(run) == reference
+    return StoppedInTurn(stops, rc, stderr, curve(run))
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
+def test_a_stop_signal_saves_at_the_next_step_exits_75_after_every_rank_and_the_rerun_continues_the_curve(
+    setup, stopped_in_turn, sig
+):
+    _, _, reference = setup
+    stop = stopped_in_turn.stops[sig]
+    assert stop.rc == 75, stop.stderr
+    assert len(stop.children) >= 3, "torchrun and two ranks ran under the launcher"
+    assert stop.alive == [], "a rank or torchrun outlived the launcher"
+
+    preemptions = events(stop.run, "preemption")
+    assert len(preemptions) == STOP_SIGNALS.index(sig) + 1, "one preemption per stop so far"
+    stopped_at = preemptions[-1]["step"]
+    assert stop.signalled_after <= stopped_at < STEPS
+    assert latest_committed_step(str(stop.run)) == stopped_at
+    assert curve(stop.run) == {step: loss for step, loss in reference.items() if step <= stopped_at}
+
+    assert stopped_in_turn.rc == 0, stopped_in_turn.stderr
+    assert stopped_in_turn.final == reference
 
 
 def test_a_killed_rank_is_restarted_from_the_last_checkpoint_with_the_same_curve(setup):
     tmp, path, reference = setup
     run = tmp / "crash"
     proc = start_training(path, tmp, f"run.dir={run}", "train.max_restarts=1")
-    wait_for_step(run, 45, proc)  # past the first checkpoint (step 40)
-    victim = next(b for b in RunRecords(str(run)).heartbeats() if b["rank"] == 1)["pid"]
-    os.kill(victim, signal.SIGKILL)
+    with killed_on_failure(proc):
+        wait_for_step(run, 45, proc)  # past the first checkpoint (step 40)
+        victim = next(b for b in RunRecords(str(run)).heartbeats() if b["rank"] == 1)["pid"]
+        os.kill(victim, signal.SIGKILL)
     rc, stderr = finish(proc)
     assert rc == 0, stderr
     [restart] = events(run, "restart")
@@ -140,11 +200,12 @@ def test_a_killed_rank_is_restarted_from_the_last_checkpoint_with_the_same_curve
     assert curve(run) == reference
 
 
-def test_a_preempted_run_resumes_on_fewer_ranks_and_follows_the_same_curve(setup):
+def test_a_preempted_run_resumes_on_fewer_ranks_and_follows_the_same_curve(setup, stopped_in_turn):
     tmp, path, reference = setup
     run = tmp / "reshaped"
-    _, rc, stderr = preempt(path, tmp, run, signal.SIGTERM)
-    assert rc == 75, stderr
+    stopped = stopped_in_turn.stops[signal.SIGTERM]
+    assert stopped.rc == 75, stopped.stderr
+    shutil.copytree(stopped.run, run)
 
     rc, stderr = finish(start_training(path, tmp, f"run.dir={run}", "train.nproc=1"))
     assert rc == 0, stderr

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from ops.records import RunRecords
 pytestmark = pytest.mark.slow
 
 STEPS = 40
+STEPS_ON_RAY = 4
 VENV_BIN = str(Path(sys.executable).parent)
 
 
@@ -149,45 +151,50 @@ def test_a_job_sbatch_refuses_is_one_line(slurm, prepared):
     assert "invalid partition specified: nowhere" in proc.stderr
 
 
-def test_the_ray_variant_runs_the_pipeline_to_its_eval_file(slurm, prepared):
-    tmp, config = prepared
-    run = tmp / "on-ray"
-    ray_folders = set(Path("/tmp").glob("kiln-slurm-*"))
-    job_id = submit(slurm, config, tmp, "--ray", f"run.dir={run}", "train.steps=4", "train.checkpoint_every=2")
-    info = slurm.wait_for_job(job_id)
-    log = job_log(tmp, job_id)
-    assert info["JobState"] == "COMPLETED", log
-    assert (run / "eval" / "step-00000004.json").exists(), log
-    assert sorted(row["step"] for row in RunRecords(str(run)).metrics()) == [1, 2, 3, 4]
-    assert set(Path("/tmp").glob("kiln-slurm-*")) == ray_folders, "the job left its Ray folder (and token) behind"
-    assert slurm.wait_for_no_job_processes() == [], "the job left processes behind"
-
-
 CLIENT_PROBE = "import ray, sys; ray.init(sys.argv[1], logging_level='ERROR'); ray.shutdown()"
 
-
-def test_the_ray_variants_head_turns_away_a_client_without_the_jobs_token(slurm, tmp_path):
-    """The head that the rendered --ray script starts on the real Slurm: a client holding the job's token
-    connects to its Ray Client port (the stand-in for `kiln run` proves it from inside the job), and one
-    without the token, outside the job, is refused there."""
-    probe, bin_dir = tmp_path / "probe", tmp_path / "bin"
-    probe.mkdir()
-    bin_dir.mkdir()
-    kiln = bin_dir / "kiln"
-    kiln.write_text(
-        f"""#!/bin/bash
+# `kiln` on the PATH of the --ray job: it connects to the head's Ray Client port with the job's token, as the
+# real `kiln run` could, runs the real `kiln` with its arguments, then keeps the job and its head up until the
+# test has probed the head from outside the job, and exits as the real `kiln` did.
+KILN_STAND_IN = """#!/bin/bash
 address="${{3#cluster.address=}}"
 client="ray://${{address%:*}}:$(( ${{address##*:}} + 1 ))"
 echo "$client" > "$PROBE/client"
-timeout 300 {sys.executable} -c "{CLIENT_PROBE}" "$client" > "$PROBE/with-token.log" 2>&1
+timeout 300 {python} -c "{probe}" "$client" > "$PROBE/with-token.log" 2>&1
 echo $? > "$PROBE/with-token"
-for _ in $(seq 1200); do [ -e "$PROBE/done" ] && exit 0; sleep 0.5; done
+{kiln} "$@"
+status=$?
+for _ in $(seq 1200); do [ -e "$PROBE/done" ] && exit $status; sleep 0.5; done
 exit 1
 """
-    )
+
+
+@dataclass
+class RayJob:
+    """What one job of the --ray script left: its record and log, its run, both probes of its head, and what
+    was left behind once it ended."""
+
+    info: dict[str, str]
+    log: str
+    run: Path
+    probe: Path
+    refused: subprocess.CompletedProcess
+    ray_folders_left: set[Path]
+    processes_left: list[str]
+
+
+@pytest.fixture(scope="module")
+def ray_job(slurm, prepared) -> RayJob:
+    """The --ray variant of the rendered script, submitted once, running the pipeline of STEPS_ON_RAY steps with
+    the stand-in above in front of `kiln`.  While the pipeline runs, a client without the job's token (and no
+    ~/.ray/auth_token to fall back on) tries the head's Ray Client port from outside the job."""
+    tmp, config = prepared
+    run, probe, bin_dir, home = tmp / "on-ray", tmp / "probe", tmp / "bin", tmp / "home"
+    for folder in (probe, bin_dir, home):
+        folder.mkdir()
+    kiln = bin_dir / "kiln"
+    kiln.write_text(KILN_STAND_IN.format(python=sys.executable, probe=CLIENT_PROBE, kiln=Path(VENV_BIN) / "kiln"))
     kiln.chmod(0o755)
-    config = tmp_path / "config.yaml"
-    config.write_text(f"run: {{name: probe, dir: {tmp_path / 'run'}}}\ndata: {{output: {tmp_path / 'data'}}}\n")
     env = {
         **job_environment(slurm),
         "PATH": f"{bin_dir}:{job_environment(slurm)['PATH']}",
@@ -196,9 +203,23 @@ exit 1
         "RAY_raylet_start_wait_time_s": "600",
         "RAY_agent_register_timeout_ms": "600000",
     }
+    ray_folders = set(Path("/tmp").glob("kiln-slurm-*"))
+    overrides = [f"run.dir={run}", f"train.steps={STEPS_ON_RAY}", "train.checkpoint_every=2"]
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "launch", "slurm", str(config), "--gpus-per-node", "0", "--ray", "--submit"],
-        cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "launch",
+            "slurm",
+            str(config),
+            "--gpus-per-node",
+            "0",
+            "--ray",
+            *overrides,
+            "--submit",
+        ],
+        cwd=tmp,
         env=env,
         capture_output=True,
         text=True,
@@ -209,12 +230,9 @@ exit 1
     try:
         deadline = time.monotonic() + 900
         while not (probe / "with-token").exists():
-            assert time.monotonic() < deadline, f"the job's Ray did not come up: {job_log(tmp_path, job_id)}"
-            assert slurm.job(job_id)["JobState"] in ("PENDING", "CONFIGURING", "RUNNING"), job_log(tmp_path, job_id)
+            assert time.monotonic() < deadline, f"the job's Ray did not come up: {job_log(tmp, job_id)}"
+            assert slurm.job(job_id)["JobState"] in ("PENDING", "CONFIGURING", "RUNNING"), job_log(tmp, job_id)
             time.sleep(0.5)
-        assert (probe / "with-token").read_text().strip() == "0", (probe / "with-token.log").read_text()[-2000:]
-        home = tmp_path / "home"  # no ~/.ray/auth_token to fall back on
-        home.mkdir()
         without = {k: v for k, v in job_environment(slurm).items() if not k.startswith("RAY_AUTH")}
         refused = subprocess.run(
             [sys.executable, "-c", CLIENT_PROBE, (probe / "client").read_text().strip()],
@@ -223,11 +241,36 @@ exit 1
             text=True,
             timeout=300,
         )
-        # Ray Client retries a refused handshake and then reports it as a connection timeout.
-        assert refused.returncode != 0, "a client without the token connected"
-        assert "ConnectionError" in refused.stderr, refused.stderr[-2000:]
     finally:
         (probe / "done").touch()
     info = slurm.wait_for_job(job_id)
-    assert info["JobState"] == "COMPLETED", job_log(tmp_path, job_id)
-    assert slurm.wait_for_no_job_processes() == [], "the job left processes behind"
+    return RayJob(
+        info=info,
+        log=job_log(tmp, job_id),
+        run=run,
+        probe=probe,
+        refused=refused,
+        ray_folders_left=set(Path("/tmp").glob("kiln-slurm-*")) - ray_folders,
+        processes_left=slurm.wait_for_no_job_processes(),
+    )
+
+
+def test_the_ray_variant_runs_the_pipeline_to_its_eval_file(ray_job):
+    assert ray_job.info["JobState"] == "COMPLETED", ray_job.log
+    assert (ray_job.run / "eval" / f"step-{STEPS_ON_RAY:08d}.json").exists(), ray_job.log
+    assert sorted(row["step"] for row in RunRecords(str(ray_job.run)).metrics()) == list(range(1, STEPS_ON_RAY + 1))
+    assert ray_job.ray_folders_left == set(), "the job left its Ray folder (and token) behind"
+    assert ray_job.processes_left == [], "the job left processes behind"
+
+
+def test_the_ray_variants_head_turns_away_a_client_without_the_jobs_token(ray_job):
+    """The head that the rendered --ray script starts on the real Slurm: a client holding the job's token
+    connects to its Ray Client port (the stand-in for `kiln run` proves it from inside the job), and one
+    without the token, outside the job, is refused there."""
+    with_token = (ray_job.probe / "with-token").read_text().strip()
+    assert with_token == "0", (ray_job.probe / "with-token.log").read_text()[-2000:]
+    # Ray Client retries a refused handshake and then reports it as a connection timeout.
+    assert ray_job.refused.returncode != 0, "a client without the token connected"
+    assert "ConnectionError" in ray_job.refused.stderr, ray_job.refused.stderr[-2000:]
+    assert ray_job.info["JobState"] == "COMPLETED", ray_job.log
+    assert ray_job.processes_left == [], "the job left processes behind"

@@ -1,5 +1,6 @@
 """Two real DeepSpeed ranks on CPU (gloo): records, commit protocol, resume, preemption, consolidation."""
 
+import shutil
 import signal
 import time
 
@@ -50,9 +51,36 @@ def global_batch_loss(model, job, step_index):
         return next_token_loss(model(batch[:, :-1]), batch[:, 1:]).item()
 
 
-def test_two_rank_run_commits_checkpoints_and_resumes_bit_for_bit(ranks, token_data, tmp_path):
-    job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, keep_checkpoints=2)
-    records = run_ok(ranks, job, tmp_path)
+def six_step_job(ranks, run_dir, data_url, nproc=2, stage=2, **train):
+    """The job of every finished run below: 6 steps, checkpoints at steps 3 and 6."""
+    return ranks.job(run_dir, data_url, **{"steps": 6, "checkpoint_every": 3, "nproc": nproc, "zero_stage": stage, **train})
+
+
+@pytest.fixture(scope="module")
+def finished_runs(ranks, token_data, tmp_path_factory):
+    """``finished_runs(nproc, stage)``: the run folder of a finished :func:`six_step_job`, one per layout, trained
+    once and copied by each test that inspects, reruns or resumes it (one fp32 rank runs stage 0 whatever the
+    config says, so its runs are one)."""
+    runs = {}
+
+    def finished(nproc: int, stage: int):
+        key = (nproc, 0 if nproc == 1 else stage)
+        if key not in runs:
+            tmp = tmp_path_factory.mktemp(f"before-{nproc}-ranks-zero{key[1]}")
+            job = six_step_job(ranks, tmp / "run", token_data, nproc=nproc, stage=stage)
+            proc = ranks.torchrun(job, tmp, nproc=nproc)
+            assert proc.returncode == 0, ranks.errors(proc)
+            assert checkpoint.read_commit(job.run_dir, 3).layout.zero_stage == key[1]
+            runs[key] = tmp / "run"
+        return runs[key]
+
+    return finished
+
+
+def test_two_rank_run_commits_checkpoints_and_resumes_bit_for_bit(ranks, token_data, tmp_path, finished_runs):
+    shutil.copytree(finished_runs(2, 2), tmp_path / "run")
+    job = six_step_job(ranks, tmp_path / "run", token_data)
+    records = RunRecords(job.run_dir)
 
     rows = records.metrics()
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -86,11 +114,10 @@ def test_two_rank_run_commits_checkpoints_and_resumes_bit_for_bit(ranks, token_d
     assert resumed and resumed[0]["step"] == 3
 
 
-def test_a_finished_run_is_not_retrained(ranks, token_data, tmp_path):
-    job = ranks.job(tmp_path / "run", token_data, steps=2, checkpoint_every=5)
-    records = run_ok(ranks, job, tmp_path)
-    run_ok(ranks, job, tmp_path)
-    assert [r["step"] for r in records.metrics()] == [1, 2]
+def test_a_finished_run_is_not_retrained(ranks, token_data, tmp_path, finished_runs):
+    shutil.copytree(finished_runs(2, 2), tmp_path / "run")
+    records = run_ok(ranks, six_step_job(ranks, tmp_path / "run", token_data), tmp_path)
+    assert [r["step"] for r in records.metrics()] == [1, 2, 3, 4, 5, 6]
     assert [e["event"] for e in records.events()][-3:] == ["start", "resume", "finish"]
 
 
@@ -173,26 +200,6 @@ RESHAPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def finished_runs(ranks, token_data, tmp_path_factory):
-    """6-step runs with checkpoints at steps 3 and 6, one per layout, shared by the reshape cases
-    (one fp32 rank runs stage 0 whatever the config says, so its runs are one)."""
-    runs = {}
-
-    def finished(nproc: int, stage: int):
-        key = (nproc, 0 if nproc == 1 else stage)
-        if key not in runs:
-            tmp = tmp_path_factory.mktemp(f"before-{nproc}-ranks-zero{key[1]}")
-            job = ranks.job(tmp / "run", token_data, steps=6, checkpoint_every=3, nproc=nproc, zero_stage=stage)
-            proc = ranks.torchrun(job, tmp, nproc=nproc)
-            assert proc.returncode == 0, ranks.errors(proc)
-            assert checkpoint.read_commit(job.run_dir, 3).layout.zero_stage == key[1]
-            runs[key] = tmp / "run"
-        return runs[key]
-
-    return finished
-
-
 @pytest.mark.parametrize("reshape", list(RESHAPES))
 def test_a_run_resumed_on_another_number_of_ranks_or_zero_stage_continues_the_same_loss_curve(
     reshape, ranks, token_data, tmp_path, finished_runs
@@ -200,11 +207,9 @@ def test_a_run_resumed_on_another_number_of_ranks_or_zero_stage_continues_the_sa
     """One fp32 rank runs ZeRO stage 0 whatever the config says; a resume that changes the number
     of ranks or the ZeRO stage goes through per-parameter state in either direction and continues the
     same loss curve (same global batch and sample order; only reductions differ)."""
-    import shutil
-
     (nproc_before, stage_before), (nproc_after, stage_after) = RESHAPES[reshape]
     shutil.copytree(finished_runs(nproc_before, stage_before), tmp_path / "run")
-    job = ranks.job(tmp_path / "run", token_data, steps=6, checkpoint_every=3, nproc=nproc_before, zero_stage=stage_before)
+    job = six_step_job(ranks, tmp_path / "run", token_data, nproc=nproc_before, stage=stage_before)
     records = RunRecords(job.run_dir)
     uninterrupted = records.metrics()
     assert [r["step"] for r in uninterrupted] == [1, 2, 3, 4, 5, 6]
@@ -222,17 +227,16 @@ def test_a_run_resumed_on_another_number_of_ranks_or_zero_stage_continues_the_sa
     assert checkpoint.read_commit(job.run_dir, 6).layout.zero_stage == (0 if nproc_after == 1 else stage_after)
 
 
-def test_resuming_on_changed_data_is_a_clear_failure(ranks, token_data, tmp_path):
-    import shutil
-
+def test_resuming_on_changed_data_is_a_clear_failure(ranks, token_data, tmp_path, finished_runs):
+    """A run trained on ``token_data`` resumed on a copy of it (the same content, so the same fingerprint)
+    whose manifest then changed."""
     data = tmp_path / "data"
     shutil.copytree(token_data, data)
-    job = ranks.job(tmp_path / "run", str(data), steps=2, checkpoint_every=1)
-    run_ok(ranks, job, tmp_path)
+    shutil.copytree(finished_runs(2, 2), tmp_path / "run")
     manifest = storage.read_json(str(data / "train" / "manifest.json"))
     manifest["tokenizer_sha256"] = "0" * 64  # the data a checkpoint was trained on is gone
     storage.write_json(str(data / "train" / "manifest.json"), manifest)
-    proc = ranks.torchrun(job.model_copy(update={"train": job.train.model_copy(update={"steps": 4})}), tmp_path)
+    proc = ranks.torchrun(six_step_job(ranks, tmp_path / "run", str(data), steps=8), tmp_path)
     assert proc.returncode != 0
-    failures = [e for e in RunRecords(job.run_dir).events() if e["event"] == "failure"]
+    failures = [e for e in RunRecords(str(tmp_path / "run")).events() if e["event"] == "failure"]
     assert failures and "cannot resume: the prepared data changed since the checkpoint" in failures[0]["error"]
