@@ -114,7 +114,7 @@ def _tokenizer(
     return tok, True
 
 
-def _save_tokenizer(tok: Tokenizer, output: storage.Location, extra: dict) -> None:
+def _save_tokenizer(tok: Tokenizer, output: storage.Place, extra: dict) -> None:
     """Write the tokenizer; committed data made with another tokenizer is un-committed first,
     so no reader ever pairs old shards with a new tokenizer."""
     for split in ("val", "train"):

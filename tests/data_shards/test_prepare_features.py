@@ -160,7 +160,7 @@ def test_new_tokenizer_uncommits_data_made_with_the_old_one(local_ray, texts, tm
     assert load_manifest(out, "train").tokenizer_sha256 == old  # a failing config changes nothing
     other = train_tokenizer([line for t in texts for line in t.split("\n") if line.strip()], 650, seed=0, num_threads=1)
     assert other.sha256 != old
-    prepare_module._save_tokenizer(other, out, None, {})
+    prepare_module._save_tokenizer(other, out, {})
     assert not (tmp_path / "out" / "train" / "manifest.json").exists()
     assert not (tmp_path / "out" / "val" / "manifest.json").exists()
     assert Tokenizer.load(out).sha256 == other.sha256
