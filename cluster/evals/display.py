@@ -8,12 +8,13 @@ from rich.table import Table
 from rich.text import Text
 
 from cluster.evals.report import EvalReport
+from ops.storage import Place
 
 stage_console = Console(stderr=True)  # the stage's own lines ("eval: skipped — …"), where the other stages print theirs
 
 
-def eval_table(report: EvalReport, run_url: object) -> Table:
-    table = Table(title=Text(f"evaluation · {run_url} · step {report.step}"))
+def eval_table(report: EvalReport, run: Place) -> Table:
+    table = Table(title=Text(f"evaluation · {run} · step {report.step}"))
     table.add_column("task")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -24,8 +25,8 @@ def eval_table(report: EvalReport, run_url: object) -> Table:
     return table
 
 
-def print_eval_table(report: EvalReport, run_url: object) -> None:
-    Console().print(eval_table(report, run_url))
+def print_eval_table(report: EvalReport, run: Place) -> None:
+    Console().print(eval_table(report, run))
 
 
 class EvalProgress:
