@@ -272,9 +272,9 @@ def test_a_run_that_loses_a_host_finishes_on_the_surviving_host_with_the_same_cu
     job_id = sent.stdout.strip().splitlines()[0]
 
     jobs = JobSubmissionClient(ray_cluster.dashboard_url, headers=auth_headers(env))  # polled in this process: fast
-    wait_until(
-        lambda: (latest_committed_step(run) or 0) >= CHECKPOINT_EVERY,
-        "a checkpoint was committed",
+    wait_until(  # the metrics too: rank 0 flushes them to object storage every few seconds, not at a commit
+        lambda: (latest_committed_step(run) or 0) >= CHECKPOINT_EVERY and curve(run),
+        "a checkpoint was committed and its steps' metrics written",
         alive=lambda: jobs.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING),
     )
     # The ranks stand still (SIGSTOP) from here until host1 is gone, so the run cannot end first on a quiet machine.
