@@ -69,7 +69,7 @@ def check_init_source(cfg: KilnConfig) -> None:
     if not cfg.train.init_from or latest_committed_step(cfg.run_location) is not None:
         return
     vocab_size = load_manifest(cfg.data_location, "train").vocab_size
-    origin = init_from.check_source(cfg.train, cfg.storage.options, cfg.model, vocab_size)
+    origin = init_from.check_source(cfg.train, cfg.run_location, cfg.model, vocab_size)
     console.print(f"train: starting from step {origin.step} of {origin.run}")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import torch.distributed as dist
 
@@ -57,11 +56,11 @@ def parse(spec: str) -> tuple[str, int | None]:
     return spec, None
 
 
-def source_step(spec: str, options: Mapping[str, Any]) -> tuple[Location, int]:
-    """The source run (reached with ``options``) and the committed step ``spec`` names; an InitFromError
-    when there is none."""
-    run, step = parse(spec)
-    url = Location(run, options)
+def source_step(spec: str, run: Location) -> tuple[Location, int]:
+    """The source run (reached with the storage options of ``run``, the run that starts from it) and the
+    committed step ``spec`` names; an InitFromError when there is none."""
+    source, step = parse(spec)
+    url = run.with_url(source)
     if step is None:
         step = checkpoint.latest_committed_step(url)
         if step is None:
@@ -92,10 +91,8 @@ def origin_of(source: Location, record: CheckpointRecord, optimizer: bool) -> In
     return InitOrigin(run=source.url, step=record.step, sha256={f.path: f.sha256 for f in record.files}, optimizer=optimizer)
 
 
-def _read_source(
-    spec: str, options: Mapping[str, Any], model: ModelConfig, vocab_size: int
-) -> tuple[Location, CheckpointRecord]:
-    url, step = source_step(spec, options)
+def _read_source(spec: str, run: Location, model: ModelConfig, vocab_size: int) -> tuple[Location, CheckpointRecord]:
+    url, step = source_step(spec, run)
     try:
         record = checkpoint.read_commit(url, step)
     except CheckpointError as error:
@@ -106,11 +103,10 @@ def _read_source(
     return url, record
 
 
-def check_source(cfg: TrainConfig, options: Mapping[str, Any], model: ModelConfig, vocab_size: int) -> InitOrigin:
-    """In a plain process, before a run starts: the source (reached with the storage ``options``) exists,
-    fits ``model`` and every file of it matches its recorded sha256.  The origin it gives, or an
-    InitFromError (one line)."""
-    url, record = _read_source(cfg.init_from, options, model, vocab_size)
+def check_source(cfg: TrainConfig, run: Location, model: ModelConfig, vocab_size: int) -> InitOrigin:
+    """In a plain process, before ``run`` starts: its source exists, fits ``model`` and every file of it
+    matches its recorded sha256.  The origin it gives, or an InitFromError (one line)."""
+    url, record = _read_source(cfg.init_from, run, model, vocab_size)
     try:
         with checkpoint.local_files(url, record.step, record.files):
             pass
@@ -119,14 +115,12 @@ def check_source(cfg: TrainConfig, options: Mapping[str, Any], model: ModelConfi
     return origin_of(url, record, cfg.init_optimizer)
 
 
-def prepare(
-    cfg: TrainConfig, options: Mapping[str, Any], model: ModelConfig, vocab_size: int, layout: ParallelLayout
-) -> InitPoint:
+def prepare(cfg: TrainConfig, run: Location, model: ModelConfig, vocab_size: int, layout: ParallelLayout) -> InitPoint:
     """Collective, before the engine is built: the source checkpoint checked by every rank for ``layout``."""
     resolved: list = [None]
     if dist.get_rank() == 0:  # one decision, should the source commit a newer step meanwhile
         try:
-            resolved[0] = _read_source(cfg.init_from, options, model, vocab_size)
+            resolved[0] = _read_source(cfg.init_from, run, model, vocab_size)
         except CheckpointError as error:
             resolved[0] = str(error)
     dist.broadcast_object_list(resolved, src=0)

@@ -149,7 +149,7 @@ class Trainer:
             checkpoint_resume.check_same_training(job.run, self.resume_point, job.config_hash)
         self.init_point = None  # a run with no checkpoint of its own starts from train.init_from, if set
         if self.resume_point is None and self.cfg.init_from:
-            self.init_point = init_from.prepare(self.cfg, job.storage_options, job.model, self.vocab_size, self.layout)
+            self.init_point = init_from.prepare(self.cfg, job.run, job.model, self.vocab_size, self.layout)
         self.origin: InitOrigin | None = None
         loading = self.resume_point or (self.init_point.point if self.init_point else None)
         self.engine = build_engine(

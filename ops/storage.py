@@ -2,8 +2,8 @@
 
 Every place in Kiln is a :class:`Location`: a URL (a plain local path counts as one) and the fsspec
 options that reach it; a plain string is a location that needs no options.  Functions take a place as
-one value; storage options travel on their own only beside URLs still to be read from a config
-(``data.inputs``, ``train.init_from``), where they become locations.  Writes of whole
+one value; storage options travel on their own only beside input URLs still to be read from a config
+(``data.inputs``, decontamination sources), where they become locations.  Writes of whole
 objects are all-or-nothing: local files go through a temporary name and a rename,
 object stores get a single PUT, which is atomic per object.  Commit markers are
 written with these helpers after the data they vouch for.
