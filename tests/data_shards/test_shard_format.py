@@ -1,4 +1,6 @@
 import hashlib
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +47,20 @@ def test_doc_index_points_at_each_documents_bytes(tmp_path, kit):
     got = [np.frombuffer(raw[o : o + 2 * n], dtype=np.uint16) for o, n in zip(index.file_offsets, index.lengths)]
     assert [g.tolist() for g in got] == [d.tolist() for d in docs]
     assert [r.tolist() for r in read_docs(path)] == [d.tolist() for d in docs]
+
+
+def test_indexing_a_shard_leaves_pandas_unimported(tmp_path, kit):
+    """Every rank indexes its shards as it starts; through pyarrow's ``to_numpy`` that imported pandas, about
+    a second of each rank's start."""
+    kit.write_split(str(tmp_path), "train", {"default": [kit.random_docs(3, 10, 500)]}, batch_bytes=100)
+    probe = (
+        "import sys; from data_shards.shard_format import doc_index; doc_index(sys.argv[1], 'shard'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pandas'))"
+    )
+    path = str(tmp_path / "train" / "shard-00000.arrow")
+    proc = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
 
 
 def test_large_vocab_uses_uint32_tokens(tmp_path, kit):
