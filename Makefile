@@ -8,10 +8,6 @@ STDLIB_CORPUS := .smoke/stdlib-corpus
 
 .PHONY: install system-packages lint smoke test test-long test-fast test-shuffled bench bench-peers clean
 
-# DeepSpeed JIT-builds a small CPU op; keep the build with this venv's DeepSpeed, not in a
-# per-user cache that another DeepSpeed version would overwrite.
-export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
-
 # torch is pinned first so that no bare `torch` requirement can pull a CUDA build onto a CPU machine,
 # and pinned again beside the extras so that none of them (lm-eval, accelerate, peft) can move it.
 $(STAMP): pyproject.toml

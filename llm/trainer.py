@@ -13,6 +13,7 @@ Before the first step there is nothing to save, and these signals end the rank a
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import resource
@@ -114,8 +115,22 @@ def init_distributed(device: torch.device) -> None:
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:
+        skip_cpu_inference_op()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def skip_cpu_inference_op() -> None:
+    """Keep DeepSpeed's CPU backend from building its shared-memory op.
+
+    Only DeepSpeed's *inference* all-reduce uses that op; training's collectives go through torch.distributed
+    (gloo). Yet the backend JIT-compiles it with ninja on first use (minutes on a small machine, again whenever
+    another ninja touched the build) and loads it in every rank at every start (about 2 s each).
+    """
+    # by module name: the attribute `deepspeed.comm.torch` is PyTorch itself, star-imported into the package
+    backend = importlib.import_module("deepspeed.comm.torch")
+    backend.build_shm_op = lambda: None
 
 
 class Trainer:

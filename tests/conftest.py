@@ -156,18 +156,3 @@ def prepared_data(tmp_path_factory):
         (Path(output) / PREPARED_WITH).write_text(json.dumps(record))
 
     return put
-
-
-@pytest.fixture(scope="session", autouse=True)
-def venv_programs_first_on_path():
-    """This venv's programs first on PATH for every command the tests start, as in an activated venv, so that
-    every process building DeepSpeed's CPU op runs the venv's ninja.  Ray heads and the multihost hosts already
-    put the venv first; without this, torchrun's ranks found the system's older ninja instead, and each ninja
-    took the other's build log for an unreadable one and rebuilt the op from scratch (a minute or more on two
-    cores) every time the suite switched between a Ray run and a local one."""
-    import os
-    import sys
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}")
-        yield

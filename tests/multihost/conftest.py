@@ -79,8 +79,6 @@ def cluster(tmp_path_factory):
             RAY_USAGE_STATS_ENABLED="0",
             TMPDIR=host_tmp,
         )
-        # DeepSpeed's JIT-built CPU op stays with this venv, as the Makefile keeps it.
-        env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch-extensions"))
         with pytest.MonkeyPatch.context() as patch:
             for name, value in storage_env(endpoint).items():
                 patch.setenv(name, value)
