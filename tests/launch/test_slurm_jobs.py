@@ -156,12 +156,20 @@ CLIENT_PROBE = "import ray, sys; ray.init(sys.argv[1], logging_level='ERROR'); r
 # `kiln` on the PATH of the --ray job: it connects to the head's Ray Client port with the job's token, as the
 # real `kiln run` could, runs the real `kiln` with its arguments, then keeps the job and its head up until the
 # test has probed the head from outside the job, and exits as the real `kiln` did.
+# On a loaded machine the head's proxy can fail to start the server process it hands a new client to ("Starting
+# Ray client server failed"), whatever the token: the probe tries three times and keeps that server's log.
 KILN_STAND_IN = """#!/bin/bash
 address="${{3#cluster.address=}}"
 client="ray://${{address%:*}}:$(( ${{address##*:}} + 1 ))"
 echo "$client" > "$PROBE/client"
-timeout 300 {python} -c "{probe}" "$client" > "$PROBE/with-token.log" 2>&1
-echo $? > "$PROBE/with-token"
+connected=1
+for attempt in 1 2 3; do
+  echo "attempt $attempt" >> "$PROBE/with-token.log"
+  timeout 300 {python} -c "{probe}" "$client" >> "$PROBE/with-token.log" 2>&1 && {{ connected=0; break; }}
+  cat "$(dirname "$RAY_AUTH_TOKEN_PATH")"/ray/session_latest/logs/ray_client_server_*.err >> "$PROBE/with-token.log"
+  sleep 5
+done
+echo $connected > "$PROBE/with-token"
 {kiln} "$@"
 status=$?
 for _ in $(seq 1200); do [ -e "$PROBE/done" ] && exit $status; sleep 0.5; done
