@@ -95,6 +95,16 @@ def unreachable(url: str, key: str, exc: Exception) -> DataError:
     )
 
 
+def check_output(output: storage.Place) -> None:
+    """``data.output`` must be a URL with a known scheme whose store answers: checked before any work,
+    so a bad one is one line and nothing is written."""
+    fs, path = filesystem_for(output, "data.output")
+    try:
+        storage.with_retries(lambda: fs.exists(path))
+    except Exception as exc:  # whatever the store's client raises when it cannot be reached
+        raise unreachable(str(output), "data.output", exc) from None
+
+
 def expand(pattern: storage.Place) -> list[tuple[str, int]]:
     """(url, size) of every file a path, glob or URL names, sorted; DataError if none."""
     fs, path = filesystem_for(pattern, "data.inputs")

@@ -127,6 +127,11 @@ def manifest_url(data: storage.PlaceT, split: str) -> storage.PlaceT:
     return storage.join(data, split, "manifest.json")
 
 
+def is_prepared(data: storage.Place) -> bool:
+    """True when both the train and the val manifest are committed."""
+    return all(storage.exists(manifest_url(data, split)) for split in ("train", "val"))
+
+
 def load_manifest(data: storage.Place, split: str) -> Manifest:
     if split not in SPLITS:
         raise DataError(f"split {split!r} is not one of {', '.join(SPLITS)}")

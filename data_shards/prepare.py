@@ -19,7 +19,7 @@ import ray
 from data_shards import dedup, near_dedup
 from data_shards.config import READ_KEYS, DataConfig, DedupExact, NearDedup
 from data_shards.errors import DataError
-from data_shards.inputs import Partition, filesystem_for, partitions_for, unreachable
+from data_shards.inputs import Partition, check_output, partitions_for
 from data_shards.filters import CORPUS_STEPS
 from data_shards.manifest import (
     FunnelStep,
@@ -37,21 +37,6 @@ from data_shards.tokenizer import META_PATH, Tokenizer, train_tokenizer
 from ops import storage
 
 MIB = 1 << 20
-
-
-def is_prepared(data: storage.Place) -> bool:
-    """True when both the train and the val manifest are committed."""
-    return all(storage.exists(manifest_url(data, split)) for split in ("train", "val"))
-
-
-def check_output(output: storage.Place) -> None:
-    """``data.output`` must be a URL with a known scheme whose store answers: checked before any work,
-    so a bad one is one line and nothing is written."""
-    fs, path = filesystem_for(output, "data.output")
-    try:
-        storage.with_retries(lambda: fs.exists(path))
-    except Exception as exc:  # whatever the store's client raises when it cannot be reached
-        raise unreachable(str(output), "data.output", exc) from None
 
 
 def _partitions(data: DataConfig, storage_options: dict) -> list[Partition]:

@@ -13,7 +13,6 @@ from data_shards.manifest import load_manifest
 from launch.config import ConfigError, KilnConfig
 from llm.checkpoint import latest_committed_step, read_commit
 from llm.checkpoint_files import CheckpointError
-from llm.deepspeed_files import reshape_route
 from llm.layout import LayoutError, ParallelLayout
 
 
@@ -46,6 +45,8 @@ def check_resume_layout(cfg: KilnConfig, layout: ParallelLayout | None) -> None:
         record = read_commit(cfg.run_location, step)
     except (CheckpointError, FileNotFoundError):
         return  # damaged: the ranks pass it over for an older one, with a warning naming it
+    from llm.deepspeed_files import reshape_route  # DeepSpeed itself: imported only for a run that resumes
+
     try:
         reshape_route(record, layout)
     except CheckpointError as error:

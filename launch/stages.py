@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from cluster.connect import ray_session
-from cluster.evals.report import EvalReport
-from cluster.evals.run import evaluate_run
 from data_shards.config import READ_KEYS
-from data_shards.manifest import load_manifest
-from data_shards.prepare import check_output, is_prepared, prepare
+from data_shards.inputs import check_output
+from data_shards.manifest import is_prepared, load_manifest
 from llm.devices import use_cpu_accelerator_without_cuda
 from launch.config import ConfigError, KilnConfig
 from launch.decontamination import with_evaluation_sources
 from launch.launchers import launcher_for
 from launch.launchers.base import run_job
 from launch.preflight import check_before_launch
-from llm import init_from
 from llm.checkpoint import latest_committed_step
 from ops import storage
 
+if TYPE_CHECKING:
+    from cluster.evals.report import EvalReport
+
+# Ray, DeepSpeed, prepare and the evaluation room are imported where they are used: `kiln train` on one
+# machine starts its ranks without them.
 console = Console(stderr=True)
 
 
@@ -39,6 +41,9 @@ def prepared_for(cfg: KilnConfig) -> bool:
 
 
 def prepare_stage(cfg: KilnConfig, progress: bool = True) -> dict:
+    from cluster.connect import ray_session
+    from data_shards.prepare import prepare
+
     use_cpu_accelerator_without_cuda()
     check_output(cfg.data_location)  # before a Ray cluster starts for nothing
     with ray_session(cfg.cluster):
@@ -68,6 +73,8 @@ def check_init_source(cfg: KilnConfig) -> None:
     A run with a committed checkpoint of its own resumes from that and never reads the source again."""
     if not cfg.train.init_from or latest_committed_step(cfg.run_location) is not None:
         return
+    from llm import init_from
+
     vocab_size = load_manifest(cfg.data_location, "train").vocab_size
     origin = init_from.check_source(cfg.train, cfg.run_location, cfg.model, vocab_size)
     console.print(f"train: starting from step {origin.step} of {origin.run}")
@@ -75,6 +82,8 @@ def check_init_source(cfg: KilnConfig) -> None:
 
 def eval_stage(cfg: KilnConfig, follow: bool = False, skip_evaluated: bool = False) -> list[EvalReport]:
     """Evaluate the checkpoints ``eval.steps`` names, or with ``follow`` every new one until the run finishes."""
+    from cluster.evals.run import evaluate_run
+
     use_cpu_accelerator_without_cuda()
     return evaluate_run(
         cfg.eval,

@@ -30,7 +30,7 @@ from data_shards.errors import DataError
 from llm import checkpoint_resume, init_from
 from llm.checkpoint_record import CheckpointRecord, InitOrigin
 from llm.devices import die_with_parent
-from llm.exit_codes import REQUEUE_EXIT_CODE
+from llm.exit_codes import REQUEUE_EXIT_CODE, STOP_FILE_ENV, STOP_SIGNALS
 from llm.flops import device_peak_tflops, flops_per_token, throughput
 from llm.job import TrainJob
 from llm.layout import ParallelLayout
@@ -50,9 +50,6 @@ from llm.trainer_state import DataPart, OriginPart, PositionPart, RngPart, State
 from ops.heartbeat import HeartbeatThread
 from ops.records import RunRecords
 from ops.scalar_logs import ScalarLogs
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-STOP_FILE_ENV = "KILN_STOP_FILE"
 
 
 class StopRequest:

@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from launch.progress import follow_training
 from llm.checkpoint import latest_committed_step
 from llm.job import TrainJob
-from llm.exit_codes import REQUEUE_EXIT_CODE
-from llm.trainer import STOP_SIGNALS
+from llm.exit_codes import REQUEUE_EXIT_CODE, STOP_SIGNALS
 from ops.rank_failure import RankFailure
 from ops.records import RunRecords
 

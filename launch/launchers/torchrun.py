@@ -27,7 +27,7 @@ from launch.launchers.base import AttemptResult, Launcher
 from llm.config import TrainConfig
 from llm.devices import gloo_interface_environment, rank_environment
 from llm.job import TrainJob
-from llm.trainer import STOP_FILE_ENV
+from llm.exit_codes import STOP_FILE_ENV
 from ops.credentials import credentials_environment
 from ops.rank_failure import RankFailure
 

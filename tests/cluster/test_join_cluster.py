@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobSubmissionClient, JobType
 
-from data_shards.prepare import is_prepared
+from data_shards.manifest import is_prepared
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from data_shards.config import DataConfig
 from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader
 from data_shards.manifest import load_manifest
-from data_shards.prepare import is_prepared, prepare
+from data_shards.manifest import is_prepared
+from data_shards.prepare import prepare
 from data_shards.shard_format import lengths_from_bytes
 from data_shards.tokenizer import Tokenizer
 

@@ -17,7 +17,8 @@ import pytest
 from data_shards.config import DataConfig
 from data_shards.manifest import load_manifest
 from data_shards.partition_work import doc_id
-from data_shards.prepare import is_prepared, prepare
+from data_shards.manifest import is_prepared
+from data_shards.prepare import prepare
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from data_shards.config import DataConfig, ReadConfig
 from data_shards.errors import DataError
 from data_shards.loader import GlobalBatchLoader, eval_windows
 from data_shards.manifest import load_manifest
-from data_shards.prepare import is_prepared, prepare
+from data_shards.manifest import is_prepared
+from data_shards.prepare import prepare
 from ops import storage
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from data_shards.prepare import is_prepared
+from data_shards.manifest import is_prepared
 from ops import storage
 
 pytestmark = pytest.mark.slow
