@@ -79,10 +79,22 @@ def event_file(scalars: list[Scalar], starts_attempt: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+_last_stamp_us = 0
+_stamp_lock = threading.Lock()
+
+
+def _write_stamp_us() -> int:
+    """The time in µs, strictly increasing within this process even when two segments share a clock tick."""
+    global _last_stamp_us
+    with _stamp_lock:
+        _last_stamp_us = max(time.time_ns() // 1000, _last_stamp_us + 1)
+        return _last_stamp_us
+
+
 def segment_name() -> str:
-    """A new event file's name: TensorBoard's ``tfevents`` marker, then the time in ms so names sort as written."""
+    """A new event file's name: TensorBoard's ``tfevents`` marker, then the time in µs so names sort as written."""
     host = _UNSAFE.sub("-", socket.gethostname()) or "host"
-    return f"events.out.tfevents.{int(time.time() * 1000):015d}.{host}.{os.getpid()}.{secrets.token_hex(3)}"
+    return f"events.out.tfevents.{_write_stamp_us():018d}.{host}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
 def write_tensorboard_segment(run: storage.Place, scalars: list[Scalar], starts_attempt: bool = False) -> None:

@@ -9,7 +9,7 @@ import pytest
 from launch.config import ConfigError, load_config
 from ops.metrics_table import metrics_table
 from ops.records import RunRecords
-from ops.scalar_logs import ScalarLogs, log_eval
+from ops.scalar_logs import ScalarLogs, log_eval, segment_name
 from support.tensorboard_files import tensorboard_scalars
 
 KEYS = ("loss", "lr", "grad_norm", "tokens_per_s")
@@ -60,6 +60,11 @@ def test_evaluation_results_appear_beside_the_training_curves(tmp_path):
     assert shown["eval/heldout/loss"] == [(2, 6.5), (4, pytest.approx(6.1))]
     assert shown["eval/cloze/acc"] == [(2, 0.25), (4, 0.5)]
     assert [s for s, _ in shown["train/loss"]] == [1, 2, 3, 4]
+
+
+def test_segments_named_within_one_clock_tick_still_sort_in_the_order_written():
+    names = [segment_name() for _ in range(200)]
+    assert sorted(names) == names and len(set(names)) == len(names)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
