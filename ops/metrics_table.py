@@ -16,7 +16,8 @@ from ops.record_layout import EVENTS_STREAM, METRICS_STREAM
 from ops.record_readers import StreamFollower
 from ops.storage import Place
 
-# The columns of `kiln metrics --format csv`, in this order (the keys a training rank writes, see DESIGN.md).
+# The columns of `kiln metrics --format csv`, in this order: the keys of a rank's metrics row
+# (`metrics_row` in llm/trainer.py).
 COLUMNS = (
     "step",
     "tokens",
