@@ -11,7 +11,8 @@ created mode 0700 and refused when another user could write to it::
 
 The limit bounds the sizes of everything under ``shards/`` together: a download reserves
 its whole size (its part file) under ``cache.lock``, after evicting shards that no rank
-holds, so the bound holds at every instant whatever the number of ranks and threads.
+holds, and renames it to its shard under that lock too, so the bound holds at every instant
+whatever the number of ranks and threads.
 Eviction takes the least wanted first: a rank that lets go of a shard its upcoming order
 does not need sets its mtime to 0; a rank that reads or prefetches a shard sets it to now.
 A crashed download leaves a part file whose lock nobody holds; it is removed when space is needed.
@@ -223,7 +224,7 @@ class NodeShardCache:
             digest = _fetch_into(shard, part, size)
             if digest != sha256:
                 raise DataError(f"shard {shard} is damaged: its sha256 does not match the manifest (re-run `kiln prepare`)")
-            os.replace(part, self.path(sha256))
+            self._complete(part, sha256)
         except BaseException:  # anything, Ctrl-C included: no partial file left behind, then raise it on
             with contextlib.suppress(FileNotFoundError):
                 os.remove(part)
@@ -232,6 +233,12 @@ class NodeShardCache:
             self.downloads += 1
             self.downloaded_bytes += size
         return True
+
+    def _complete(self, part: str, sha256: str) -> None:
+        """Give a checked part file its shard's name, under ``cache.lock``: a rename while room is being made
+        would let that count miss the bytes (the part listed, then gone when sized; the shard never listed)."""
+        with self._space_lock():
+            os.replace(part, self.path(sha256))
 
     def _reserve(self, sha256: str, size: int, url: str, prefetch: bool) -> str | None:
         deadline = time.monotonic() + ROOM_WAIT_LIMIT_S

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from data_shards import shard_cache
 from data_shards.errors import DataError
 from data_shards.shard_cache import NodeShardCache, cache_dir, private_dir
 from ops.storage import Location
@@ -127,6 +128,36 @@ def test_a_stale_download_is_cleared_but_one_in_progress_is_not(tmp_path, object
         assert c.prefetch(*objects[1]) == "no room"
     finally:
         os.close(fetcher)
+
+
+def test_a_download_finishing_while_room_is_made_cannot_hide_its_bytes(tmp_path, objects, monkeypatch):
+    """Room is counted from a listing of the folder, then each entry's size: a part file renamed to its shard in
+    between would be counted by neither name, and the cache would take one shard more than its limit."""
+    c = cache(tmp_path, 2)
+    c.pin(*objects[0])
+    downloading = objects[1][0]
+    part = str(c.folder / f".{downloading}.part-0")
+    with open(part, "wb") as f:
+        f.write(os.urandom(SIZE))
+    downloader = c._lock_fd(downloading)
+    fcntl.flock(downloader, fcntl.LOCK_EX)  # as a rank holds it while it fetches
+    finishing = threading.Thread(target=c._complete, args=(part, downloading))
+    sized = shard_cache._stat
+
+    def download_finishes_now(entry):
+        if entry.path == part and not finishing.is_alive():
+            finishing.start()
+            finishing.join(timeout=2)  # done unless the rename waits for the room-making to end
+        return sized(entry)
+
+    monkeypatch.setattr(shard_cache, "_stat", download_finishes_now)
+    try:
+        with c._space_lock():  # as _reserve makes room
+            assert not c._make_room(SIZE, only_unwanted=False)  # a held shard and a finishing one fill it
+    finally:
+        finishing.join()
+        os.close(downloader)
+    assert c.usage() == 2 * SIZE and os.path.exists(c.path(downloading))
 
 
 def test_a_damaged_or_missing_object_is_a_data_error_naming_it_and_leaves_nothing(tmp_path, objects):
